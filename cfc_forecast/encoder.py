@@ -1,0 +1,218 @@
+"""The CfC sequence encoder: runs a :class:`CfCCell` over a sequence with elapsed times, padding and memory."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from cfc_forecast.cell import Activation, CfCCell, HeadActivation, Mode
+from cfc_forecast.checks import check_sequence_inputs, check_state
+from cfc_forecast.memory import LSTMMemoryCell
+from cfc_forecast.native import native_available, run_native
+
+State = Tensor | tuple[Tensor, Tensor]
+
+
+class CfCEncoder(nn.Module):
+    """A closed-form continuous-time network over a whole sequence.
+
+    Args:
+        input_size: F, features per step.
+        hidden_size: H, state units.
+        mode, backbone_units, backbone_layers, backbone_dropout, activation, head_activation: the cell's
+            options, see :class:`~cfc_forecast.cell.CfCCell`.
+        mixed_memory: add an LSTM memory cell (CfC-mmRNN); the state becomes the pair (h, c).
+        memory_wiring: ``"ncps"``: the LSTM runs first on (x_t, h) and the CfC reads its output as previous
+            state (the torch reference); ``"paper"``: the LSTM runs on (x_t, h) and its output is the CfC's
+            *input* while the CfC keeps its own state (the paper's TensorFlow code).
+        forget_bias: the memory cell's forget-gate bias.
+        impl: ``"auto"`` uses the native loop when it builds and applies (no mixed memory) and the
+            pure-PyTorch loop otherwise; ``"native"`` insists on the native loop; ``"python"`` forces the
+            pure-PyTorch loop.
+        check_values: check x for NaN and dt for negative or non-finite values on every call (shapes are
+            always checked); switch off on a GPU hot path, where the check forces a device sync.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        mode: Mode = "default",
+        backbone_units: int = 128,
+        backbone_layers: int = 1,
+        backbone_dropout: float = 0.0,
+        activation: Activation = "lecun_tanh",
+        head_activation: HeadActivation = "tanh",
+        mixed_memory: bool = False,
+        memory_wiring: Literal["ncps", "paper"] = "ncps",
+        forget_bias: float = 1.0,
+        impl: Literal["auto", "native", "python"] = "auto",
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        if memory_wiring not in ("ncps", "paper"):
+            raise ValueError(f"unknown memory_wiring {memory_wiring!r}; choose one of ['ncps', 'paper']")
+        if impl not in ("auto", "native", "python"):
+            raise ValueError(f"unknown impl {impl!r}; choose one of ['auto', 'native', 'python']")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.mixed_memory, self.memory_wiring = mixed_memory, memory_wiring
+        self.impl, self.check_values = impl, check_values
+        paper_memory = mixed_memory and memory_wiring == "paper"
+        self.cell = CfCCell(
+            hidden_size if paper_memory else input_size,
+            hidden_size,
+            mode=mode,
+            backbone_units=backbone_units,
+            backbone_layers=backbone_layers,
+            backbone_dropout=backbone_dropout,
+            activation=activation,
+            head_activation=head_activation,
+        )
+        self.memory = LSTMMemoryCell(input_size, hidden_size, forget_bias) if mixed_memory else None
+
+    def uses_native(self) -> bool:
+        """Whether ``forward`` runs the native loop (builds it on first call)."""
+        if self.impl == "python" or self.memory is not None:
+            if self.impl == "native":
+                raise RuntimeError("impl='native' does not support mixed_memory; use impl='auto' or 'python'")
+            return False
+        if native_available():
+            return True
+        if self.impl == "native":
+            raise RuntimeError("impl='native' but the native CfC loop could not be built (see the warning)")
+        return False
+
+    def forward(
+        self,
+        x: Tensor,
+        dt: Tensor | None = None,
+        mask: Tensor | None = None,
+        state: State | None = None,
+    ) -> tuple[Tensor, State]:
+        """Encode a batch of sequences.
+
+        Args:
+            x: inputs (B, T, F); no NaN (fill missing values and say so with extra input features).
+            dt: elapsed time before each step, (B, T) or (B, T, 1), >= 0; default 1.0 everywhere.
+            mask: (B, T) bool, True at real steps; at a False step (padding) the state is carried over
+                unchanged and ``states`` repeats it. Default: every step is real.
+            state: initial state (B, H), or (h, c) with mixed memory; default zeros.
+
+        Returns:
+            ``(states, last_state)``: the state after every step (B, T, H), and the final state in the form of
+            ``state``, so a sequence fed in chunks gives what it gives whole.
+
+        Raises:
+            ValueError: on wrong ranks or sizes, a dt of the wrong shape, negative or non-finite dt, NaN in x.
+        """
+        dt, mask = check_sequence_inputs(x, dt, mask, self.input_size, self.check_values)
+        h, c = self._initial_state(state, x)
+        drop = self._dropout_masks(x)
+        cell = self.cell
+        if self.uses_native():
+            states = run_native(cell, x, h, dt, mask, drop)
+            return states, states[:, -1]
+        states, h, c = self._python_loop(x, dt, mask, h, c, drop)
+        return states, (h if c is None else (h, c))
+
+    def _python_loop(self, x, dt, mask, h, c, drop):
+        cell, memory = self.cell, self.memory
+        paper_memory = memory is not None and self.memory_wiring == "paper"
+        xproj = None if paper_memory else cell.input_projection(x)  # (B, T, N1)
+        mproj = None if memory is None else memory.input_map(x)  # (B, T, 4H)
+        states = []
+        for t in range(x.shape[1]):
+            drop_t = None if drop is None else drop[:, :, t]  # (L, B, U)
+            c_new = c
+            if memory is None:
+                h_new = cell.step(xproj[:, t], h, dt[:, t], drop_t)
+            elif paper_memory:
+                out, c_new = memory.step(mproj[:, t], h, c)
+                h_new = cell.step(cell.input_projection(out), h, dt[:, t], drop_t)
+            else:
+                h_mem, c_new = memory.step(mproj[:, t], h, c)
+                h_new = cell.step(xproj[:, t], h_mem, dt[:, t], drop_t)
+            if mask is not None:  # padding carries the state over
+                h_new = torch.where(mask[:, t], h_new, h)
+                c_new = c_new if c is None else torch.where(mask[:, t], c_new, c)
+            h, c = h_new, c_new
+            states.append(h)
+        return torch.stack(states, dim=1), h, c
+
+    def _initial_state(self, state: State | None, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        batch, hidden = x.shape[0], self.hidden_size
+        if state is None:
+            zeros = x.new_zeros(batch, hidden)
+            return zeros, (zeros if self.memory is not None else None)
+        if self.memory is not None:
+            if not isinstance(state, tuple | list) or len(state) != 2:
+                raise ValueError("state must be a pair (h, c) of (B, H) tensors when mixed_memory=True")
+            check_state(state[0], batch, hidden, "state[0] (h)")
+            check_state(state[1], batch, hidden, "state[1] (c)")
+            return state[0], state[1]
+        if isinstance(state, tuple | list):
+            raise ValueError("state must be one (B, H) tensor when mixed_memory=False, got a tuple")
+        check_state(state, batch, hidden)
+        return state, None
+
+    def _dropout_masks(self, x: Tensor) -> Tensor | None:
+        """Keep masks for every backbone layer and step, (L, B, T, U) scaled by 1 / (1 - p)."""
+        p, cell = self.cell.backbone_dropout, self.cell
+        if not (self.training and p > 0 and cell.backbone_layers):
+            return None
+        shape = (cell.backbone_layers, x.shape[0], x.shape[1], cell.backbone_units)
+        return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p).div_(1 - p)
+
+    def load_ncps_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        """Load the weights of an ``ncps.torch.CfC(input_size, units)`` (int units, no ``proj_size``).
+
+        Any mode and backbone depth, with or without mixed memory (which needs ``memory_wiring="ncps"`` and
+        ``forget_bias=1.0``, what ncps hard-codes). Afterwards this encoder computes what the ncps model computes
+        for the same inputs and elapsed times. One difference remains in training mode: ncps applies backbone
+        dropout only after the second and later layers, this encoder after every layer.
+
+        Raises:
+            ValueError: when the state dict does not fit this encoder's configuration, naming what differs.
+        """
+        sd = {k.removeprefix("rnn_cell."): v for k, v in state_dict.items()}
+        unsupported = [k for k in sd if k.startswith(("fc.", "sparsity_mask"))]
+        if unsupported:
+            raise ValueError(f"wired or projected ncps models are not supported (keys {unsupported})")
+        layer_ids = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"backbone\.(\d+)\.weight", k)))
+        cell = self.cell
+        if len(layer_ids) != cell.backbone_layers:
+            raise ValueError(
+                f"the ncps model has {len(layer_ids)} backbone layers, this encoder {cell.backbone_layers}"
+            )
+        is_pure = "w_tau" in sd
+        if is_pure != (cell.mode == "pure"):
+            raise ValueError(f"the ncps model is {'pure' if is_pure else 'gated'}, this encoder {cell.mode!r}")
+        has_memory = any(k.startswith("lstm.") for k in sd)
+        if has_memory != self.mixed_memory:
+            raise ValueError(f"mixed memory: ncps model {has_memory}, this encoder {self.mixed_memory}")
+        if has_memory and (self.memory_wiring != "ncps" or self.memory.forget_bias != 1.0):
+            raise ValueError("ncps mixed memory needs memory_wiring='ncps' and forget_bias=1.0")
+        ours: dict[str, Tensor] = {}
+        for i, idx in enumerate(layer_ids):
+            ours[f"cell.backbone.{i}.weight"] = sd[f"backbone.{idx}.weight"]
+            ours[f"cell.backbone.{i}.bias"] = sd[f"backbone.{idx}.bias"]
+        names = ["ff1"] if is_pure else ["ff1", "ff2", "time_a", "time_b"]
+        ours["cell.heads.weight"] = torch.cat([sd[f"{n}.weight"] for n in names])
+        ours["cell.heads.bias"] = torch.cat([sd[f"{n}.bias"] for n in names])
+        if is_pure:
+            ours["cell.A"], ours["cell.w_tau"] = sd["A"], sd["w_tau"]
+        if has_memory:
+            for name in ("input_map.weight", "input_map.bias", "recurrent_map.weight"):
+                ours[f"memory.{name}"] = sd[f"lstm.{name}"]
+        own = self.state_dict()
+        for key, value in ours.items():
+            if value.shape != own[key].shape:
+                raise ValueError(
+                    f"ncps weight for {key} has shape {tuple(value.shape)}, this encoder expects "
+                    f"{tuple(own[key].shape)}: check input_size, hidden_size and backbone_units"
+                )
+        self.load_state_dict(ours, strict=True)

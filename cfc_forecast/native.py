@@ -1,0 +1,196 @@
+"""The native CfC sequence loop: build once at first use (cached), then one call per sequence.
+
+``csrc/cfc_loop.cpp`` runs the whole loop and its hand-written backward in C++ over ATen ops. It is compiled with
+``torch.utils.cpp_extension`` the first time it is needed (about a minute on 2 cores) into torch's extension
+cache, and reused by every later process. Without a compiler, or with ``CFC_FORECAST_NATIVE=0``, the encoder runs
+the pure-PyTorch loop, which computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from cfc_forecast.cell import LECUN_SCALE, LECUN_SLOPE, CfCCell
+
+log = logging.getLogger(__name__)
+_CSRC = Path(__file__).parent / "csrc"
+_MODES = {"default": 0, "no_gate": 1, "pure": 2}
+# lecun_tanh runs as tanh with its constants folded into the weights (see fold_weights)
+_ACTS = {"lecun_tanh": 1, "tanh": 1, "relu": 2, "silu": 3, "gelu": 4}
+_status: dict[str, object] = {}
+# the fused CPU kernels for float32/64; False runs the device-generic ATen kernels (what CUDA runs), for tests
+ALLOW_FUSED = True
+
+
+def _build_flags() -> tuple[str, list[str]]:
+    """Compiler flags and a cache key: SLEEF-vectorised AVX2 kernels where this CPU runs them."""
+    capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
+    flags = ["-O3"]
+    # AVX2 also where AVX-512 is there: measured no faster at these sizes, and it can lower the clock
+    if capability in ("AVX2", "AVX512") and platform.machine() in ("x86_64", "AMD64"):
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        capability = "AVX2"
+    # the sources' hash in the name: an edited header rebuilds (torch tracks only the .cpp), and builds for
+    # different CPUs or versions never share a cache entry
+    digest = hashlib.sha256()
+    for path in sorted(_CSRC.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    digest.update(" ".join(flags).encode() + torch.__version__.encode())
+    return f"cfc_forecast_loop_{capability.lower()}_{digest.hexdigest()[:10]}", flags
+
+
+def native_available() -> bool:
+    """Whether the native loop is built and loaded; builds it on the first call.
+
+    Returns False (with one warning saying why) when the build fails, and False without building when the
+    environment variable ``CFC_FORECAST_NATIVE`` is ``0``.
+    """
+    if os.environ.get("CFC_FORECAST_NATIVE", "1") == "0":
+        return False
+    if "ok" not in _status:
+        try:
+            from torch.utils.cpp_extension import load
+
+            name, flags = _build_flags()
+            log.info("building the native CfC loop %s (once; cached for later runs)", name)
+            load(
+                name=name,
+                sources=[str(_CSRC / "cfc_loop.cpp")],
+                extra_cflags=flags,
+                is_python_module=False,
+                verbose=False,
+            )
+            _status["ok"] = True
+        except Exception as err:  # no compiler, no ninja, no headers: the Python loop still works
+            _status["ok"] = False
+            _status["error"] = f"{type(err).__name__}: {err}"
+            warnings.warn(
+                "cfc_forecast: the native CfC loop could not be built, using the pure-PyTorch loop "
+                f"(same numbers, slower). Reason: {_status['error'][:500]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return bool(_status["ok"])
+
+
+@dataclass(frozen=True)
+class _Spec:
+    layers: int
+    mode: int
+    act: int
+    head_scale: float
+
+
+def fold_weights(cell: CfCCell) -> tuple[dict, _Spec]:
+    """The loop's weights, with lecun_tanh's constants folded in so the loop only needs tanh.
+
+    lecun(p) = c * tanh(a * p): the slope a scales the layer that produces p, the scale c the layer that reads
+    it. Rounding differs from the unfolded form by a few ulps; the values are the same function.
+    """
+    a, c = LECUN_SLOPE, LECUN_SCALE
+    n_layers, hidden, n_in = cell.backbone_layers, cell.hidden_size, cell.input_size
+    first = cell.first_layer
+    w_x, b_x, w_rec = first.weight[:, :n_in], first.bias, first.weight[:, n_in:]  # (N1, F), (N1,), (N1, H)
+    layer_w = [layer.weight for layer in cell.backbone[1:]]
+    layer_b = [layer.bias for layer in cell.backbone[1:]]
+    head_w, head_b = cell.heads.weight, cell.heads.bias
+    if n_layers and cell.activation == "lecun_tanh":
+        w_x, b_x, w_rec = w_x * a, b_x * a, w_rec * a
+        layer_w = [w * (a * c) for w in layer_w]
+        layer_b = [b * a for b in layer_b]
+        head_w = head_w * c
+    head_scale = 1.0
+    if cell.head_activation == "lecun_tanh" and cell.mode != "pure":
+        rows = torch.ones(4 * hidden, dtype=head_w.dtype, device=head_w.device)
+        rows[: 2 * hidden] = a  # ff1 and ff2 only
+        head_scale = c
+        if n_layers:
+            head_w, head_b = head_w * rows[:, None], head_b * rows
+        else:
+            w_x, b_x, w_rec = w_x * rows[:, None], b_x * rows, w_rec * rows[:, None]
+    weights = {
+        "w_x": w_x,
+        "b_x": b_x,
+        "w_rec": w_rec,
+        "w_head": head_w if n_layers else None,
+        "b_head": head_b if n_layers else None,
+        "A": getattr(cell, "A", None),
+        "w_tau": getattr(cell, "w_tau", None),
+        "layers": (*layer_w, *layer_b),
+    }
+    return weights, _Spec(n_layers, _MODES[cell.mode], _ACTS[cell.activation], head_scale)
+
+
+class _CfCSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec, xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, *layers):
+        n = len(layers) // 2
+        save = any(ctx.needs_input_grad)
+        outs = torch.ops.cfc_forecast.seq_forward(
+            xproj, h0, dt, mask, w_rec, list(layers[:n]), list(layers[n:]), w_head, b_head, A, w_tau,
+            drop, spec.layers, spec.mode, spec.act, spec.head_scale, save, ALLOW_FUSED,
+        )  # fmt: skip
+        ctx.allow_fused = ALLOW_FUSED
+        if save:
+            ctx.spec, ctx.n = spec, n
+            ctx.save_for_backward(h0, dt, mask, w_rec, w_head, A, w_tau, drop, outs[0], *layers[:n])
+            ctx.intermediates = outs[1:]  # neither inputs nor outputs: kept on ctx, freed with the graph
+        return outs[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states):
+        h0, dt, mask, w_rec, w_head, A, w_tau, drop, states, *w_layers = ctx.saved_tensors
+        spec = ctx.spec
+        grads = torch.ops.cfc_forecast.seq_backward(
+            grad_states.contiguous(), h0, dt, mask, w_rec, w_layers, w_head, A, w_tau, drop,
+            [states, *ctx.intermediates], spec.layers, spec.mode, spec.act, spec.head_scale, ctx.allow_fused,
+        )  # fmt: skip
+        d_xproj, d_h0, d_dt, d_w_rec, d_wh, d_bh, d_A, d_wt, *d_layers = grads
+        if not spec.layers:
+            d_wh = d_bh = None
+        if spec.mode != _MODES["pure"]:
+            d_A = d_wt = None
+        return (None, d_xproj, d_h0, d_dt, None, d_w_rec, d_wh, d_bh, d_A, d_wt, None, *d_layers)
+
+
+def run_native(
+    cell: CfCCell, x: Tensor, h0: Tensor, dt: Tensor, mask: Tensor | None, drop: Tensor | None
+) -> Tensor:
+    """Run ``cell`` over a sequence with the native loop.
+
+    Args:
+        cell: the cell whose weights are used.
+        x: inputs (B, T, F).
+        h0: initial state (B, H).
+        dt: elapsed times (B, T, 1).
+        mask: real steps (B, T, 1) bool, or None when every step is real.
+        drop: dropout keep masks scaled by 1 / (1 - p), (L, B, T, U), or None.
+
+    Returns:
+        The states (B, T, H), a view of the loop's feature-major (T, H, B) result.
+    """
+    w, spec = fold_weights(cell)
+    fm = lambda t: None if t is None else t.permute(1, 2, 0)  # noqa: E731  (B, T, N) -> (T, N, B)
+    steps, n1, batch = x.shape[1], w["w_x"].shape[0], x.shape[0]
+    # the input half of the first layer for all steps in one batched matmul, already feature-major
+    xproj = torch.baddbmm(
+        w["b_x"].view(1, n1, 1).expand(steps, n1, batch), w["w_x"].expand(steps, -1, -1), fm(x)
+    )  # (T, N1, B)
+    col = lambda t: None if t is None else t.t().contiguous()  # noqa: E731  (1, H) -> (H, 1)
+    states = _CfCSequence.apply(
+        spec, xproj, h0.t().contiguous(), fm(dt).contiguous(), None if mask is None else fm(mask).contiguous(),
+        w["w_rec"], w["w_head"], w["b_head"], col(w["A"]), col(w["w_tau"]),
+        None if drop is None else drop.permute(0, 2, 3, 1).contiguous(), *w["layers"],
+    )  # fmt: skip
+    return states.permute(2, 0, 1)  # (T, H, B) -> (B, T, H)

@@ -1,0 +1,321 @@
+"""``SeriesDataModule``: any table of (irregular) multivariate series into time-stamped ``Batch``es.
+
+Pipeline (built once, on ``setup`` or on the first size property the CLI links): read (``_read``, the hook the
+built-in sources override) -> canonical wide table (``io``) -> split plan -> scaler fitted on the fit range
+(``scaling``) -> tensors and windows per split (``build``) -> ``WindowDataset``s whose ``collate`` pads batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import numpy as np
+import polars as pl
+import torch
+from lightning.fabric.utilities.data import AttributeDict
+from torch.utils.data import DataLoader
+
+from datamodules.build import SPLITS, Built, Roles, ScaleFit, SplitPlan, build
+from datamodules.dataset import WindowDataset
+from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_table, read_files
+from datamodules.predict import predict_dataset
+from datamodules.scaling import ScaleBy, ScaleMethod
+from datamodules.timing import CalendarFeature, TimeCodec, TimeUnit, check_unit, parse_duration
+from datamodules.windows import WindowSpec
+
+log = logging.getLogger(__name__)
+Split = Literal["train", "val", "test"]
+
+
+def window_spec(
+    unit: str, lookback: int | None, horizon: int | None, stride: int, observe: Any, forecast: Any,
+    every: Any, origin: float | None, step_targets: bool,
+) -> WindowSpec:
+    """Resolve the windowing arguments into one mode, or raise a ``ValueError`` saying what to give."""
+    if lookback is not None or horizon is not None:
+        if origin is not None or observe is not None or forecast is not None or every is not None:
+            raise ValueError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
+        if lookback is None or horizon is None or lookback < 1 or horizon < 0 or stride < 1:
+            raise ValueError(f"count windows need lookback >= 1, horizon >= 0, stride >= 1; got "
+                             f"lookback={lookback}, horizon={horizon}, stride={stride}")
+        if horizon == 0 and not step_targets:
+            raise ValueError("horizon=0 leaves nothing to forecast; set step_targets=True or horizon >= 1")
+        return WindowSpec("count", lookback=lookback, horizon=horizon, stride=stride)
+    w = parse_duration(observe, unit, "observe")
+    d = parse_duration(forecast, unit, "forecast")
+    if origin is not None:
+        return WindowSpec("fixed", observe=w, forecast=d, origin=origin)
+    if w is None or d is None:
+        raise ValueError("choose a windowing: lookback+horizon (count), observe+forecast[+every] (duration), "
+                         "or origin[+observe][+forecast] (one window per series)")
+    s = parse_duration(every, unit, "every") if every is not None else d
+    if not s or s <= 0:
+        raise ValueError(f"every={every!r} must be a positive duration")
+    return WindowSpec("duration", observe=w, forecast=d, every=s)
+
+
+class SeriesDataModule(L.LightningDataModule):
+    """Irregular multivariate series from a polars frame or CSV / Parquet files, as padded time-stamped batches.
+
+    Args:
+        path: a CSV or Parquet file, a folder of them, a glob, or a list of these (or use ``from_frame``).
+        layout: "wide" (a column per variable, nulls for missing) or "long" (``variable_column``, ``value_column``).
+        id_column: series id column; None for a single series.
+        time_column: date-times (any unit or time zone) or numbers in ``time_unit``.
+        variable_column: long layout: the variable names. value_column: long layout: the values.
+        targets: the C variables to forecast (default: every variable that is not static or known-future).
+        inputs: the F input variables (default: every variable that is not static or known-future).
+        static: S per-series constant covariates. known_future: variables known ahead (given at query times).
+        calendar: calendar features of the time stamps, added to the known-future covariates.
+        time_unit: unit of all times and durations in a batch; for numeric time columns, the numbers' unit.
+        duplicates: several rows of one series at one time stamp: "error", or aggregate by mean/first/last.
+        lookback: count windows: L input rows. horizon: count windows: K target rows. stride: rows between starts.
+        observe: duration W before the origin ("2d", "6h" or a number in time_unit); None in fixed mode = all.
+        forecast: duration D after the origin (targets in [o, o + D]). every: spacing S of origins (default D).
+        origin: one window per series at this time stamp or number.
+        step_targets: also give per-step targets (B, T, C) at the input steps (sequence-to-sequence tasks).
+        split_by: "time" (cut-offs or fractions of the time range) or "series" (seeded fractions of the series).
+        split_times: 2 or 3 cut-offs: train < c1 <= val < c2 <= test (< c3).
+        split_fractions: train / val / test fractions of the time range or of the series.
+        seed: seed of the series split.
+        scaling: per variable "standard" (ddof 0), "minmax" or "none". scale_by: "global" or per "series".
+        scale_fit: part the scaler is fitted on. predict_queries: prediction query times after the end (time_unit).
+        batch_size: windows per batch. num_workers: DataLoader workers. pin_memory: pin batches for a GPU.
+    """
+
+    first_dt_from_zero: bool = False  # Walker2d: the first row's dt counts from time 0, as the paper's data do
+
+    def __init__(
+        self, path: str | list[str] | None = None, *, layout: Layout = "wide", id_column: str | None = None,
+        time_column: str = "time", variable_column: str = "variable", value_column: str = "value",
+        targets: list[str] | None = None, inputs: list[str] | None = None, static: list[str] | None = None,
+        known_future: list[str] | None = None, calendar: list[CalendarFeature] | None = None,
+        time_unit: TimeUnit = "h", duplicates: Duplicates = "error", lookback: int | None = None,
+        horizon: int | None = None, stride: int = 1, observe: str | float | None = None,
+        forecast: str | float | None = None, every: str | float | None = None, origin: str | float | None = None,
+        step_targets: bool = False, split_by: Literal["time", "series"] = "time",
+        split_times: list[str | float] | None = None,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0,
+        scaling: ScaleMethod = "standard", scale_by: ScaleBy = "global", scale_fit: ScaleFit = "train",
+        predict_queries: list[float] | None = None, batch_size: int = 64, num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        # the general module's own settings; a built-in source's hparams hold that source's arguments instead
+        self.cfg = AttributeDict({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        super().__init__()
+        if type(self) is SeriesDataModule:  # a built-in source saves its own arguments (its CLI) instead
+            self.save_hyperparameters()
+        check_unit(time_unit)
+        # a fixed origin may be a time stamp: it is resolved against the data's time column when built
+        fixed = None if origin is None else math.nan
+        self.spec = window_spec(time_unit, lookback, horizon, stride, observe, forecast, every, fixed, step_targets)
+        fr = split_fractions
+        if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
+            raise ValueError(f"split_fractions must be 3 numbers >= 0 summing to 1 with train > 0, got {fr}")
+        if split_times is not None and len(split_times) not in (2, 3):
+            raise ValueError(f"split_times needs 2 or 3 cut-offs, got {split_times}")
+        if scale_by == "series" and split_by == "series":
+            raise ValueError("scale_by='series' needs split_by='time': val/test series have no training part")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._frame: pl.DataFrame | None = None
+        self._built: Built | None = None
+        self._table: Table | None = None
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame, **kwargs: Any) -> SeriesDataModule:
+        """Build from an in-memory polars frame (the Python API); ``kwargs`` are the constructor's."""
+        dm = cls(**kwargs)
+        dm._frame = frame
+        return dm
+
+    # -- hooks for the built-in sources ------------------------------------------------------------------
+    def _read(self) -> pl.DataFrame:
+        """The raw frame in the declared layout."""
+        if self._frame is not None:
+            return self._frame
+        if self.cfg.path is None:
+            raise ValueError("give a path (file, folder or glob) or build with SeriesDataModule.from_frame(frame)")
+        return read_files(self.cfg.path)
+
+    def _source(self) -> str:
+        return "frame" if self._frame is not None else str(self.cfg.path)
+
+    def _assign_series(self, ids: pl.Series) -> np.ndarray:
+        """(n_series,) split codes 0/1/2: test = p[:n_test], train = p[n_test:n_test + n_train], val = rest.
+
+        ``p = RandomState(seed).permutation(n)`` over the sorted ids: scikit-learn's ``train_test_split`` order.
+        """
+        n = len(ids)
+        f_train, f_val, f_test = self.cfg.split_fractions
+        n_test, n_val = round(f_test * n), round(f_val * n)
+        perm = np.random.RandomState(self.cfg.seed).permutation(n)  # noqa: NPY002 - the protocol's generator
+        codes = np.ones(n, dtype=np.int64)
+        codes[perm[:n_test]] = 2
+        codes[perm[n_test : n - n_val]] = 0
+        return codes
+
+    # -- building --------------------------------------------------------------------------------------------
+    def _roles(self, frame: pl.DataFrame) -> Roles:
+        h = self.cfg
+        static, future = list(h.static or []), list(h.known_future or [])
+        if h.layout == "long":
+            if h.variable_column not in frame.columns:
+                raise ValueError(f"{self._source()}: long-layout column {h.variable_column!r} not found")
+            names = frame[h.variable_column].drop_nulls().unique(maintain_order=True).cast(pl.String).to_list()
+        else:
+            names = [c for c in frame.columns if c not in (h.id_column, h.time_column)]
+        default = [c for c in names if c not in static and c not in future]
+        roles = Roles(list(h.inputs or default), list(h.targets or default), static, future, list(h.calendar or []))
+        overlap = set(static) & set(roles.inputs + roles.targets + future)
+        if overlap or not roles.inputs or not roles.targets:
+            raise ValueError(f"static {sorted(overlap)} may not also be inputs, targets or known-future; "
+                             f"inputs {roles.inputs} and targets {roles.targets} must not be empty")
+        return roles
+
+    def _time(self, value: str | float, codec: TimeCodec, name: str) -> float:
+        """A user-given time stamp (string) or number as a float time."""
+        if not codec.is_datetime:
+            return float(value)
+        stamp = pl.Series(name, [str(value)]).str.to_datetime(strict=False, time_unit="us")
+        if stamp.null_count():
+            raise ValueError(f"{name}={value!r} is not a date-time like '2017-06-26 00:00'")
+        if codec.time_zone is not None and stamp.dtype.time_zone is None:
+            stamp = stamp.dt.replace_time_zone(codec.time_zone)
+        return float(pl.select(codec.encode(pl.lit(stamp))).item())
+
+    def _plan(self, table: Table) -> SplitPlan:
+        h = self.cfg
+        if h.split_by == "series":
+            return SplitPlan(codes=self._assign_series(table.series_ids), fit=h.scale_fit)
+        if h.split_times is not None:
+            cuts = [self._time(c, table.codec, "split_times") for c in h.split_times]
+            if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+                raise ValueError(f"split_times must increase, got {h.split_times}")
+        else:
+            t = table.frame[TIME]
+            t0, span = float(t.min()), float(t.max()) - float(t.min())
+            cuts = [t0 + h.split_fractions[0] * span, t0 + (h.split_fractions[0] + h.split_fractions[1]) * span]
+        edges = [-math.inf, *cuts[:2], cuts[2] if len(cuts) == 3 else math.inf]
+        return SplitPlan(bounds=list(zip(edges[:-1], edges[1:], strict=True)), fit=h.scale_fit)
+
+    def _ensure_built(self) -> Built:
+        if self._built is not None:
+            return self._built
+        h = self.cfg
+        frame = self._read()
+        roles = self._roles(frame)
+        table = canonical_table(
+            frame, source=self._source(), layout=h.layout, id_column=h.id_column, time_column=h.time_column,
+            variables=roles.variables, time_unit=h.time_unit, duplicates=h.duplicates,
+            variable_column=h.variable_column, value_column=h.value_column,
+        )
+        if self.spec.mode == "fixed":
+            self.spec.origin = self._time(h.origin, table.codec, "origin")
+        self._table, self._roles_used = table, roles
+        self._built = build(table, roles, self.spec, self._plan(table), h.scaling, h.scale_by,
+                            h.step_targets, self.first_dt_from_zero)
+        sizes = {k: len(v) for k, v in self._built.windows.items()}
+        log.info("%s: %d series, windows %s, skipped %s", self._source(), len(table.series_ids), sizes,
+                 self._built.counts)
+        return self._built
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure_built()
+
+    # -- what the model and the forecast writer read ----------------------------------------------------
+    @property
+    def n_inputs(self) -> int:
+        """F: input variables per step (values only; the model adds masks itself)."""
+        return len(self._ensure_built().tensors.input_cols)
+
+    @property
+    def n_targets(self) -> int:
+        """C: target variables."""
+        return len(self._ensure_built().tensors.target_cols)
+
+    @property
+    def horizon(self) -> int | None:
+        """K for count windows (a regular horizon); None when query times vary (continuous-time queries)."""
+        return self.spec.horizon if self.spec.mode == "count" else None
+
+    @property
+    def n_static(self) -> int:
+        """S: static covariates per series."""
+        return len(self.cfg.static or [])
+
+    @property
+    def n_future(self) -> int:
+        """Fk: known-future covariates per query (variables, then calendar features)."""
+        return len(self.cfg.known_future or []) + len(self.cfg.calendar or [])
+
+    @property
+    def time_unit(self) -> str:
+        """Unit of every time in a batch."""
+        return self.cfg.time_unit
+
+    @property
+    def input_names(self) -> list[str]:
+        self._ensure_built()
+        return self._roles_used.inputs
+
+    @property
+    def target_names(self) -> list[str]:
+        self._ensure_built()
+        return self._roles_used.targets
+
+    @property
+    def series_ids(self) -> list[Any]:
+        """Original series ids; ``Batch.series`` indexes this list."""
+        self._ensure_built()
+        return self._table.series_ids.to_list()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Skipped rows, windows and series by reason (each was also logged)."""
+        return dict(self._ensure_built().counts)
+
+    def decode_times(self, times: np.ndarray | torch.Tensor) -> pl.Series:
+        """Absolute float times (e.g. ``batch.origin + batch.query_t``) as the data's own time stamps."""
+        self._ensure_built()
+        return self._table.codec.decode(np.asarray(times, dtype=np.float64))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values (safe for ``weights_only`` checkpoints): names, time unit and target scaling."""
+        b = self._ensure_built()
+        return {"inputs": self.input_names, "targets": self.target_names, "time_unit": self.time_unit,
+                "target_loc": b.tensors.target_loc.tolist(), "target_scale": b.tensors.target_scale.tolist()}
+
+    # -- datasets and loaders ---------------------------------------------------------------------------
+    def dataset(self, split: Literal["train", "val", "test", "predict"]) -> WindowDataset:
+        """The windows of one split (``predict``: one window per series at its end, without targets)."""
+        b = self._ensure_built()
+        if split == "predict":
+            return predict_dataset(self, b)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {[*SPLITS, 'predict']}, got {split!r}")
+        return WindowDataset(b.tensors, b.windows[split])
+
+    def _loader(self, split: Literal["train", "val", "test", "predict"]) -> DataLoader:
+        ds, h = self.dataset(split), self.cfg
+        return DataLoader(ds, batch_size=h.batch_size, shuffle=split == "train", collate_fn=ds.collate,
+                          num_workers=h.num_workers, pin_memory=h.pin_memory,
+                          persistent_workers=h.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+
+__all__ = ["SERIES", "TIME", "SeriesDataModule", "Split", "window_spec"]

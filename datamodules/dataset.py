@@ -1,0 +1,128 @@
+"""Tensors of all series and the window datasets that cut batches from them.
+
+Every split's dataset shares one ``SeriesTensors`` (values stored once, scaled, as torch tensors: DataLoader
+workers never see polars). ``__getitem__`` returns the window's index and ``collate`` gathers a whole batch at once
+with index arithmetic, padding to the longest window in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from cfc_forecast.batch import Batch
+from datamodules.windows import Windows
+
+
+@dataclass
+class SeriesTensors:
+    """All N rows (series, time) of the canonical table, scaled.
+
+    Attributes:
+        values: (N, V) float32 scaled values, 0 where missing.
+        mask: (N, V) bool, True where observed.
+        times: (N,) float64 absolute times in the time unit.
+        dt: (N,) float32 time since the series' previous row.
+        input_cols: (F,) int64 columns of ``values`` that are inputs.
+        target_cols: (C,) int64 columns that are targets.
+        target_loc: (G, C) float32 target offsets (G = 1 or the number of series).
+        target_scale: (G, C) float32 target factors.
+        future: (N, Fk) float32 known-future covariates per row (scaled; calendar features), or None.
+        static: (n_series, S) float32 scaled static covariates, or None.
+        step_targets: whether batches carry per-step targets at the input rows.
+    """
+
+    values: Tensor
+    mask: Tensor
+    times: Tensor
+    dt: Tensor
+    input_cols: Tensor
+    target_cols: Tensor
+    target_loc: Tensor
+    target_scale: Tensor
+    future: Tensor | None = None
+    static: Tensor | None = None
+    step_targets: bool = False
+
+
+def _rows(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L) row indices lo..hi-1 (padded with row 0) and the (B, L) validity mask, L the longest range."""
+    width = int((hi - lo).max()) if len(lo) else 0
+    rows = lo[:, None] + torch.arange(width)
+    valid = rows < hi[:, None]
+    return torch.where(valid, rows, 0), valid
+
+
+class WindowDataset(Dataset):
+    """The windows of one split over shared series tensors.
+
+    Args:
+        data: the series tensors.
+        windows: this split's windows.
+        with_targets: False for prediction (``y`` and ``y_mask`` are None).
+        queries: (W, K) float64 query times relative to the origin for prediction, else None (the target rows'
+            times are the queries).
+        query_mask: (W, K) bool validity of ``queries``.
+        query_future: (W, K, Fk) float32 known-future covariates at ``queries``, or None.
+    """
+
+    def __init__(
+        self, data: SeriesTensors, windows: Windows, with_targets: bool = True,
+        queries: Tensor | None = None, query_mask: Tensor | None = None, query_future: Tensor | None = None,
+    ) -> None:
+        self.data = data
+        self.series = torch.as_tensor(windows.series, dtype=torch.int64)
+        bounds = np.stack([windows.in_lo, windows.in_hi, windows.tg_lo, windows.tg_hi]).astype(np.int64)
+        self.bounds = torch.from_numpy(bounds.reshape(4, -1))  # (4, W)
+        self.origin = torch.as_tensor(windows.origin, dtype=torch.float64)
+        self.with_targets = with_targets
+        self.queries, self.query_mask, self.query_future = queries, query_mask, query_future
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, indices: list[int]) -> Batch:
+        """Gather windows ``indices`` into one padded ``Batch``."""
+        d = self.data
+        w = torch.as_tensor(indices, dtype=torch.int64)
+        in_lo, in_hi, tg_lo, tg_hi = self.bounds[:, w]
+        series, origin = self.series[w], self.origin[w]
+        rows, step_mask = _rows(in_lo, in_hi)  # (B, T)
+        x, x_mask = _gather(d, rows, step_mask, d.input_cols)
+        t = torch.where(step_mask, (d.times[rows] - origin[:, None]).float(), 0.0)
+        g = series if d.target_loc.shape[0] > 1 else torch.zeros_like(series)
+        batch = Batch(
+            x=x, x_mask=x_mask, t=t, dt=torch.where(step_mask, d.dt[rows], 0.0), step_mask=step_mask,
+            query_t=torch.zeros(len(w), 0), query_mask=torch.zeros(len(w), 0, dtype=torch.bool),
+            series=series, origin=origin, target_loc=d.target_loc[g], target_scale=d.target_scale[g],
+            static=None if d.static is None else d.static[series],
+        )
+        if d.step_targets:
+            batch.y_step, batch.y_step_mask = _gather(d, rows, step_mask, d.target_cols)
+        if self.queries is not None:
+            batch.query_t = self.queries[w].float()
+            batch.query_mask = self.query_mask[w]
+            batch.future = None if self.query_future is None else self.query_future[w]
+        else:
+            k_rows, query_mask = _rows(tg_lo, tg_hi)  # (B, K)
+            batch.query_t = torch.where(query_mask, (d.times[k_rows] - origin[:, None]).float(), 0.0)
+            batch.query_mask = query_mask
+            if d.future is not None:
+                batch.future = d.future[k_rows] * query_mask[..., None]
+            if self.with_targets:
+                batch.y, batch.y_mask = _gather(d, k_rows, query_mask, d.target_cols)
+        batch.check()
+        return batch
+
+
+def _gather(d: SeriesTensors, rows: Tensor, valid: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L, len(cols)) values and mask at ``rows``, zero and False where not ``valid``."""
+    mask = d.mask[rows][..., cols] & valid[..., None]
+    return d.values[rows][..., cols] * mask, mask

@@ -1,0 +1,197 @@
+"""Reading CSV / Parquet and turning wide or long layouts into one canonical wide table.
+
+The canonical table has one row per (series, time stamp): ``__series`` (UInt32 index into the sorted series ids),
+``__t`` (float64 time in the declared unit), then one Float64 column per variable with nulls where missing. Every
+problem in the input is either a ``ValueError`` that names the source, the column and what to do, or a counted,
+logged skip (``Table.counts``) — never a silent drop.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from datamodules.timing import TimeCodec, codec_for, to_datetime_or_number
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["wide", "long"]
+Duplicates = Literal["error", "mean", "first", "last"]
+SERIES, TIME = "__series", "__t"
+
+
+@dataclass
+class Table:
+    """The canonical wide table and what is needed to map it back to the source.
+
+    Attributes:
+        frame: columns ``__series`` (UInt32), ``__t`` (Float64), then the variables (Float64), sorted by both.
+        series_ids: the original series ids, sorted; ``frame["__series"]`` indexes it.
+        codec: maps ``__t`` back to the source's time stamps.
+        counts: skipped items by reason (every skip is counted here and logged).
+    """
+
+    frame: pl.DataFrame
+    series_ids: pl.Series
+    codec: TimeCodec
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def expand_paths(path: str | list[str]) -> list[Path]:
+    """Files named by a path, a folder (its *.csv and *.parquet files) or a glob, sorted."""
+    found: list[Path] = []
+    for item in [path] if isinstance(path, (str, Path)) else path:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.suffix in (".csv", ".parquet"))
+        elif p.is_file():
+            found.append(p)
+        else:
+            found += sorted(Path(g) for g in glob.glob(str(p), recursive=True))
+    if not found:
+        raise ValueError(f"path {path!r} matches no CSV or Parquet file; give a file, a folder or a glob")
+    return found
+
+
+def read_files(path: str | list[str]) -> pl.DataFrame:
+    """Read and concatenate CSV / Parquet files (by extension) into one frame."""
+    frames = []
+    for p in expand_paths(path):
+        if p.suffix == ".parquet":
+            frames.append(pl.read_parquet(p))
+        elif p.suffix in (".csv", ".txt", ".gz"):
+            frames.append(pl.read_csv(p, infer_schema_length=10_000))
+        else:
+            raise ValueError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
+    return pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+
+
+def require_columns(frame: pl.DataFrame, columns: list[str], source: str, role: str) -> None:
+    """Raise a ``ValueError`` naming each missing column, its closest matches and the available ones."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        hints = {c: difflib.get_close_matches(c, frame.columns, n=2) for c in missing}
+        hint = "; ".join(f"{c!r}: did you mean {h}?" for c, h in hints.items() if h)
+        raise ValueError(
+            f"{source}: {role} {missing} not found. {hint} Available columns: {frame.columns}"
+        )
+
+
+def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.DataFrame:
+    """Cast columns to Float64 (NaN becomes missing); raise on text that is not a number and on infinities."""
+    exprs = []
+    for c in columns:
+        col = frame[c]
+        cast = col.cast(pl.Float64, strict=False)
+        bad = col.filter(cast.is_null() & col.is_not_null())
+        if len(bad):
+            raise ValueError(
+                f"{source}: column {c!r} has {len(bad)} non-numeric values, e.g. {bad.head(3).to_list()}; "
+                "leave missing values empty"
+            )
+        n_inf = int(cast.is_infinite().sum())
+        if n_inf:
+            raise ValueError(f"{source}: column {c!r} has {n_inf} infinite values; replace them by empty cells")
+        exprs.append(cast.fill_nan(None).alias(c))
+    return frame.with_columns(exprs)
+
+
+def _count(counts: dict[str, int], reason: str, n: int, source: str) -> None:
+    if n:
+        counts[reason] = counts.get(reason, 0) + n
+        log.warning("%s: skipped %d %s", source, n, reason)
+
+
+def _aggregate(keys: list[str], variables: list[str], how: Duplicates) -> list[pl.Expr]:
+    if how == "mean":
+        return [pl.col(v).mean() for v in variables]
+    pick = pl.Expr.first if how == "first" else pl.Expr.last
+    return [pick(pl.col(v).drop_nulls()) for v in variables]
+
+
+def _raise_duplicates(frame: pl.DataFrame, keys: list[str], source: str) -> None:
+    dup = frame.group_by(keys).len().filter(pl.col("len") > 1)
+    if dup.height:
+        example = dup.sort(keys).head(3).drop("len").rows()
+        raise ValueError(
+            f"{source}: {dup.height} duplicate time stamps within a series (by {keys}), e.g. {example}; "
+            "fix the data or pass duplicates='mean' / 'first' / 'last' to aggregate them"
+        )
+
+
+def long_to_wide(
+    frame: pl.DataFrame, keys: list[str], variable: str, value: str, variables: list[str],
+    duplicates: Duplicates, source: str, counts: dict[str, int],
+) -> pl.DataFrame:
+    """Pivot a long frame (keys, variable, value) into one column per requested variable."""
+    require_columns(frame, [variable, value], source, "long-layout columns")
+    _count(counts, "rows with an empty variable name", int(frame[variable].is_null().sum()), source)
+    frame = frame.filter(pl.col(variable).is_not_null()).with_columns(pl.col(variable).cast(pl.String))
+    present = set(frame[variable].unique().to_list())
+    absent = [v for v in variables if v not in present]
+    if absent:
+        hints = {v: difflib.get_close_matches(v, sorted(present), n=2) for v in absent}
+        raise ValueError(f"{source}: variables {absent} never occur in column {variable!r} (close: {hints})")
+    _count(counts, "rows of variables not used", int((~frame[variable].is_in(variables)).sum()), source)
+    frame = numeric_columns(frame.filter(pl.col(variable).is_in(variables)), [value], source)
+    _count(counts, "rows with an empty value", int(frame[value].is_null().sum()), source)
+    frame = frame.filter(pl.col(value).is_not_null())
+    if duplicates == "error":
+        _raise_duplicates(frame, [*keys, variable], source)
+    agg = {"mean": "mean", "first": "first", "last": "last", "error": "first"}[duplicates]
+    wide = frame.pivot(on=variable, index=keys, values=value, aggregate_function=agg)
+    missing = [v for v in variables if v not in wide.columns]
+    return wide.with_columns([pl.lit(None, pl.Float64).alias(v) for v in missing]).select(*keys, *variables)
+
+
+def canonical_table(
+    frame: pl.DataFrame, *, source: str, layout: Layout, id_column: str | None, time_column: str,
+    variables: list[str], time_unit: str, duplicates: Duplicates = "error",
+    variable_column: str = "variable", value_column: str = "value",
+) -> Table:
+    """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
+
+    Raises:
+        ValueError: empty input, missing columns, unparseable or null time stamps, null series ids,
+            non-numeric or infinite values, duplicate time stamps (unless aggregated), or a variable with no
+            observation at all.
+    """
+    if frame.height == 0:
+        raise ValueError(f"{source}: the input has no rows")
+    keys = [c for c in (id_column, time_column) if c is not None]
+    require_columns(frame, keys, source, "id/time columns")
+    for c in keys:
+        if frame[c].null_count():
+            raise ValueError(f"{source}: column {c!r} has {frame[c].null_count()} empty cells; fill or drop them")
+    frame = to_datetime_or_number(frame, time_column, source)
+    counts: dict[str, int] = {}
+    if layout == "long":
+        frame = long_to_wide(frame, keys, variable_column, value_column, variables, duplicates, source, counts)
+    else:
+        require_columns(frame, variables, source, "variables")
+        frame = numeric_columns(frame.select(*keys, *variables), variables, source)
+        if duplicates == "error":
+            _raise_duplicates(frame, keys, source)
+        elif frame.select(keys).is_duplicated().any():
+            frame = frame.group_by(keys, maintain_order=True).agg(_aggregate(keys, variables, duplicates))
+    empty = pl.all_horizontal(pl.col(v).is_null() for v in variables)
+    _count(counts, "rows with no value observed", int(frame.select(empty.sum()).item()), source)
+    frame = frame.filter(~empty)
+    never = [v for v in variables if frame[v].null_count() == frame.height]
+    if never or frame.height == 0:
+        raise ValueError(f"{source}: variables {never or variables} have no observation at all; drop them")
+    codec = codec_for(frame, time_column, time_unit)
+    ids = frame[id_column] if id_column is not None else pl.Series("series", [0] * frame.height)
+    series_ids = ids.unique().sort()
+    frame = frame.select(
+        (ids.rank("dense").cast(pl.UInt32) - 1).alias(SERIES) if id_column else pl.lit(0, pl.UInt32).alias(SERIES),
+        codec.encode(pl.col(time_column)).alias(TIME),
+        *variables,
+    ).sort(SERIES, TIME)
+    return Table(frame=frame, series_ids=series_ids, codec=codec, counts=counts)

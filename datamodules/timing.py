@@ -1,0 +1,153 @@
+"""Time stamps as float times in a declared unit, durations, and calendar features.
+
+Inside the DataModules every time is a float64 number in the declared time unit: for a datetime column, the time
+since the Unix epoch (UTC); for a numeric column, the number itself (the user declares its unit). ``TimeCodec``
+remembers which, so forecasts are written back with the data's own time stamps and time zone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+TimeUnit = Literal["ms", "s", "min", "h", "d", "w"]
+CalendarFeature = Literal["hour_of_day", "day_of_week", "day_of_month", "month_of_year"]
+
+UNIT_SECONDS: dict[str, float] = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_ALIASES = {"m": "min", "sec": "s", "hr": "h", "hour": "h", "hours": "h", "day": "d", "days": "d"}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]+)?\s*$")
+
+
+def check_unit(unit: str, name: str = "time_unit") -> str:
+    """Return ``unit`` if it is a known time unit, else raise a ``ValueError`` listing the valid ones."""
+    if unit not in UNIT_SECONDS:
+        raise ValueError(f"{name}={unit!r} is not a time unit; choose one of {sorted(UNIT_SECONDS)}")
+    return unit
+
+
+def parse_duration(value: str | float | None, unit: str, name: str) -> float | None:
+    """Convert a duration such as ``"6h"``, ``"2d"``, ``"30min"`` or a plain number into ``unit``.
+
+    Args:
+        value: a string ``<number><unit>`` or a number already in ``unit``; None passes through.
+        unit: the DataModule's time unit.
+        name: the argument's name, for the error message.
+
+    Returns:
+        The duration in ``unit`` (a float >= 0), or None.
+
+    Raises:
+        ValueError: unparseable, unknown unit or negative.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"{name}={value!r} is not a duration; write e.g. '6h', '2d', '30min' or a number")
+        given = _ALIASES.get(match.group(2) or unit, match.group(2) or unit)
+        check_unit(given, name)
+        number = float(match.group(1)) * UNIT_SECONDS[given] / UNIT_SECONDS[unit]
+    if not np.isfinite(number) or number < 0:
+        raise ValueError(f"{name}={value!r} must be a finite duration >= 0")
+    return number
+
+
+@dataclass
+class TimeCodec:
+    """How float times map back to the data's time stamps.
+
+    Attributes:
+        unit: the float times' unit.
+        is_datetime: True when the source column held date-times (floats count from the Unix epoch, UTC).
+        time_zone: the source column's time zone, or None for naive date-times or numbers.
+    """
+
+    unit: str
+    is_datetime: bool
+    time_zone: str | None = None
+
+    def encode(self, column: pl.Expr) -> pl.Expr:
+        """Expression turning a datetime or numeric column into float64 times in ``unit``."""
+        if not self.is_datetime:
+            return column.cast(pl.Float64)
+        return column.dt.epoch("us").cast(pl.Float64) / (UNIT_SECONDS[self.unit] * 1e6)
+
+    def decode(self, times: np.ndarray) -> pl.Series:
+        """Turn float times (any shape, flattened) back into the data's time stamps."""
+        flat = np.asarray(times, dtype=np.float64).reshape(-1)
+        if not self.is_datetime:
+            return pl.Series("time", flat)
+        micros = np.round(flat * UNIT_SECONDS[self.unit] * 1e6).astype(np.int64)
+        stamps = pl.from_epoch(pl.Series("time", micros), "us")
+        if self.time_zone is not None:
+            stamps = stamps.dt.replace_time_zone("UTC").dt.convert_time_zone(self.time_zone)
+        return stamps
+
+
+def to_datetime_or_number(frame: pl.DataFrame, column: str, source: str) -> pl.DataFrame:
+    """Parse a string time column as date-times; leave datetime and numeric columns as they are.
+
+    Raises:
+        ValueError: naming ``source``, the column and the first values that do not parse.
+    """
+    dtype = frame.schema[column]
+    if dtype.is_numeric() or dtype == pl.Datetime or isinstance(dtype, pl.Datetime):
+        return frame
+    if dtype == pl.Date:
+        return frame.with_columns(pl.col(column).cast(pl.Datetime("us")))
+    if dtype != pl.String:
+        raise ValueError(f"{source}: time column {column!r} has type {dtype}; expected date-times or numbers")
+    try:
+        parsed = frame[column].str.to_datetime(strict=False, time_unit="us")
+    except pl.exceptions.PolarsError as err:
+        raise ValueError(f"{source}: time column {column!r} does not parse as date-times ({err})") from None
+    bad = frame[column].filter(parsed.is_null() & frame[column].is_not_null())
+    if len(bad):
+        raise ValueError(
+            f"{source}: {len(bad)} time stamps in column {column!r} do not parse as date-times, "
+            f"e.g. {bad.head(3).to_list()}; use one ISO 8601 format throughout (or numbers with a time_unit)"
+        )
+    return frame.with_columns(parsed.alias(column))
+
+
+def codec_for(frame: pl.DataFrame, column: str, unit: str) -> TimeCodec:
+    """The codec of a parsed time column (datetime or numeric)."""
+    dtype = frame.schema[column]
+    if isinstance(dtype, pl.Datetime):
+        return TimeCodec(unit=unit, is_datetime=True, time_zone=dtype.time_zone)
+    return TimeCodec(unit=unit, is_datetime=False)
+
+
+def calendar_features(times: np.ndarray, codec: TimeCodec, names: list[str]) -> np.ndarray:
+    """Calendar features of absolute float times, each scaled to [-0.5, 0.5], in the data's local time.
+
+    Args:
+        times: (N,) float64 absolute times in ``codec.unit``.
+        codec: the data's time codec; must describe date-times.
+        names: features among ``hour_of_day``, ``day_of_week`` (Monday 0), ``day_of_month``, ``month_of_year``.
+
+    Returns:
+        (N, len(names)) float32 array.
+    """
+    if not names:
+        return np.zeros((len(times), 0), dtype=np.float32)
+    if not codec.is_datetime:
+        raise ValueError(f"calendar features {names} need a date-time time column; this data has numeric times")
+    stamps = codec.decode(times)
+    exprs = {
+        "hour_of_day": (stamps.dt.hour() + stamps.dt.minute() / 60.0) / 23.0 - 0.5,
+        "day_of_week": (stamps.dt.weekday() - 1) / 6.0 - 0.5,
+        "day_of_month": (stamps.dt.day() - 1) / 30.0 - 0.5,
+        "month_of_year": (stamps.dt.month() - 1) / 11.0 - 0.5,
+    }
+    unknown = [n for n in names if n not in exprs]
+    if unknown:
+        raise ValueError(f"unknown calendar features {unknown}; choose from {sorted(exprs)}")
+    return np.stack([exprs[n].to_numpy().astype(np.float32) for n in names], axis=1)

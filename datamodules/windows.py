@@ -1,0 +1,164 @@
+"""Forecast windows as row ranges into the sorted canonical table, computed with vectorised numpy.
+
+A window is ``(series, in_lo, in_hi, tg_lo, tg_hi, origin)``: inputs are rows ``[in_lo, in_hi)``, targets rows
+``[tg_lo, tg_hi)``, all of one series. Three ways to cut them:
+
+- ``count``: lookback L rows, horizon K rows, starts every ``stride`` rows from each series' first row; the
+  origin is the last input's time (regular data, the ETT protocol).
+- ``duration``: origins every S from ``first time + W``; inputs ``[o - W, o)``, targets ``[o, o + D]``.
+- ``fixed``: one window per series at origin ``o``; inputs ``[o - W, o)`` (all earlier ones when W is None),
+  targets ``[o, o + D]`` (all later ones when D is None) — the PhysioNet protocol.
+
+A window belongs to the split that holds all of its targets (span ``[first target, last target]`` for count
+windows, ``[o, o + D]`` for the others); its inputs may reach back into the previous split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+WindowMode = Literal["count", "duration", "fixed"]
+
+
+@dataclass
+class WindowSpec:
+    """Resolved windowing arguments (durations already in the time unit)."""
+
+    mode: WindowMode
+    lookback: int = 0
+    horizon: int = 0
+    stride: int = 1
+    observe: float | None = None
+    forecast: float | None = None
+    every: float | None = None
+    origin: float | None = None
+
+
+@dataclass
+class Windows:
+    """W windows as (W,) int64 row bounds, their series and (W,) float64 origins."""
+
+    series: np.ndarray
+    in_lo: np.ndarray
+    in_hi: np.ndarray
+    tg_lo: np.ndarray
+    tg_hi: np.ndarray
+    origin: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def select(self, keep: np.ndarray) -> Windows:
+        """The windows where ``keep`` (W,) bool is True."""
+        return Windows(*(a[keep] for a in self.__dict__.values()))
+
+
+def searchsorted_by_series(
+    series: np.ndarray, times: np.ndarray, q_series: np.ndarray, q_times: np.ndarray, side: str
+) -> np.ndarray:
+    """Global row index where each query (series, time) would be inserted into the rows sorted by both.
+
+    Exact for ties (a lexicographic merge, not an offset trick): ``side="left"`` places a query before rows
+    of equal time, ``"right"`` after them.
+
+    Args:
+        series: (N,) series index of each row; rows sorted by (series, time).
+        times: (N,) float64 row times.
+        q_series: (Q,) series of each query.
+        q_times: (Q,) float64 query times.
+        side: "left" or "right".
+
+    Returns:
+        (Q,) int64 row indices.
+    """
+    n = len(series)
+    flag = np.concatenate([np.zeros(n), np.full(len(q_series), -1.0 if side == "left" else 1.0)])
+    order = np.lexsort((flag, np.concatenate([times, q_times]), np.concatenate([series, q_series])))
+    is_query = order >= n
+    queries_before = np.cumsum(is_query) - is_query
+    positions = np.flatnonzero(is_query)
+    result = np.empty(len(q_series), dtype=np.int64)
+    result[order[positions] - n] = positions - queries_before[positions]
+    return result
+
+
+def _ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts (S,), the owner of each of sum(counts) items and its rank within its owner."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(int(counts.sum())) - starts[owner]
+
+
+def count_windows(offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
+    """All count windows (L inputs, K targets, every ``stride`` rows) of every series."""
+    length = np.diff(offsets)
+    span = spec.lookback + spec.horizon
+    n = np.where(length >= span, (length - span) // spec.stride + 1, 0)
+    owner, rank = _ragged(n)
+    start = offsets[owner] + rank * spec.stride
+    cut = start + spec.lookback
+    return Windows(owner, start, cut, cut, cut + spec.horizon, times[cut - 1])
+
+
+def span_windows(
+    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, owner: np.ndarray, origin: np.ndarray,
+    spec: WindowSpec,
+) -> Windows:
+    """Windows of the given series at the given origins, bounded by ``spec.observe`` and ``spec.forecast``."""
+    in_hi = searchsorted_by_series(series, times, owner, origin, "left")
+    if spec.observe is None:
+        in_lo = offsets[owner]
+    else:
+        in_lo = searchsorted_by_series(series, times, owner, origin - spec.observe, "left")
+    if spec.forecast is None:
+        tg_hi = offsets[owner + 1]
+    else:
+        tg_hi = searchsorted_by_series(series, times, owner, origin + spec.forecast, "right")
+    return Windows(owner, in_lo, in_hi, in_hi, tg_hi, origin)
+
+
+def duration_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
+    """Origins every ``spec.every`` from each series' first time + W while the forecast span fits."""
+    first, last = times[offsets[:-1]], times[offsets[1:] - 1]
+    room = last - first - spec.observe - spec.forecast
+    n = np.where(room >= 0, np.floor(np.maximum(room, 0) / spec.every).astype(np.int64) + 1, 0)
+    owner, rank = _ragged(n)
+    origin = first[owner] + spec.observe + rank * spec.every
+    return span_windows(series, offsets, times, owner, origin, spec)
+
+
+def fixed_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
+    """One window per series at ``spec.origin``."""
+    owner = np.arange(len(offsets) - 1)
+    return span_windows(series, offsets, times, owner, np.full(len(owner), spec.origin), spec)
+
+
+def end_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
+    """One window per series ending at its last observation, with no targets (prediction)."""
+    owner = np.arange(len(offsets) - 1)
+    in_hi = offsets[1:]
+    last = times[in_hi - 1]
+    if spec.mode == "count":
+        in_lo = np.maximum(in_hi - spec.lookback, offsets[:-1])
+    elif spec.observe is None:
+        in_lo = offsets[:-1]
+    else:
+        in_lo = searchsorted_by_series(series, times, owner, last - spec.observe, "left")
+    return Windows(owner, in_lo, in_hi, in_hi, in_hi, last)
+
+
+def target_span(
+    w: Windows, times: np.ndarray, spec: WindowSpec, step_targets: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(W,) first and last time a window's targets may take, for assigning it to a split."""
+    has_tg = w.tg_hi > w.tg_lo
+    first_tg = times[np.minimum(w.tg_lo, len(times) - 1)]
+    last_tg = np.where(has_tg, times[np.maximum(w.tg_hi - 1, 0)], w.origin)
+    if spec.mode == "count":
+        lo = times[w.in_lo] if step_targets else np.where(has_tg, first_tg, w.origin)
+        return lo, last_tg
+    lo = times[w.in_lo] if step_targets else w.origin
+    return lo, (w.origin + spec.forecast) if spec.forecast is not None else last_tg
