@@ -104,7 +104,7 @@ class CfCCell(nn.Module):
         self.backbone_dropout = backbone_dropout
 
         widths = [input_size + hidden_size] + [backbone_units] * backbone_layers
-        self.backbone = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.backbone = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=False))
         self.dropout = nn.Dropout(backbone_dropout)
         # ff1, ff2, time_a, time_b fused into one matmul (pure mode has ff1 only)
         self.n_heads = 1 if self.mode == "pure" else 4
@@ -135,13 +135,21 @@ class CfCCell(nn.Module):
         layer = self.first_layer
         return nn.functional.linear(x, layer.weight[:, : self.input_size], layer.bias)
 
-    def step(self, x_proj: Tensor, h: Tensor, dt: Tensor, drop: Tensor | None = None) -> Tensor:
+    def recurrent_weight(self) -> Tensor:
+        """The state half of the first layer, (N1, H)."""
+        return self.first_layer.weight[:, self.input_size :]
+
+    def step(
+        self, x_proj: Tensor, h: Tensor, dt: Tensor, drop: Tensor | None = None, w_h: Tensor | None = None
+    ) -> Tensor:
         """One step from the projected input: x_proj (B, N1), h (B, H), dt (B, 1) -> h' (B, H).
 
         ``drop`` (L, B, U), scaled keep masks, replaces the module's own dropout: the encoder draws the masks of
-        a whole sequence at once so that every implementation of the loop sees the same ones.
+        a whole sequence at once so that every implementation of the loop sees the same ones. ``w_h`` is
+        :meth:`recurrent_weight`, which a sequence loop slices once instead of once per step (every slice
+        costs a full-size gradient in the backward).
         """
-        w_h = self.first_layer.weight[:, self.input_size :]
+        w_h = self.recurrent_weight() if w_h is None else w_h
         z = torch.addmm(x_proj, h, w_h.t())  # (B, N1)
         if self.backbone_layers:
             for i in range(self.backbone_layers):

@@ -122,23 +122,27 @@ class CfCEncoder(nn.Module):
     def _python_loop(self, x, dt, mask, h, c, drop):
         cell, memory = self.cell, self.memory
         paper_memory = memory is not None and self.memory_wiring == "paper"
-        xproj = None if paper_memory else cell.input_projection(x)  # (B, T, N1)
-        mproj = None if memory is None else memory.input_map(x)  # (B, T, 4H)
+        steps = x.shape[1]
+        # unbind once: indexing x[:, t] in the loop would cost a full-size zero gradient per step
+        per_step = lambda t, dim=1: [None] * steps if t is None else t.unbind(dim)  # noqa: E731
+        xs = per_step(None if paper_memory else cell.input_projection(x))  # T x (B, N1)
+        ms = per_step(None if memory is None else memory.input_map(x))  # T x (B, 4H)
+        dts, masks, drops = per_step(dt), per_step(mask), per_step(drop, 2)  # (B, 1), (B, 1), (L, B, U)
+        w_h = cell.recurrent_weight()
         states = []
-        for t in range(x.shape[1]):
-            drop_t = None if drop is None else drop[:, :, t]  # (L, B, U)
+        for t in range(steps):
             c_new = c
             if memory is None:
-                h_new = cell.step(xproj[:, t], h, dt[:, t], drop_t)
+                h_new = cell.step(xs[t], h, dts[t], drops[t], w_h)
             elif paper_memory:
-                out, c_new = memory.step(mproj[:, t], h, c)
-                h_new = cell.step(cell.input_projection(out), h, dt[:, t], drop_t)
+                out, c_new = memory.step(ms[t], h, c)
+                h_new = cell.step(cell.input_projection(out), h, dts[t], drops[t], w_h)
             else:
-                h_mem, c_new = memory.step(mproj[:, t], h, c)
-                h_new = cell.step(xproj[:, t], h_mem, dt[:, t], drop_t)
+                h_mem, c_new = memory.step(ms[t], h, c)
+                h_new = cell.step(xs[t], h_mem, dts[t], drops[t], w_h)
             if mask is not None:  # padding carries the state over
-                h_new = torch.where(mask[:, t], h_new, h)
-                c_new = c_new if c is None else torch.where(mask[:, t], c_new, c)
+                h_new = torch.where(masks[t], h_new, h)
+                c_new = c_new if c is None else torch.where(masks[t], c_new, c)
             h, c = h_new, c_new
             states.append(h)
         return torch.stack(states, dim=1), h, c

@@ -30,7 +30,7 @@ def cell_params(cell) -> dict:
     n = 1 if cell.mode == "pure" else 4
     p = {
         "backbone": [(lay.weight.double(), lay.bias.double()) for lay in cell.backbone],
-        "heads": list(zip(heads_w.chunk(n), heads_b.chunk(n))),
+        "heads": list(zip(heads_w.chunk(n), heads_b.chunk(n), strict=False)),
         "mode": cell.mode,
         "act": cell.activation,
         "head_act": cell.head_activation,

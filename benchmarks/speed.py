@@ -1,0 +1,153 @@
+"""Speed of the CfC encoder against the reference implementations, measured side by side in one process.
+
+Protocol (../shared/BENCHMARKS.md): batch 64, 96 steps, 7 features, 64 hidden units, backbone 1 x 128,
+lecun_tanh, mode default, CPU with 2 threads. A training step is zero_grad + forward + MSE on the last state +
+backward; forward-only runs under ``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up. Our
+encoder runs with the weights of the ncps model. Also run: batch 256 with 1,024 steps.
+
+    python benchmarks/speed.py                  # both configurations, prints the README table
+    python benchmarks/speed.py --configs small  # only 64 x 96
+
+Results are appended to benchmarks/results/speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import cfc_forecast
+from cfc_forecast import CfCEncoder, native_available
+
+CONFIGS = {"small": (64, 96), "large": (256, 1024)}
+F, H, UNITS = 7, 64, 128
+RESULTS = Path(__file__).parent / "results" / "speed.json"
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, float]:
+    """Median ms per function; the functions take turns within every repetition, so load from elsewhere on
+    the machine hits all of them alike and the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def models(batch: int, steps: int, with_ltc: bool) -> dict[str, tuple[nn.Module, Callable]]:
+    """name -> (module, forward(x, dt) -> last state (B, H))."""
+    from ncps.torch import LTC, CfC
+
+    ref = CfC(F, H, backbone_units=UNITS, backbone_layers=1)
+    ours = CfCEncoder(F, H, backbone_units=UNITS, backbone_layers=1, impl="native", check_values=False)
+    ours.load_ncps_state_dict(ref.state_dict())
+    fallback = CfCEncoder(F, H, backbone_units=UNITS, backbone_layers=1, impl="python", check_values=False)
+    fallback.load_ncps_state_dict(ref.state_dict())
+    lstm = nn.LSTM(F, H, batch_first=True)
+    # ncps 1.0.1 slices per-step times to (B,): expand them to (B, T, H) so the numbers are right (CFC.md)
+    table = {
+        "cfc-forecast CfCEncoder (native loop)": (ours, lambda x, dt: ours(x, dt)[1]),
+        "cfc-forecast CfCEncoder (pure-PyTorch fallback)": (fallback, lambda x, dt: fallback(x, dt)[1]),
+        "ncps 1.0.1 CfC": (ref, lambda x, dt: ref(x, timespans=dt[..., None].expand(-1, -1, H))[1]),
+        "torch.nn.LSTM": (lstm, lambda x, dt: lstm(x)[0][:, -1]),
+    }
+    if with_ltc:
+        ltc = LTC(F, H)
+        table["ncps 1.0.1 LTC (ODE solver, 6 unfolds)"] = (ltc, lambda x, dt: ltc(x, timespans=dt)[1])
+    return table
+
+
+def measure(batch: int, steps: int, reps: int, with_ltc: bool) -> list[dict]:
+    torch.manual_seed(0)
+    x = torch.randn(batch, steps, F)
+    dt = torch.rand(batch, steps) + 0.5
+    target = torch.randn(batch, H)
+    train_steps, forwards = {}, {}
+    for name, (module, forward) in models(batch, steps, with_ltc).items():
+
+        def train_step(module=module, forward=forward):
+            module.zero_grad(set_to_none=True)
+            nn.functional.mse_loss(forward(x, dt), target).backward()
+
+        def forward_only(forward=forward):
+            with torch.no_grad():
+                forward(x, dt)
+
+        train_steps[name], forwards[name] = train_step, forward_only
+    train = interleaved_medians(train_steps, reps, warmup=3)
+    fwd = interleaved_medians(forwards, reps, warmup=3)
+    rows = []
+    for name in train_steps:
+        rows.append({"implementation": name, "batch": batch, "steps": steps, "train_ms": train[name],
+                     "forward_ms": fwd[name]})  # fmt: skip
+        print(f"  {name}: train {train[name]:.2f} ms, forward {fwd[name]:.2f} ms", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    base = {(r["batch"], r["steps"]): r for r in rows if r["implementation"] == "ncps 1.0.1 CfC"}
+    lstm = {(r["batch"], r["steps"]): r for r in rows if r["implementation"] == "torch.nn.LSTM"}
+    lines = [
+        "| batch x steps | implementation | training step (ms) | forward (ms) | train speed-up vs ncps CfC "
+        "| forward speed-up vs ncps CfC | train time / LSTM's |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        key = (r["batch"], r["steps"])
+        ref, ls = base[key], lstm[key]
+        lines.append(
+            f"| {r['batch']} x {r['steps']} | {r['implementation']} | {r['train_ms']:.1f} | {r['forward_ms']:.1f} "
+            f"| {ref['train_ms'] / r['train_ms']:.2f}x | {ref['forward_ms'] / r['forward_ms']:.2f}x "
+            f"| {r['train_ms'] / ls['train_ms']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "large"])
+    parser.add_argument("--reps", type=int, default=25, help="timed repetitions per row (>= 20)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-ltc", action="store_true", help="skip ncps LTC (seconds per step)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not native_available():
+        raise SystemExit("the native CfC loop did not build; see the warning above")
+    rows = []
+    for cfg in args.configs:
+        batch, steps = CONFIGS[cfg]
+        print(f"batch {batch}, {steps} steps:", flush=True)
+        # LTC at 256 x 1024 needs minutes per step and tens of GB: measured at the small size only
+        rows += measure(batch, steps, max(20, args.reps), with_ltc=not args.no_ltc and cfg == "small")
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cfc_forecast": cfc_forecast.__version__,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    history.append({"meta": meta, "rows": rows})
+    RESULTS.write_text(json.dumps(history, indent=1))
+    print(f"\n{meta}\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
