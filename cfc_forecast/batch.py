@@ -114,17 +114,14 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Return a copy in pinned memory (what ``DataLoader(pin_memory=True)`` calls)."""
-        pinned = {
-            f.name: v.pin_memory() for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)
-        }
+        pinned = {f.name: v.pin_memory() for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
         return replace(self, **pinned)
 
     def unscale(self, values: Tensor) -> Tensor:
         """Map scaled target values (B, K, C) or (B, T, C) back to the data's units."""
         if values.dim() != 3 or values.shape[0] != self.batch_size or values.shape[2] != self.target_loc.shape[1]:
             raise ValueError(
-                f"values must have shape ({self.batch_size}, K, {self.target_loc.shape[1]}), "
-                f"got {tuple(values.shape)}"
+                f"values must have shape ({self.batch_size}, K, {self.target_loc.shape[1]}), got {tuple(values.shape)}"
             )
         return values * self.target_scale[:, None, :] + self.target_loc[:, None, :]
 

@@ -194,3 +194,4 @@ def run_native(
         None if drop is None else drop.permute(0, 2, 3, 1).contiguous(), *w["layers"],
     )  # fmt: skip
     return states.permute(2, 0, 1)  # (T, H, B) -> (B, T, H)
+

@@ -36,56 +36,55 @@ inline Vec<T> keep_masked(const Vec<T>& h_new, const T* h_prev, const T* mask, i
   return Vec<T>::blendv(Vec<T>::loadu(h_prev + b, n), h_new, Vec<T>::loadu(mask + b, n) != Vec<T>(T(0)));
 }
 
-// Adds a per-row bias (rows, B) in place; the head matmul runs without one (beta = 0 is faster).
+// Loads row r of z, adding the row's bias (the head matmul runs without one: beta = 0 is faster); with
+// `keep`, writes the sum back, as the backward reads it.
 template <typename T>
-void add_row_bias(T* z, const T* bias, int64_t rows, int64_t B) {
-  if (bias == nullptr) return;
-  constexpr int64_t W = Vec<T>::size();
-  for (int64_t r = 0; r < rows; ++r) {
-    const Vec<T> br(bias[r]);
-    for (int64_t b = 0; b < B; b += W) {
-      const int64_t n = std::min(W, B - b);
-      (Vec<T>::loadu(z + r * B + b, n) + br).store(z + r * B + b, n);
-    }
-  }
+inline Vec<T> load_row(T* z, const T* bias, int64_t r, int64_t B, int64_t b, int64_t n, bool keep) {
+  Vec<T> v = Vec<T>::loadu(z + r * B + b, n);
+  if (bias == nullptr) return v;
+  v = v + Vec<T>(bias[r]);
+  if (keep) v.store(z + r * B + b, n);
+  return v;
 }
 
-// Gated modes. z = [ff1; ff2; t_a; t_b] (4H, B), without its bias when one is given (added in place);
-// writes f = tanh([ff1; ff2]) (2H, B), gate (H, B), h (H, B).
+// Gated modes. z = [ff1; ff2; t_a; t_b] (4H, B) without the bias `bias` (4H) when one is given; writes the
+// state h (H, B) and, when `keep` (saving for backward), f = tanh([ff1; ff2]) (2H, B), gate (H, B), z + bias.
 template <typename T>
 void gated_forward(T* z, const T* bias, const T* dt, const T* mask, const T* h_prev, T* f, T* gate, T* h,
-                   int64_t H, int64_t B, bool no_gate, T scale) {
+                   int64_t H, int64_t B, bool no_gate, T scale, bool keep) {
   constexpr int64_t W = Vec<T>::size();
-  add_row_bias(z, bias, 4 * H, B);
   for (int64_t r = 0; r < H; ++r) {
-    const T *z1 = z + r * B, *z2 = z + (H + r) * B, *za = z + (2 * H + r) * B, *zb = z + (3 * H + r) * B;
     for (int64_t b = 0; b < B; b += W) {
       const int64_t n = std::min(W, B - b);
-      const Vec<T> a1 = tanh_exp(Vec<T>::loadu(z1 + b, n)), a2 = tanh_exp(Vec<T>::loadu(z2 + b, n));
-      const Vec<T> g = sigmoid(Vec<T>::loadu(zb + b, n) + Vec<T>::loadu(za + b, n) * Vec<T>::loadu(dt + b, n));
+      const Vec<T> a1 = tanh_exp(load_row(z, bias, r, B, b, n, keep));
+      const Vec<T> a2 = tanh_exp(load_row(z, bias, H + r, B, b, n, keep));
+      const Vec<T> ta = load_row(z, bias, 2 * H + r, B, b, n, keep);
+      const Vec<T> g = sigmoid(load_row(z, bias, 3 * H + r, B, b, n, keep) + ta * Vec<T>::loadu(dt + b, n));
       Vec<T> hn = no_gate ? a1 + g * a2 : a1 + g * (a2 - a1);
       if (scale != T(1)) hn = hn * Vec<T>(scale);
-      a1.store(f + r * B + b, n);
-      a2.store(f + (H + r) * B + b, n);
-      g.store(gate + r * B + b, n);
+      if (keep) {
+        a1.store(f + r * B + b, n);
+        a2.store(f + (H + r) * B + b, n);
+        g.store(gate + r * B + b, n);
+      }
       keep_masked(hn, h_prev + r * B, mask, b, n).store(h + r * B + b, n);
     }
   }
 }
 
-// Pure mode: h = A - A * E * ff1, E = exp(-dt * (|w_tau| + |ff1|)); writes E (H, B) and h (H, B).
+// Pure mode: h = A - A * E * ff1, E = exp(-dt * (|w_tau| + |ff1|)); writes h (H, B) and, when `keep`,
+// E (H, B) and z + bias.
 template <typename T>
 void pure_forward(T* z, const T* bias, const T* dt, const T* mask, const T* h_prev, const T* A,
-                  const T* w_tau_abs, T* e_out, T* h, int64_t H, int64_t B) {
+                  const T* w_tau_abs, T* e_out, T* h, int64_t H, int64_t B, bool keep) {
   constexpr int64_t W = Vec<T>::size();
-  add_row_bias(z, bias, H, B);
   for (int64_t r = 0; r < H; ++r) {
     const Vec<T> a(A[r]), wt(w_tau_abs[r]);
     for (int64_t b = 0; b < B; b += W) {
       const int64_t n = std::min(W, B - b);
-      const Vec<T> zz = Vec<T>::loadu(z + r * B + b, n);
+      const Vec<T> zz = load_row(z, bias, r, B, b, n, keep);
       const Vec<T> e = (Vec<T>::loadu(dt + b, n) * (wt + zz.abs())).neg().exp();
-      e.store(e_out + r * B + b, n);
+      if (keep) e.store(e_out + r * B + b, n);
       keep_masked(a - a * (e * zz), h_prev + r * B, mask, b, n).store(h + r * B + b, n);
     }
   }

@@ -72,6 +72,7 @@ const T* ptr_or_null(const at::Tensor& t) {
 struct CellForward {
   int64_t mode;
   double scale;
+  bool keep;  // saving for backward: the fused kernel writes f, gate and z + bias only then
   at::Tensor A, w_tau_abs, hbuf, tmp, bias, bias_block;
 
   void fused(at::Tensor& z, const at::Tensor& dtt, const at::Tensor& mask_f, const at::Tensor& hprev,
@@ -84,12 +85,12 @@ struct CellForward {
         cfc_cpu::pure_forward<scalar_t>(z.data_ptr<scalar_t>(), b, dtt.data_ptr<scalar_t>(), m,
                                         hprev.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
                                         w_tau_abs.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(),
-                                        h.data_ptr<scalar_t>(), H, B);
+                                        h.data_ptr<scalar_t>(), H, B, keep);
       } else {
         cfc_cpu::gated_forward<scalar_t>(z.data_ptr<scalar_t>(), b, dtt.data_ptr<scalar_t>(), m,
                                          hprev.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(),
                                          g.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), H, B,
-                                         mode == kNoGate, static_cast<scalar_t>(scale));
+                                         mode == kNoGate, static_cast<scalar_t>(scale), keep);
       }
     });
   }
@@ -235,7 +236,7 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   }
   const bool fused = allow_fused && use_fused(xproj);
   const at::Tensor mask_f = masked && fused ? mask->to(opts.dtype()) : at::Tensor();
-  CellForward cell{mode, head_scale};
+  CellForward cell{mode, head_scale, save};
   if (mode == kPure) cell.A = *A, cell.w_tau_abs = w_tau->abs();
   if (!fused) cell.hbuf = at::empty({H, B}, opts), cell.tmp = at::empty({H, B}, opts);
   // the fused kernel adds the head bias itself, so the head matmul needs no pre-filled output
