@@ -29,9 +29,8 @@ class CfCEncoder(nn.Module):
             state (the torch reference); ``"paper"``: the LSTM runs on (x_t, h) and its output is the CfC's
             *input* while the CfC keeps its own state (the paper's TensorFlow code).
         forget_bias: the memory cell's forget-gate bias.
-        impl: ``"auto"`` uses the native loop when it builds and applies (no mixed memory) and the
-            pure-PyTorch loop otherwise; ``"native"`` insists on the native loop; ``"python"`` forces the
-            pure-PyTorch loop.
+        impl: ``"auto"`` uses the native loop when it builds and the pure-PyTorch loop otherwise;
+            ``"native"`` insists on the native loop; ``"python"`` forces the pure-PyTorch loop.
         check_values: check x for NaN and dt for negative or non-finite values on every call (shapes are
             always checked); switch off on a GPU hot path, where the check forces a device sync.
     """
@@ -76,9 +75,7 @@ class CfCEncoder(nn.Module):
 
     def uses_native(self) -> bool:
         """Whether ``forward`` runs the native loop (builds it on first call)."""
-        if self.impl == "python" or self.memory is not None:
-            if self.impl == "native":
-                raise RuntimeError("impl='native' does not support mixed_memory; use impl='auto' or 'python'")
+        if self.impl == "python":
             return False
         if native_available():
             return True
@@ -114,8 +111,8 @@ class CfCEncoder(nn.Module):
         drop = self._dropout_masks(x)
         cell = self.cell
         if self.uses_native():
-            states = run_native(cell, x, h, dt, mask, drop)
-            return states, states[:, -1]
+            states, c_states = run_native(cell, x, h, dt, mask, drop, self.memory, c, self.memory_wiring)
+            return states, (states[:, -1] if c_states is None else (states[:, -1], c_states[:, -1]))
         states, h, c = self._python_loop(x, dt, mask, h, c, drop)
         return states, (h if c is None else (h, c))
 

@@ -13,7 +13,7 @@ import logging
 import os
 import platform
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from cfc_forecast.cell import LECUN_SCALE, LECUN_SLOPE, CfCCell
+from cfc_forecast.memory import LSTMMemoryCell
 
 log = logging.getLogger(__name__)
 _CSRC = Path(__file__).parent / "csrc"
@@ -83,12 +84,17 @@ def native_available() -> bool:
     return bool(_status["ok"])
 
 
+_WIRINGS = {None: 0, "ncps": 1, "paper": 2}
+
+
 @dataclass(frozen=True)
 class _Spec:
     layers: int
     mode: int
     act: int
     head_scale: float
+    wiring: int = 0
+    forget_bias: float = 1.0
 
 
 def fold_weights(cell: CfCCell) -> tuple[dict, _Spec]:
@@ -133,41 +139,53 @@ def fold_weights(cell: CfCCell) -> tuple[dict, _Spec]:
 
 class _CfCSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec, xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, *layers):
+    def forward(ctx, spec, xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, mproj, c0, w_mrec, w_x, *layers):
         n = len(layers) // 2
         save = any(ctx.needs_input_grad)
+        memory = [t for t in (mproj, c0, w_mrec, w_x) if t is not None]
         outs = torch.ops.cfc_forecast.seq_forward(
-            xproj, h0, dt, mask, w_rec, list(layers[:n]), list(layers[n:]), w_head, b_head, A, w_tau,
-            drop, spec.layers, spec.mode, spec.act, spec.head_scale, save, ALLOW_FUSED,
+            xproj, h0, dt, mask, w_rec, list(layers[:n]), list(layers[n:]), w_head, b_head, A, w_tau, drop,
+            memory, spec.layers, spec.mode, spec.act, spec.wiring, spec.head_scale, spec.forget_bias, save,
+            ALLOW_FUSED,
         )  # fmt: skip
-        ctx.allow_fused = ALLOW_FUSED
+        states, c_states = outs[0], outs[4 + 3 * spec.layers]
         if save:
-            ctx.spec, ctx.n = spec, n
-            ctx.save_for_backward(h0, dt, mask, w_rec, w_head, A, w_tau, drop, outs[0], *layers[:n])
+            ctx.spec, ctx.allow_fused = spec, ALLOW_FUSED
+            ctx.save_for_backward(h0, dt, mask, w_rec, w_head, A, w_tau, drop, c0, w_mrec, w_x, states, *layers[:n])
             ctx.intermediates = outs[1:]  # neither inputs nor outputs: kept on ctx, freed with the graph
-        return outs[0]
+        return states, c_states
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_states):
-        h0, dt, mask, w_rec, w_head, A, w_tau, drop, states, *w_layers = ctx.saved_tensors
+    def backward(ctx, grad_states, grad_c):
+        h0, dt, mask, w_rec, w_head, A, w_tau, drop, c0, w_mrec, w_x, states, *w_layers = ctx.saved_tensors
         spec = ctx.spec
+        memory = [] if not spec.wiring else [c0, c0, w_mrec] + ([w_x] if w_x is not None else [])
         grads = torch.ops.cfc_forecast.seq_backward(
-            grad_states.contiguous(), h0, dt, mask, w_rec, w_layers, w_head, A, w_tau, drop,
-            [states, *ctx.intermediates], spec.layers, spec.mode, spec.act, spec.head_scale, ctx.allow_fused,
+            grad_states, h0, dt, mask, w_rec, w_layers, w_head, A, w_tau, drop, [states, *ctx.intermediates],
+            memory, grad_c, spec.layers, spec.mode, spec.act, spec.wiring, spec.head_scale, ctx.allow_fused,
         )  # fmt: skip
-        d_xproj, d_h0, d_dt, d_w_rec, d_wh, d_bh, d_A, d_wt, *d_layers = grads
-        if not spec.layers:
-            d_wh = d_bh = None
-        if spec.mode != _MODES["pure"]:
-            d_A = d_wt = None
-        return (None, d_xproj, d_h0, d_dt, None, d_w_rec, d_wh, d_bh, d_A, d_wt, None, *d_layers)
+        d_xproj, d_h0, d_dt, d_w_rec, d_wh, d_bh, d_A, d_wt, d_mproj, d_c0, d_w_mrec, d_w_x, *d_layers = grads
+        given = lambda t, d: d if t is not None else None  # noqa: E731  (empty placeholders -> None)
+        return (
+            None, d_xproj, d_h0, d_dt, None, d_w_rec, given(w_head, d_wh), given(w_head, d_bh), given(A, d_A),
+            given(w_tau, d_wt), None, given(c0, d_mproj), given(c0, d_c0), given(w_mrec, d_w_mrec),
+            given(w_x, d_w_x), *d_layers,
+        )  # fmt: skip
 
 
 def run_native(
-    cell: CfCCell, x: Tensor, h0: Tensor, dt: Tensor, mask: Tensor | None, drop: Tensor | None
-) -> Tensor:
-    """Run ``cell`` over a sequence with the native loop.
+    cell: CfCCell,
+    x: Tensor,
+    h0: Tensor,
+    dt: Tensor,
+    mask: Tensor | None,
+    drop: Tensor | None,
+    memory: LSTMMemoryCell | None = None,
+    c0: Tensor | None = None,
+    wiring: str = "ncps",
+) -> tuple[Tensor, Tensor | None]:
+    """Run ``cell`` (and the mixed-memory LSTM ``memory``) over a sequence with the native loop.
 
     Args:
         cell: the cell whose weights are used.
@@ -176,22 +194,39 @@ def run_native(
         dt: elapsed times (B, T, 1).
         mask: real steps (B, T, 1) bool, or None when every step is real.
         drop: dropout keep masks scaled by 1 / (1 - p), (L, B, T, U), or None.
+        memory: the LSTM memory cell of a mixed-memory encoder, or None.
+        c0: the memory's initial cell state (B, H), with ``memory``.
+        wiring: ``"ncps"`` or ``"paper"``, see :class:`~cfc_forecast.encoder.CfCEncoder`.
 
     Returns:
-        The states (B, T, H), a view of the loop's feature-major (T, H, B) result.
+        The states (B, T, H) and, with memory, the cell states (B, T, H): views of the loop's feature-major
+        (T, H, B) results.
     """
     w, spec = fold_weights(cell)
     fm = lambda t: None if t is None else t.permute(1, 2, 0)  # noqa: E731  (B, T, N) -> (T, N, B)
     steps, n1, batch = x.shape[1], w["w_x"].shape[0], x.shape[0]
-    # the input half of the first layer for all steps in one batched matmul, already feature-major
-    xproj = torch.baddbmm(
-        w["b_x"].view(1, n1, 1).expand(steps, n1, batch), w["w_x"].expand(steps, -1, -1), fm(x)
-    )  # (T, N1, B)
-    col = lambda t: None if t is None else t.t().contiguous()  # noqa: E731  (1, H) -> (H, 1)
-    states = _CfCSequence.apply(
-        spec, xproj, h0.t().contiguous(), fm(dt).contiguous(), None if mask is None else fm(mask).contiguous(),
-        w["w_rec"], w["w_head"], w["b_head"], col(w["A"]), col(w["w_tau"]),
-        None if drop is None else drop.permute(0, 2, 3, 1).contiguous(), *w["layers"],
-    )  # fmt: skip
-    return states.permute(2, 0, 1)  # (T, H, B) -> (B, T, H)
 
+    def project(weight: Tensor, bias: Tensor) -> Tensor:
+        """An input projection for all steps in one batched matmul, already feature-major: (T, N, B)."""
+        rows = weight.shape[0]
+        return torch.baddbmm(bias.view(1, rows, 1).expand(steps, rows, batch), weight.expand(steps, -1, -1), fm(x))
+
+    mproj = w_mrec = w_in = None
+    if memory is None:
+        xproj = project(w["w_x"], w["b_x"])
+    else:
+        spec = replace(spec, wiring=_WIRINGS[wiring], forget_bias=float(memory.forget_bias))
+        mproj, w_mrec = project(memory.input_map.weight, memory.input_map.bias), memory.recurrent_map.weight
+        if wiring == "paper":  # the CfC's input is the LSTM's output: only its bias can be hoisted
+            xproj, w_in = w["b_x"].view(1, n1, 1).expand(steps, n1, batch).contiguous(), w["w_x"]
+        else:
+            xproj = project(w["w_x"], w["b_x"])
+    col = lambda t: None if t is None else t.t().contiguous()  # noqa: E731  (1, H) or (B, H) -> (H, 1), (H, B)
+    states, c_states = _CfCSequence.apply(
+        spec, xproj, col(h0), fm(dt).contiguous(), None if mask is None else fm(mask).contiguous(),
+        w["w_rec"], w["w_head"], w["b_head"], col(w["A"]), col(w["w_tau"]),
+        None if drop is None else drop.permute(0, 2, 3, 1).contiguous(), mproj, col(c0), w_mrec, w_in,
+        *w["layers"],
+    )  # fmt: skip
+    bth = lambda t: t.permute(2, 0, 1)  # noqa: E731  (T, H, B) -> (B, T, H)
+    return bth(states), (bth(c_states) if memory is not None else None)

@@ -47,7 +47,7 @@ def test_encoder_matches_float64_reference(impl, mode, layers, act, head):
 
 @pytest.mark.parametrize("wiring", ["ncps", "paper"])
 def test_mixed_memory_matches_float64_reference(impl, wiring):
-    enc = make_encoder("auto", mixed_memory=True, memory_wiring=wiring, forget_bias=2.1)
+    enc = make_encoder(impl, mixed_memory=True, memory_wiring=wiring, forget_bias=2.1)
     x, dt, mask = inputs()
     h0, c0 = torch.randn(4, H, dtype=torch.float64), torch.randn(4, H, dtype=torch.float64)
     states, (h, c) = enc(x, dt, mask, (h0, c0))
@@ -67,18 +67,38 @@ def test_gradcheck_in_x_dt_and_state(impl, mode, layers, act):
     assert torch.autograd.gradcheck(lambda a, b, c: enc(a, b, mask, c)[0], (x, dt, h0))
 
 
+MEMORY = [{}, {"mixed_memory": True, "memory_wiring": "ncps"}, {"mixed_memory": True, "memory_wiring": "paper"}]
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_parameter_gradients_equal_the_reference(impl, mode):
-    enc = make_encoder(impl, mode, layers=2, act="silu")
+@pytest.mark.parametrize("memory", MEMORY, ids=["plain", "ncps-memory", "paper-memory"])
+def test_parameter_gradients_equal_the_reference(impl, mode, memory):
+    enc = make_encoder(impl, mode, layers=2, act="silu", **memory)
     x, dt, mask = inputs()
     weights = torch.randn(4, 9, H, dtype=torch.float64)
     (enc(x, dt, mask)[0] * weights).sum().backward()
     ours = [p.grad.clone() for p in enc.parameters()]
-    ref = make_encoder("python", mode, layers=2, act="silu")
+    ref = make_encoder("python", mode, layers=2, act="silu", **memory)
     ref.load_state_dict(enc.state_dict())
     (reference.sequence(ref, x, dt, mask)[0] * weights).sum().backward()  # autograd through the reference
     for (name, _), a, b in zip(enc.named_parameters(), ours, [p.grad for p in ref.parameters()], strict=False):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("wiring", ["ncps", "paper"])
+def test_mixed_memory_gradcheck_in_x_dt_and_both_states(impl, wiring):
+    enc = make_encoder(impl, layers=1, mixed_memory=True, memory_wiring=wiring, forget_bias=0.5)
+    x, dt, mask = inputs(batch=3, steps=5)
+    x.requires_grad_()
+    dt = (dt + 0.1).requires_grad_()
+    h0 = torch.randn(3, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(3, H, dtype=torch.float64, requires_grad=True)
+
+    def run(a, b, h, c):
+        states, (_, c_last) = enc(a, b, mask, (h, c))
+        return states, c_last  # the final cell state carries gradients too (chunked training)
+
+    assert torch.autograd.gradcheck(run, (x, dt, h0, c0))
 
 
 @pytest.mark.parametrize("batch", [1, 3, H])  # B == H: the shape at which ncps's (B,) time bug was silent
@@ -111,7 +131,7 @@ def test_padding_carries_the_state_and_states_repeat_it(impl):
 
 @pytest.mark.parametrize("mixed", [False, True])
 def test_chunked_equals_whole(impl, mixed):
-    enc = make_encoder("auto" if mixed else impl, mixed_memory=mixed)
+    enc = make_encoder(impl, mixed_memory=mixed)
     x, dt, mask = inputs(steps=12)
     whole, last = enc(x, dt, mask)
     state, parts = None, []

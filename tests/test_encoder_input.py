@@ -53,9 +53,7 @@ def test_mixed_memory_state_must_be_a_pair():
         mixed(X, state=(torch.zeros(2, 4), torch.zeros(1, 4)))
 
 
-def test_impl_native_refuses_what_it_cannot_run():
-    with pytest.raises(RuntimeError, match="does not support mixed_memory"):
-        CfCEncoder(3, 4, mixed_memory=True, impl="native")(X)
+def test_unknown_impl_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown impl 'fast'"):
         CfCEncoder(3, 4, impl="fast")
 

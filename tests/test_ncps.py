@@ -16,7 +16,7 @@ def pair(impl, mode="default", layers=1, mixed=False, dropout=0.0, act="lecun_ta
     ref = ncps_torch.CfC(F, H, mode=mode, mixed_memory=mixed, backbone_layers=layers, backbone_units=16,
                          backbone_dropout=dropout, activation=act)  # fmt: skip
     ours = CfCEncoder(F, H, mode=mode, mixed_memory=mixed, backbone_layers=layers, backbone_units=16,
-                      activation=act, impl="auto" if mixed else impl)  # fmt: skip
+                      activation=act, impl=impl)  # fmt: skip
     ours.load_ncps_state_dict(ref.state_dict())
     return ref.eval(), ours.eval()
 

@@ -19,194 +19,29 @@
 
 #include <vector>
 
-#include "cell_cpu.h"
+#include "cell_step.h"
+#include "memory_step.h"
 
-namespace {
-
-enum Mode : int64_t { kDefault = 0, kNoGate = 1, kPure = 2 };
-enum Act : int64_t { kTanh = 1, kRelu = 2, kSilu = 3, kGelu = 4 };
-
-bool keeps_pre(int64_t act) { return act == kSilu || act == kGelu; }
-
-// tanh and relu run in place (their backward needs only the output); silu and gelu keep the pre-activation.
-void act_forward(at::Tensor& out, const at::Tensor& pre, int64_t act) {
-  switch (act) {
-    case kTanh: out.tanh_(); break;
-    case kRelu: out.relu_(); break;
-    case kSilu: at::silu_out(out, pre); break;
-    case kGelu: at::gelu_out(out, pre); break;
-    default: TORCH_CHECK(false, "cfc_forecast native: unknown activation code ", act);
-  }
-}
-
-void act_backward(at::Tensor& grad_pre, const at::Tensor& grad_out, const at::Tensor& pre,
-                  const at::Tensor& out, int64_t act) {
-  switch (act) {
-    case kTanh: at::tanh_backward_out(grad_pre, grad_out, out); break;
-    case kRelu: at::threshold_backward_out(grad_pre, grad_out, out, 0); break;
-    case kSilu: at::silu_backward_out(grad_pre, grad_out, pre); break;
-    case kGelu: at::gelu_backward_out(grad_pre, grad_out, pre); break;
-    default: TORCH_CHECK(false, "cfc_forecast native: unknown activation code ", act);
-  }
-}
-
-at::Tensor none_like(const at::Tensor& like) { return at::empty({0}, like.options()); }
-
-// A bias (N) as a contiguous (N, B) block, copied into a step's output before an in-place matmul: cheaper
-// than broadcasting the bias into every step's buffer at once.
-at::Tensor bias_block(const at::Tensor& bias, int64_t B) {
-  return bias.view({bias.size(0), 1}).expand({bias.size(0), B}).contiguous();
-}
-
-// The fused CPU kernels take float and double; anything else (CUDA, half) runs the generic ATen kernels.
-bool use_fused(const at::Tensor& t) {
-  return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
-}
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-// One step's cell update from the heads z (NH, B): writes ff (2H, B) or E (H, B), gate, and the state h (H, B).
-struct CellForward {
-  int64_t mode;
-  double scale;
-  bool keep;  // saving for backward: the fused kernel writes f, gate and z + bias only then
-  at::Tensor A, w_tau_abs, hbuf, tmp, bias, bias_block;
-
-  void fused(at::Tensor& z, const at::Tensor& dtt, const at::Tensor& mask_f, const at::Tensor& hprev,
-             at::Tensor& f, at::Tensor& g, at::Tensor& h) const {
-    const int64_t H = h.size(0), B = h.size(1);
-    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "cfc_cell_forward", [&] {
-      const scalar_t* m = ptr_or_null<scalar_t>(mask_f);
-      const scalar_t* b = ptr_or_null<scalar_t>(bias);
-      if (mode == kPure) {
-        cfc_cpu::pure_forward<scalar_t>(z.data_ptr<scalar_t>(), b, dtt.data_ptr<scalar_t>(), m,
-                                        hprev.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-                                        w_tau_abs.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(),
-                                        h.data_ptr<scalar_t>(), H, B, keep);
-      } else {
-        cfc_cpu::gated_forward<scalar_t>(z.data_ptr<scalar_t>(), b, dtt.data_ptr<scalar_t>(), m,
-                                         hprev.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(),
-                                         g.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), H, B,
-                                         mode == kNoGate, static_cast<scalar_t>(scale), keep);
-      }
-    });
-  }
-
-  void generic(const at::Tensor& z, const at::Tensor& dtt, const at::Tensor& mask_t, const at::Tensor& hprev,
-               at::Tensor& f, at::Tensor& g, at::Tensor& h) {
-    const int64_t H = h.size(0);
-    at::Tensor hn = mask_t.defined() ? hbuf : h;
-    if (mode == kPure) {  // h' = A - A * E * ff1 with E = exp(-dt * (|w_tau| + |ff1|))
-      at::abs_out(f, z);
-      f.add_(w_tau_abs).mul_(dtt).neg_().exp_();
-      at::mul_out(tmp, f, z);
-      at::addcmul_out(hn, A, A, tmp, -1);
-    } else {
-      at::tanh_out(f, z.narrow(0, 0, 2 * H));
-      at::addcmul_out(g, z.narrow(0, 3 * H, H), z.narrow(0, 2 * H, H), dtt);  // t_b + t_a * dt
-      g.sigmoid_();
-      if (mode == kDefault) {
-        at::lerp_out(hn, f.narrow(0, 0, H), f.narrow(0, H, H), g);  // ff1 * (1 - g) + g * ff2
-      } else {
-        at::addcmul_out(hn, f.narrow(0, 0, H), g, f.narrow(0, H, H));
-      }
-      if (scale != 1.0) hn.mul_(scale);
-    }
-    if (mask_t.defined()) at::where_out(h, mask_t, hn, hprev);  // padding carries the state over
-  }
-};
-
-// One step's backward of the cell update: from the state's gradient (grad + carry) to d z (NH, B) and d dt;
-// leaves in carry what passes straight to the previous state at padding.
-struct CellBackward {
-  int64_t mode;
-  double scale;
-  at::Tensor A, w_tau_abs, acc_a, acc_wtau, g, gk, tmp, tmp2, d_ff;
-
-  void fused(const at::Tensor& grad, at::Tensor& carry, const at::Tensor& mask_f, const at::Tensor& z,
-             const at::Tensor& f, const at::Tensor& gate, const at::Tensor& dtt, at::Tensor& dz,
-             at::Tensor& ddt) {
-    const int64_t H = carry.size(0), B = carry.size(1);
-    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "cfc_cell_backward", [&] {
-      const scalar_t* m = ptr_or_null<scalar_t>(mask_f);
-      if (mode == kPure) {
-        cfc_cpu::pure_backward<scalar_t>(grad.data_ptr<scalar_t>(), carry.data_ptr<scalar_t>(), m,
-                                         z.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-                                         w_tau_abs.data_ptr<scalar_t>(), dtt.data_ptr<scalar_t>(),
-                                         dz.data_ptr<scalar_t>(), ddt.data_ptr<scalar_t>(),
-                                         acc_a.data_ptr<scalar_t>(), acc_wtau.data_ptr<scalar_t>(), H, B);
-      } else {
-        cfc_cpu::gated_backward<scalar_t>(grad.data_ptr<scalar_t>(), carry.data_ptr<scalar_t>(), m,
-                                          z.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(),
-                                          gate.data_ptr<scalar_t>(), dtt.data_ptr<scalar_t>(),
-                                          dz.data_ptr<scalar_t>(), ddt.data_ptr<scalar_t>(), H, B,
-                                          mode == kNoGate, static_cast<scalar_t>(scale));
-      }
-    });
-  }
-
-  void generic(const at::Tensor& grad, at::Tensor& carry, const at::Tensor& mask_f, const at::Tensor& z,
-               const at::Tensor& f, const at::Tensor& gate, const at::Tensor& dtt, at::Tensor& dz,
-               at::Tensor& ddt) {
-    const int64_t H = carry.size(0);
-    at::add_out(g, grad, carry);
-    if (mask_f.defined()) {
-      at::mul_out(gk, g, mask_f);  // the step's own share
-      at::sub_out(carry, g, gk);   // at padding the gradient passes straight to the previous state
-    } else {
-      gk.copy_(g);
-      carry.zero_();
-    }
-    if (scale != 1.0) gk.mul_(scale);
-    if (mode == kPure) {
-      at::mul_out(tmp, f, z);                // u = E * ff1
-      acc_a.add_(gk).addcmul_(gk, tmp, -1);  // dA = g * (1 - u)
-      at::mul_out(tmp2, gk, A).neg_();       // du = -A * g
-      tmp.mul_(tmp2);                        // du * u
-      acc_wtau.addcmul_(tmp, dtt, -1);       // d|w_tau| = -dt * du * u
-      at::abs_out(dz, z);
-      at::sum_out(ddt, tmp * (dz + w_tau_abs), {0}, true).neg_();  // d dt = -sum du * u * (|w_tau| + |ff1|)
-      dz.mul_(dtt).neg_().add_(1).mul_(f).mul_(tmp2);             // d ff1 = du * E * (1 - dt * |ff1|)
-      return;
-    }
-    at::Tensor d_ff1 = d_ff.narrow(0, 0, H), d_ff2 = d_ff.narrow(0, H, H);
-    at::mul_out(d_ff2, gk, gate);
-    if (mode == kDefault) {
-      at::sub_out(d_ff1, gk, d_ff2);
-      at::sub_out(tmp, f.narrow(0, H, H), f.narrow(0, 0, H));
-      tmp.mul_(gk);  // d gate = g * (ff2 - ff1)
-    } else {
-      d_ff1.copy_(gk);
-      at::mul_out(tmp, gk, f.narrow(0, H, H));
-    }
-    at::Tensor d_ff_pre = dz.narrow(0, 0, 2 * H), d_tb = dz.narrow(0, 3 * H, H), d_ta = dz.narrow(0, 2 * H, H);
-    at::tanh_backward_out(d_ff_pre, d_ff, f);
-    at::sigmoid_backward_out(d_tb, tmp, gate);
-    at::mul_out(d_ta, d_tb, dtt);
-    at::mul_out(tmp, d_tb, z.narrow(0, 2 * H, H));
-    at::sum_out(ddt, tmp, {0}, true);
-  }
-};
-
-}  // namespace
+using namespace cfc;
 
 // xproj (T,N1,B), h0 (H,B), dt (T,1,B), mask (T,1,B) bool, w_rec (N1,H), w_layers (U,U), b_layers (U),
-// w_head (NH,U), b_head (NH), A and w_tau (H,1), drop (L,T,U,B).
+// w_head (NH,U), b_head (NH), A and w_tau (H,1), drop (L,T,U,B); with mixed memory (wiring 1: ncps, 2: paper)
+// memory = [mproj (T,4H,B), c0 (H,B), w_mrec (4H,H)] and, paper wiring, w_x (N1,H), the CfC's input weight
+// applied to the LSTM's output (xproj then holds only the first layer's bias).
 // Returns [states (T,H,B), heads (S,NH,B), ff (S,2H,B) | E (S,H,B), gate (S,H,B), then per backbone layer
-// pre_l, out_l, in_l (S,U,B) (pre_0 is (T,U,B)); S = T when saving for backward, else 1. Buffers are shared
+// pre_l, out_l, in_l (S,U,B) (pre_0 is (T,U,B)), then c_states (T,H,B), lstm activations (T,4H,B),
+// tanh(c') (S,H,B), lstm output (S,H,B)]; S = T when saving for backward, else 1. Buffers are shared
 // where values are: without a backbone heads is the projected input; out_l is pre_l for tanh and relu
-// (activated in place), in_l is out_l without dropout.
+// (activated in place), in_l is out_l without dropout. Tensors a configuration does not use are empty.
 std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h0, const at::Tensor& dt,
                                     const std::optional<at::Tensor>& mask, const at::Tensor& w_rec,
                                     at::TensorList w_layers, at::TensorList b_layers,
                                     const std::optional<at::Tensor>& w_head,
                                     const std::optional<at::Tensor>& b_head,
                                     const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& w_tau,
-                                    const std::optional<at::Tensor>& drop, int64_t n_layers, int64_t mode,
-                                    int64_t act, double head_scale, bool save, bool allow_fused) {
+                                    const std::optional<at::Tensor>& drop, at::TensorList memory, int64_t n_layers,
+                                    int64_t mode, int64_t act, int64_t wiring, double head_scale, double forget_bias,
+                                    bool save, bool allow_fused) {
   at::AutoDispatchBelowADInplaceOrView guard;  // no autograd bookkeeping per op: the wrapper owns the graph
   const int64_t T = xproj.size(0), B = xproj.size(2), H = h0.size(0);
   const int64_t L = n_layers;
@@ -242,17 +77,37 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   // the fused kernel adds the head bias itself, so the head matmul needs no pre-filled output
   if (L > 0 && fused) cell.bias = *b_head;
   if (L > 0 && !fused) cell.bias_block = bias_block(*b_head, B);
+  // mixed memory: the LSTM's pre-activations accumulate onto its hoisted input projection like `first`
+  const bool mem = wiring != kNoMemory;
+  at::Tensor lstm = mem ? memory[0].clone() : none_like(xproj);
+  at::Tensor c_states = mem ? at::empty({T, H, B}, opts) : none_like(xproj);
+  at::Tensor tc = mem ? at::empty({S, H, B}, opts) : none_like(xproj);
+  at::Tensor m_out = mem ? at::empty({S, H, B}, opts) : none_like(xproj);
+  MemoryStep memory_step{fused, forget_bias};
+  if (mem && !fused) memory_step.c_buf = at::empty({H, B}, opts);
 
   for (int64_t t = 0; t < T; ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hprev = t == 0 ? h0 : states[t - 1];
+    at::Tensor rec_in = hprev;  // what the CfC's recurrent weights read
+    if (mem) {
+      at::Tensor zl = lstm[t], c_new = c_states[t], o = m_out[s], tct = tc[s];
+      zl.addmm_(memory[2], hprev);  // (4H, B)
+      memory_step.forward(zl, t == 0 ? memory[1] : c_states[t - 1], masked && fused ? mask_f[t] : at::Tensor(),
+                          masked && !fused ? (*mask)[t] : at::Tensor(), c_new, o, tct);
+      if (wiring == kNcpsWiring) {
+        rec_in = o;  // ncps: the CfC reads the LSTM's output as its previous state
+      } else {
+        first[t].addmm_(memory[3], o);  // paper: the LSTM's output is the CfC's input
+      }
+    }
     at::Tensor z;  // (NH, B)
     if (L > 0) {
       at::Tensor layer_in;
       for (int64_t l = 0; l < L; ++l) {
         at::Tensor p = l == 0 ? first[t] : layer_bufs[l - 1][s];
         if (l > 0) p.copy_(layer_bias[l - 1]);
-        p.addmm_(l == 0 ? w_rec : w_layers[l - 1], l == 0 ? hprev : layer_in);  // (U, B)
+        p.addmm_(l == 0 ? w_rec : w_layers[l - 1], l == 0 ? rec_in : layer_in);  // (U, B)
         at::Tensor o = sep_pre ? out[l][s] : p;  // pre_0 is indexed by t even when not saving
         act_forward(o, p, act);
         if (dropping) {
@@ -272,7 +127,7 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
       }
     } else {
       z = first[t];
-      z.addmm_(w_rec, hprev);
+      z.addmm_(w_rec, rec_in);
     }
 
     at::Tensor st = states[t], f = ff[s], g = mode == kPure ? gate : gate[s];
@@ -284,17 +139,20 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   }
   std::vector<at::Tensor> result = {states, heads, ff, gate};
   for (const auto* list : {&pre, &out, &in}) result.insert(result.end(), list->begin(), list->end());
+  result.insert(result.end(), {c_states, lstm, tc, m_out});
   return result;
 }
 
-// Gradients of seq_forward's states. Returns [d xproj (T,N1,B), d h0 (H,B), d dt (T,1,B), d w_rec,
-// d w_head, d b_head, d A (H,1), d w_tau (H,1), d w_layers..., d b_layers...].
+// Gradients of seq_forward's states (and cell states, grad_c). Returns [d xproj (T,N1,B), d h0 (H,B),
+// d dt (T,1,B), d w_rec, d w_head, d b_head, d A (H,1), d w_tau (H,1), d mproj, d c0, d w_mrec, d w_x,
+// d w_layers..., d b_layers...], empty where a configuration has no such tensor.
 std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Tensor& h0, const at::Tensor& dt,
                                      const std::optional<at::Tensor>& mask, const at::Tensor& w_rec,
                                      at::TensorList w_layers, const std::optional<at::Tensor>& w_head,
                                      const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& w_tau,
                                      const std::optional<at::Tensor>& drop, at::TensorList saved,
-                                     int64_t n_layers, int64_t mode, int64_t act, double head_scale,
+                                     at::TensorList memory, const at::Tensor& grad_c, int64_t n_layers,
+                                     int64_t mode, int64_t act, int64_t wiring, double head_scale,
                                      bool allow_fused) {
   at::AutoDispatchBelowADInplaceOrView guard;
   const at::Tensor &states = saved[0], &heads = saved[1], &ff = saved[2], &gate = saved[3];
@@ -334,6 +192,21 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
     for (at::Tensor* b : {&cell.g, &cell.gk, &cell.tmp, &cell.tmp2}) *b = at::empty({H, B}, opts);
     cell.d_ff = at::empty({2 * H, B}, opts);
   }
+  const bool mem = wiring != kNoMemory;
+  const int64_t m0 = 4 + 3 * L;  // saved: c_states, lstm activations, tanh(c'), lstm output
+  at::Tensor carry_c, d_lstm, d_out, d_w_mrec, d_w_x, g_c;
+  MemoryStep memory_step{fused, 0.0};
+  if (mem) {
+    carry_c = at::zeros({H, B}, opts);
+    d_lstm = at::empty({T, 4 * H, B}, opts);
+    d_out = at::empty({H, B}, opts);
+    d_w_mrec = at::zeros_like(memory[2]);
+    if (wiring == kPaperWiring) d_w_x = at::zeros_like(memory[3]);
+    g_c = fused ? grad_c.contiguous() : grad_c;
+    if (!fused) {
+      for (at::Tensor* b : {&memory_step.tmp, &memory_step.tmp2, &memory_step.dc}) *b = at::empty({H, B}, opts);
+    }
+  }
 
   for (int64_t t = T - 1; t >= 0; --t) {
     at::Tensor dh = d_heads[t], ddt = d_dt[t];
@@ -362,8 +235,24 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
       }
       first = d_pre[0][t];
     }
-    d_w_rec.addmm_(first, hprev.t());
-    carry.addmm_(w_rec_t, first);  // onto what padding passed straight through
+    const at::Tensor rec_in = wiring == kNcpsWiring ? saved[m0 + 3][t] : hprev;
+    d_w_rec.addmm_(first, rec_in.t());
+    if (wiring == kNcpsWiring) {
+      at::mm_out(d_out, w_rec_t, first);  // the LSTM's output was the CfC's previous state
+    } else {
+      carry.addmm_(w_rec_t, first);  // onto what padding passed straight through
+    }
+    if (wiring == kPaperWiring) {
+      at::mm_out(d_out, memory[3].t(), first);  // the LSTM's output was the CfC's input
+      d_w_x.addmm_(first, saved[m0 + 3][t].t());
+    }
+    if (mem) {
+      at::Tensor dl = d_lstm[t];
+      memory_step.backward(d_out, g_c[t], carry_c, mt, saved[m0 + 1][t], saved[m0 + 2][t],
+                           t == 0 ? memory[1] : saved[m0][t - 1], dl);
+      d_w_mrec.addmm_(dl, hprev.t());
+      carry.addmm_(memory[2].t(), dl);
+    }
   }
 
   const std::vector<int64_t> tb = {0, 2};
@@ -378,6 +267,7 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
     result.push_back(none_like(states));
     result.push_back(none_like(states));
   }
+  for (const at::Tensor& d : {d_lstm, carry_c, d_w_mrec, d_w_x}) result.push_back(d.defined() ? d : none_like(states));
   result.insert(result.end(), d_w_layers.begin(), d_w_layers.end());
   for (int64_t l = 1; l < L; ++l) result.push_back(d_pre[l].sum(tb));
   return result;

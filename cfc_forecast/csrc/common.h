@@ -1,0 +1,54 @@
+// Shared helpers of the native loop: activation kernels by code, small tensor utilities.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace cfc {
+
+enum Mode : int64_t { kDefault = 0, kNoGate = 1, kPure = 2 };
+enum Act : int64_t { kTanh = 1, kRelu = 2, kSilu = 3, kGelu = 4 };
+enum Wiring : int64_t { kNoMemory = 0, kNcpsWiring = 1, kPaperWiring = 2 };
+
+bool keeps_pre(int64_t act) { return act == kSilu || act == kGelu; }
+
+// tanh and relu run in place (their backward needs only the output); silu and gelu keep the pre-activation.
+void act_forward(at::Tensor& out, const at::Tensor& pre, int64_t act) {
+  switch (act) {
+    case kTanh: out.tanh_(); break;
+    case kRelu: out.relu_(); break;
+    case kSilu: at::silu_out(out, pre); break;
+    case kGelu: at::gelu_out(out, pre); break;
+    default: TORCH_CHECK(false, "cfc_forecast native: unknown activation code ", act);
+  }
+}
+
+void act_backward(at::Tensor& grad_pre, const at::Tensor& grad_out, const at::Tensor& pre,
+                  const at::Tensor& out, int64_t act) {
+  switch (act) {
+    case kTanh: at::tanh_backward_out(grad_pre, grad_out, out); break;
+    case kRelu: at::threshold_backward_out(grad_pre, grad_out, out, 0); break;
+    case kSilu: at::silu_backward_out(grad_pre, grad_out, pre); break;
+    case kGelu: at::gelu_backward_out(grad_pre, grad_out, pre); break;
+    default: TORCH_CHECK(false, "cfc_forecast native: unknown activation code ", act);
+  }
+}
+
+at::Tensor none_like(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+// A bias (N) as a contiguous (N, B) block, copied into a step's output before an in-place matmul: cheaper
+// than broadcasting the bias into every step's buffer at once.
+at::Tensor bias_block(const at::Tensor& bias, int64_t B) {
+  return bias.view({bias.size(0), 1}).expand({bias.size(0), B}).contiguous();
+}
+
+// The fused CPU kernels take float and double; anything else (CUDA, half) runs the generic ATen kernels.
+bool use_fused(const at::Tensor& t) {
+  return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+}  // namespace cfc
