@@ -1,8 +1,9 @@
 """Speed of the CfC encoder against the reference implementations, measured side by side in one process.
 
 Protocol (../shared/BENCHMARKS.md): batch 64, 96 steps, 7 features, 64 hidden units, backbone 1 x 128,
-lecun_tanh, mode default, CPU with 2 threads. A training step is zero_grad + forward + MSE on the last state +
-backward; forward-only runs under ``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up. Our
+lecun_tanh, mode default, CPU with 2 threads; at this size also mixed memory (ncps wiring) and ncps's LTC.
+A training step is zero_grad + forward + MSE on the last state + backward; forward-only runs under
+``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up, the implementations taking turns. Our
 encoder runs with the weights of the ncps model. Also run: batch 256 with 1,024 steps.
 
     python benchmarks/speed.py                  # both configurations, prints the README table
@@ -48,7 +49,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup:
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
-def models(batch: int, steps: int, with_ltc: bool) -> dict[str, tuple[nn.Module, Callable]]:
+def models(batch: int, steps: int, with_extras: bool) -> dict[str, tuple[nn.Module, Callable]]:
     """name -> (module, forward(x, dt) -> last state (B, H))."""
     from ncps.torch import LTC, CfC
 
@@ -65,19 +66,27 @@ def models(batch: int, steps: int, with_ltc: bool) -> dict[str, tuple[nn.Module,
         "ncps 1.0.1 CfC": (ref, lambda x, dt: ref(x, timespans=dt[..., None].expand(-1, -1, H))[1]),
         "torch.nn.LSTM": (lstm, lambda x, dt: lstm(x)[0][:, -1]),
     }
-    if with_ltc:
+    if with_extras:  # mixed memory (ncps wiring) on both sides, same weights
+        ref_mm = CfC(F, H, backbone_units=UNITS, backbone_layers=1, mixed_memory=True)
+        ours_mm = CfCEncoder(F, H, backbone_units=UNITS, mixed_memory=True, impl="native", check_values=False)
+        ours_mm.load_ncps_state_dict(ref_mm.state_dict())
+        table["cfc-forecast CfCEncoder, mixed memory (native loop)"] = (ours_mm, lambda x, dt: ours_mm(x, dt)[1][0])
+        table["ncps 1.0.1 CfC, mixed memory"] = (
+            ref_mm,
+            lambda x, dt: ref_mm(x, timespans=dt[..., None].expand(-1, -1, H))[1][0],
+        )
         ltc = LTC(F, H)
         table["ncps 1.0.1 LTC (ODE solver, 6 unfolds)"] = (ltc, lambda x, dt: ltc(x, timespans=dt)[1])
     return table
 
 
-def measure(batch: int, steps: int, reps: int, with_ltc: bool) -> list[dict]:
+def measure(batch: int, steps: int, reps: int, with_extras: bool) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randn(batch, steps, F)
     dt = torch.rand(batch, steps) + 0.5
     target = torch.randn(batch, H)
     train_steps, forwards = {}, {}
-    for name, (module, forward) in models(batch, steps, with_ltc).items():
+    for name, (module, forward) in models(batch, steps, with_extras).items():
 
         def train_step(module=module, forward=forward):
             module.zero_grad(set_to_none=True)
@@ -122,7 +131,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "large"])
     parser.add_argument("--reps", type=int, default=25, help="timed repetitions per row (>= 20)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-ltc", action="store_true", help="skip ncps LTC (seconds per step)")
+    parser.add_argument("--no-extras", action="store_true", help="skip ncps LTC (seconds per step) and mixed memory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not native_available():
@@ -131,8 +140,8 @@ def main() -> None:
     for cfg in args.configs:
         batch, steps = CONFIGS[cfg]
         print(f"batch {batch}, {steps} steps:", flush=True)
-        # LTC at 256 x 1024 needs minutes per step and tens of GB: measured at the small size only
-        rows += measure(batch, steps, max(20, args.reps), with_ltc=not args.no_ltc and cfg == "small")
+        # LTC at 256 x 1024 needs minutes per step and tens of GB: it and mixed memory run at the small size only
+        rows += measure(batch, steps, max(20, args.reps), with_extras=not args.no_extras and cfg == "small")
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

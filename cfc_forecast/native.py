@@ -71,7 +71,7 @@ def native_available() -> bool:
                 is_python_module=False,
                 verbose=False,
             )
-            _status["ok"] = True
+            _status.update(ok=True, name=name, flags=flags)
         except Exception as err:  # no compiler, no ninja, no headers: the Python loop still works
             _status["ok"] = False
             _status["error"] = f"{type(err).__name__}: {err}"
@@ -85,6 +85,17 @@ def native_available() -> bool:
 
 
 _WIRINGS = {None: 0, "ncps": 1, "paper": 2}
+
+
+def native_status() -> str:
+    """One line on the native loop: built and where, disabled, or why it could not be built."""
+    if os.environ.get("CFC_FORECAST_NATIVE", "1") == "0":
+        return "native CfC loop: disabled by CFC_FORECAST_NATIVE=0 (the pure-PyTorch loop runs)"
+    if "ok" not in _status:
+        return "native CfC loop: not built yet (it builds at first use)"
+    if _status["ok"]:
+        return f"native CfC loop: ready ({_status['name']}, flags {' '.join(_status['flags'])})"
+    return f"native CfC loop: unavailable, the pure-PyTorch loop runs. Reason: {_status['error']}"
 
 
 @dataclass(frozen=True)

@@ -18,43 +18,17 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
-from datamodules.build import SPLITS, Built, Roles, ScaleFit, SplitPlan, build
+from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
-from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_table, read_files
+from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
 from datamodules.predict import predict_dataset
 from datamodules.scaling import ScaleBy, ScaleMethod
-from datamodules.timing import CalendarFeature, TimeCodec, TimeUnit, check_unit, parse_duration
-from datamodules.windows import WindowSpec
+from datamodules.splits import seeded_series_split, split_plan, user_time
+from datamodules.timing import CalendarFeature, TimeUnit, check_unit
+from datamodules.windows import window_spec
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test"]
-
-
-def window_spec(
-    unit: str, lookback: int | None, horizon: int | None, stride: int, observe: Any, forecast: Any,
-    every: Any, origin: float | None, step_targets: bool,
-) -> WindowSpec:
-    """Resolve the windowing arguments into one mode, or raise a ``ValueError`` saying what to give."""
-    if lookback is not None or horizon is not None:
-        if origin is not None or observe is not None or forecast is not None or every is not None:
-            raise ValueError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
-        if lookback is None or horizon is None or lookback < 1 or horizon < 0 or stride < 1:
-            raise ValueError(f"count windows need lookback >= 1, horizon >= 0, stride >= 1; got "
-                             f"lookback={lookback}, horizon={horizon}, stride={stride}")
-        if horizon == 0 and not step_targets:
-            raise ValueError("horizon=0 leaves nothing to forecast; set step_targets=True or horizon >= 1")
-        return WindowSpec("count", lookback=lookback, horizon=horizon, stride=stride)
-    w = parse_duration(observe, unit, "observe")
-    d = parse_duration(forecast, unit, "forecast")
-    if origin is not None:
-        return WindowSpec("fixed", observe=w, forecast=d, origin=origin)
-    if w is None or d is None:
-        raise ValueError("choose a windowing: lookback+horizon (count), observe+forecast[+every] (duration), "
-                         "or origin[+observe][+forecast] (one window per series)")
-    s = parse_duration(every, unit, "every") if every is not None else d
-    if not s or s <= 0:
-        raise ValueError(f"every={every!r} must be a positive duration")
-    return WindowSpec("duration", observe=w, forecast=d, every=s)
 
 
 class SeriesDataModule(L.LightningDataModule):
@@ -89,18 +63,39 @@ class SeriesDataModule(L.LightningDataModule):
     first_dt_from_zero: bool = False  # Walker2d: the first row's dt counts from time 0, as the paper's data do
 
     def __init__(
-        self, path: str | list[str] | None = None, *, layout: Layout = "wide", id_column: str | None = None,
-        time_column: str = "time", variable_column: str = "variable", value_column: str = "value",
-        targets: list[str] | None = None, inputs: list[str] | None = None, static: list[str] | None = None,
-        known_future: list[str] | None = None, calendar: list[CalendarFeature] | None = None,
-        time_unit: TimeUnit = "h", duplicates: Duplicates = "error", lookback: int | None = None,
-        horizon: int | None = None, stride: int = 1, observe: str | float | None = None,
-        forecast: str | float | None = None, every: str | float | None = None, origin: str | float | None = None,
-        step_targets: bool = False, split_by: Literal["time", "series"] = "time",
+        self,
+        path: str | list[str] | None = None,
+        *,
+        layout: Layout = "wide",
+        id_column: str | None = None,
+        time_column: str = "time",
+        variable_column: str = "variable",
+        value_column: str = "value",
+        targets: list[str] | None = None,
+        inputs: list[str] | None = None,
+        static: list[str] | None = None,
+        known_future: list[str] | None = None,
+        calendar: list[CalendarFeature] | None = None,
+        time_unit: TimeUnit = "h",
+        duplicates: Duplicates = "error",
+        lookback: int | None = None,
+        horizon: int | None = None,
+        stride: int = 1,
+        observe: str | float | None = None,
+        forecast: str | float | None = None,
+        every: str | float | None = None,
+        origin: str | float | None = None,
+        step_targets: bool = False,
+        split_by: Literal["time", "series"] = "time",
         split_times: list[str | float] | None = None,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0,
-        scaling: ScaleMethod = "standard", scale_by: ScaleBy = "global", scale_fit: ScaleFit = "train",
-        predict_queries: list[float] | None = None, batch_size: int = 64, num_workers: int = 0,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        seed: int = 0,
+        scaling: ScaleMethod = "standard",
+        scale_by: ScaleBy = "global",
+        scale_fit: ScaleFit = "train",
+        predict_queries: list[float] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
         # the general module's own settings; a built-in source's hparams hold that source's arguments instead
@@ -145,18 +140,8 @@ class SeriesDataModule(L.LightningDataModule):
         return "frame" if self._frame is not None else str(self.cfg.path)
 
     def _assign_series(self, ids: pl.Series) -> np.ndarray:
-        """(n_series,) split codes 0/1/2: test = p[:n_test], train = p[n_test:n_test + n_train], val = rest.
-
-        ``p = RandomState(seed).permutation(n)`` over the sorted ids: scikit-learn's ``train_test_split`` order.
-        """
-        n = len(ids)
-        f_train, f_val, f_test = self.cfg.split_fractions
-        n_test, n_val = round(f_test * n), round(f_val * n)
-        perm = np.random.RandomState(self.cfg.seed).permutation(n)  # noqa: NPY002 - the protocol's generator
-        codes = np.ones(n, dtype=np.int64)
-        codes[perm[:n_test]] = 2
-        codes[perm[n_test : n - n_val]] = 0
-        return codes
+        """(n_series,) split codes 0 train / 1 val / 2 test; the built-in sources may override it."""
+        return seeded_series_split(len(ids), self.cfg.split_fractions, self.cfg.seed)
 
     # -- building --------------------------------------------------------------------------------------------
     def _roles(self, frame: pl.DataFrame) -> Roles:
@@ -165,42 +150,18 @@ class SeriesDataModule(L.LightningDataModule):
         if h.layout == "long":
             if h.variable_column not in frame.columns:
                 raise ValueError(f"{self._source()}: long-layout column {h.variable_column!r} not found")
-            names = frame[h.variable_column].drop_nulls().unique(maintain_order=True).cast(pl.String).to_list()
+            names = sorted(frame[h.variable_column].drop_nulls().cast(pl.String).unique().to_list())
         else:
             names = [c for c in frame.columns if c not in (h.id_column, h.time_column)]
         default = [c for c in names if c not in static and c not in future]
         roles = Roles(list(h.inputs or default), list(h.targets or default), static, future, list(h.calendar or []))
         overlap = set(static) & set(roles.inputs + roles.targets + future)
         if overlap or not roles.inputs or not roles.targets:
-            raise ValueError(f"static {sorted(overlap)} may not also be inputs, targets or known-future; "
-                             f"inputs {roles.inputs} and targets {roles.targets} must not be empty")
+            raise ValueError(
+                f"static {sorted(overlap)} may not also be inputs, targets or known-future; "
+                f"inputs {roles.inputs} and targets {roles.targets} must not be empty"
+            )
         return roles
-
-    def _time(self, value: str | float, codec: TimeCodec, name: str) -> float:
-        """A user-given time stamp (string) or number as a float time."""
-        if not codec.is_datetime:
-            return float(value)
-        stamp = pl.Series(name, [str(value)]).str.to_datetime(strict=False, time_unit="us")
-        if stamp.null_count():
-            raise ValueError(f"{name}={value!r} is not a date-time like '2017-06-26 00:00'")
-        if codec.time_zone is not None and stamp.dtype.time_zone is None:
-            stamp = stamp.dt.replace_time_zone(codec.time_zone)
-        return float(pl.select(codec.encode(pl.lit(stamp))).item())
-
-    def _plan(self, table: Table) -> SplitPlan:
-        h = self.cfg
-        if h.split_by == "series":
-            return SplitPlan(codes=self._assign_series(table.series_ids), fit=h.scale_fit)
-        if h.split_times is not None:
-            cuts = [self._time(c, table.codec, "split_times") for c in h.split_times]
-            if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
-                raise ValueError(f"split_times must increase, got {h.split_times}")
-        else:
-            t = table.frame[TIME]
-            t0, span = float(t.min()), float(t.max()) - float(t.min())
-            cuts = [t0 + h.split_fractions[0] * span, t0 + (h.split_fractions[0] + h.split_fractions[1]) * span]
-        edges = [-math.inf, *cuts[:2], cuts[2] if len(cuts) == 3 else math.inf]
-        return SplitPlan(bounds=list(zip(edges[:-1], edges[1:], strict=True)), fit=h.scale_fit)
 
     def _ensure_built(self) -> Built:
         if self._built is not None:
@@ -209,18 +170,34 @@ class SeriesDataModule(L.LightningDataModule):
         frame = self._read()
         roles = self._roles(frame)
         table = canonical_table(
-            frame, source=self._source(), layout=h.layout, id_column=h.id_column, time_column=h.time_column,
-            variables=roles.variables, time_unit=h.time_unit, duplicates=h.duplicates,
-            variable_column=h.variable_column, value_column=h.value_column,
+            frame,
+            source=self._source(),
+            layout=h.layout,
+            id_column=h.id_column,
+            time_column=h.time_column,
+            variables=roles.variables,
+            time_unit=h.time_unit,
+            duplicates=h.duplicates,
+            variable_column=h.variable_column,
+            value_column=h.value_column,
         )
         if self.spec.mode == "fixed":
-            self.spec.origin = self._time(h.origin, table.codec, "origin")
+            self.spec.origin = user_time(h.origin, table.codec, "origin")
         self._table, self._roles_used = table, roles
-        self._built = build(table, roles, self.spec, self._plan(table), h.scaling, h.scale_by,
-                            h.step_targets, self.first_dt_from_zero)
+        self._built = build(
+            table,
+            roles,
+            self.spec,
+            split_plan(table, self.cfg, self._assign_series),
+            h.scaling,
+            h.scale_by,
+            h.step_targets,
+            self.first_dt_from_zero,
+        )
         sizes = {k: len(v) for k, v in self._built.windows.items()}
-        log.info("%s: %d series, windows %s, skipped %s", self._source(), len(table.series_ids), sizes,
-                 self._built.counts)
+        log.info(
+            "%s: %d series, windows %s, skipped %s", self._source(), len(table.series_ids), sizes, self._built.counts
+        )
         return self._built
 
     def setup(self, stage: str | None = None) -> None:
@@ -268,6 +245,12 @@ class SeriesDataModule(L.LightningDataModule):
         return self._roles_used.targets
 
     @property
+    def target_input_index(self) -> list[int]:
+        """For each target, the input column holding the same quantity (-1 if none): what a naive
+        last-value forecast repeats."""
+        return [self.input_names.index(c) if c in self.input_names else -1 for c in self.target_names]
+
+    @property
     def series_ids(self) -> list[Any]:
         """Original series ids; ``Batch.series`` indexes this list."""
         self._ensure_built()
@@ -286,8 +269,13 @@ class SeriesDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Plain values (safe for ``weights_only`` checkpoints): names, time unit and target scaling."""
         b = self._ensure_built()
-        return {"inputs": self.input_names, "targets": self.target_names, "time_unit": self.time_unit,
-                "target_loc": b.tensors.target_loc.tolist(), "target_scale": b.tensors.target_scale.tolist()}
+        return {
+            "inputs": self.input_names,
+            "targets": self.target_names,
+            "time_unit": self.time_unit,
+            "target_loc": b.tensors.target_loc.tolist(),
+            "target_scale": b.tensors.target_scale.tolist(),
+        }
 
     # -- datasets and loaders ---------------------------------------------------------------------------
     def dataset(self, split: Literal["train", "val", "test", "predict"]) -> WindowDataset:
@@ -301,9 +289,15 @@ class SeriesDataModule(L.LightningDataModule):
 
     def _loader(self, split: Literal["train", "val", "test", "predict"]) -> DataLoader:
         ds, h = self.dataset(split), self.cfg
-        return DataLoader(ds, batch_size=h.batch_size, shuffle=split == "train", collate_fn=ds.collate,
-                          num_workers=h.num_workers, pin_memory=h.pin_memory,
-                          persistent_workers=h.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=h.batch_size,
+            shuffle=split == "train",
+            collate_fn=ds.collate,
+            num_workers=h.num_workers,
+            pin_memory=h.pin_memory,
+            persistent_workers=h.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -318,4 +312,4 @@ class SeriesDataModule(L.LightningDataModule):
         return self._loader("predict")
 
 
-__all__ = ["SERIES", "TIME", "SeriesDataModule", "Split", "window_spec"]
+__all__ = ["SeriesDataModule", "Split"]

@@ -12,7 +12,7 @@ import torch
 
 from datamodules.dataset import SeriesTensors
 from datamodules.io import SERIES, TIME, Table
-from datamodules.scaling import ScaleBy, Scaler, ScaleMethod, fit_scaler
+from datamodules.scaling import ScaleBy, ScaleMethod, Scaler, fit_scaler
 from datamodules.timing import calendar_features
 from datamodules.windows import (
     Windows,
@@ -120,8 +120,14 @@ def _has_any(mask_rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
 
 
 def split_windows(
-    all_w: Windows, times: np.ndarray, tg_rows: np.ndarray, spec: WindowSpec, plan: SplitPlan,
-    step_targets: bool, counts: dict[str, int], n_series: int,
+    all_w: Windows,
+    times: np.ndarray,
+    tg_rows: np.ndarray,
+    spec: WindowSpec,
+    plan: SplitPlan,
+    step_targets: bool,
+    counts: dict[str, int],
+    n_series: int,
 ) -> dict[str, Windows]:
     """Drop unusable windows (counted) and assign the rest to train / val / test."""
     keep = all_w.in_hi > all_w.in_lo
@@ -144,8 +150,14 @@ def _first_dt(series: np.ndarray, times: np.ndarray, first_from_zero: bool) -> n
 
 
 def build(
-    table: Table, roles: Roles, spec: WindowSpec, plan: SplitPlan, scaling: ScaleMethod, scale_by: ScaleBy,
-    step_targets: bool = False, first_dt_from_zero: bool = False,
+    table: Table,
+    roles: Roles,
+    spec: WindowSpec,
+    plan: SplitPlan,
+    scaling: ScaleMethod,
+    scale_by: ScaleBy,
+    step_targets: bool = False,
+    first_dt_from_zero: bool = False,
 ) -> Built:
     """Scale the table, turn it into tensors and cut every split's windows.
 
@@ -160,13 +172,13 @@ def build(
     dynamic = [v for v in roles.variables if v not in roles.static]
     fit_mask = plan.fit_rows(series, times)
     scaler = fit_scaler(frame.filter(pl.Series(fit_mask)), dynamic, scaling, scale_by, n_series, counts)
-    raw = frame.select(dynamic).to_numpy().astype(np.float64)
-    scaled = scaler.transform(raw, series)
+    scaled = scaler.transform(frame.select(dynamic).to_numpy().astype(np.float64), series)
     mask = ~np.isnan(scaled)
+    scaled[~mask] = 0.0
     tg_cols = [dynamic.index(c) for c in roles.targets]
     loc, scale = scaler.columns(roles.targets)
     tensors = SeriesTensors(
-        values=torch.from_numpy(np.nan_to_num(scaled, nan=0.0).astype(np.float32)),
+        values=torch.from_numpy(scaled.astype(np.float32)),
         mask=torch.from_numpy(mask),
         times=torch.from_numpy(times),
         dt=torch.from_numpy(_first_dt(series, times, first_dt_from_zero).astype(np.float32)),
@@ -201,8 +213,14 @@ def _future_rows(
 
 
 def _static(
-    frame: pl.DataFrame, roles: Roles, n_series: int, table: Table, plan: SplitPlan, scaling: ScaleMethod,
-    fit_mask: np.ndarray, counts: dict[str, int],
+    frame: pl.DataFrame,
+    roles: Roles,
+    n_series: int,
+    table: Table,
+    plan: SplitPlan,
+    scaling: ScaleMethod,
+    fit_mask: np.ndarray,
+    counts: dict[str, int],
 ) -> torch.Tensor | None:
     if not roles.static:
         return None

@@ -71,8 +71,13 @@ class WindowDataset(Dataset):
     """
 
     def __init__(
-        self, data: SeriesTensors, windows: Windows, with_targets: bool = True,
-        queries: Tensor | None = None, query_mask: Tensor | None = None, query_future: Tensor | None = None,
+        self,
+        data: SeriesTensors,
+        windows: Windows,
+        with_targets: bool = True,
+        queries: Tensor | None = None,
+        query_mask: Tensor | None = None,
+        query_future: Tensor | None = None,
     ) -> None:
         self.data = data
         self.series = torch.as_tensor(windows.series, dtype=torch.int64)
@@ -99,9 +104,17 @@ class WindowDataset(Dataset):
         t = torch.where(step_mask, (d.times[rows] - origin[:, None]).float(), 0.0)
         g = series if d.target_loc.shape[0] > 1 else torch.zeros_like(series)
         batch = Batch(
-            x=x, x_mask=x_mask, t=t, dt=torch.where(step_mask, d.dt[rows], 0.0), step_mask=step_mask,
-            query_t=torch.zeros(len(w), 0), query_mask=torch.zeros(len(w), 0, dtype=torch.bool),
-            series=series, origin=origin, target_loc=d.target_loc[g], target_scale=d.target_scale[g],
+            x=x,
+            x_mask=x_mask,
+            t=t,
+            dt=torch.where(step_mask, d.dt[rows], 0.0),
+            step_mask=step_mask,
+            query_t=torch.zeros(len(w), 0),
+            query_mask=torch.zeros(len(w), 0, dtype=torch.bool),
+            series=series,
+            origin=origin,
+            target_loc=d.target_loc[g],
+            target_scale=d.target_scale[g],
             static=None if d.static is None else d.static[series],
         )
         if d.step_targets:

@@ -45,17 +45,35 @@ class ETTDataModule(SeriesDataModule):
     """
 
     def __init__(
-        self, name: Literal["ETTh1", "ETTh2", "ETTm1", "ETTm2"] = "ETTh1", data_dir: str | None = None,
-        lookback: int = 96, horizon: int = 96, features: Literal["M", "S", "MS"] = "M",
-        calendar: list[CalendarFeature] | None = None, time_unit: Literal["min", "h"] = "h", stride: int = 1,
-        batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
+        self,
+        name: Literal["ETTh1", "ETTh2", "ETTm1", "ETTm2"] = "ETTh1",
+        data_dir: str | None = None,
+        lookback: int = 96,
+        horizon: int = 96,
+        features: Literal["M", "S", "MS"] = "M",
+        calendar: list[CalendarFeature] | None = None,
+        time_unit: Literal["min", "h"] = "h",
+        stride: int = 1,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         targets = CHANNELS if features == "M" else ["OT"]
         inputs = ["OT"] if features == "S" else CHANNELS
         super().__init__(
-            time_column="date", targets=targets, inputs=inputs, calendar=calendar, time_unit=time_unit,
-            lookback=lookback, horizon=horizon, stride=stride, split_times=ett_cutoffs(name),
-            scaling="standard", scale_fit="train", batch_size=batch_size, num_workers=num_workers,
+            time_column="date",
+            targets=targets,
+            inputs=inputs,
+            calendar=calendar,
+            time_unit=time_unit,
+            lookback=lookback,
+            horizon=horizon,
+            stride=stride,
+            split_times=ett_cutoffs(name),
+            scaling="standard",
+            scale_fit="train",
+            batch_size=batch_size,
+            num_workers=num_workers,
             pin_memory=pin_memory,
         )
         self.save_hyperparameters()
@@ -70,11 +88,15 @@ class ETTDataModule(SeriesDataModule):
         path = self._file()
         frame = pl.read_csv(path, try_parse_dates=True)
         if frame.columns != ["date", *CHANNELS] or frame.schema["date"] != pl.Datetime("us"):
-            raise ValueError(f"{path}: expected columns date, {', '.join(CHANNELS)} with date-times; "
-                             f"got {frame.schema}. Is this an official ETT file?")
+            raise ValueError(
+                f"{path}: expected columns date, {', '.join(CHANNELS)} with date-times; "
+                f"got {frame.schema}. Is this an official ETT file?"
+            )
         step = timedelta(hours=1) if self.hparams.name[3] == "h" else timedelta(minutes=15)
         gaps = frame["date"].diff().drop_nulls() != step
         if frame["date"][0] != START or gaps.any():
-            raise ValueError(f"{path}: the protocol's row split needs rows every {step} from {START}; "
-                             f"this file starts {frame['date'][0]} with {int(gaps.sum())} irregular steps")
+            raise ValueError(
+                f"{path}: the protocol's row split needs rows every {step} from {START}; "
+                f"this file starts {frame['date'][0]} with {int(gaps.sum())} irregular steps"
+            )
         return frame

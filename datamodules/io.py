@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 
 from datamodules.timing import TimeCodec, codec_for, to_datetime_or_number
@@ -78,9 +79,7 @@ def require_columns(frame: pl.DataFrame, columns: list[str], source: str, role: 
     if missing:
         hints = {c: difflib.get_close_matches(c, frame.columns, n=2) for c in missing}
         hint = "; ".join(f"{c!r}: did you mean {h}?" for c, h in hints.items() if h)
-        raise ValueError(
-            f"{source}: {role} {missing} not found. {hint} Available columns: {frame.columns}"
-        )
+        raise ValueError(f"{source}: {role} {missing} not found. {hint} Available columns: {frame.columns}")
 
 
 def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.DataFrame:
@@ -126,10 +125,20 @@ def _raise_duplicates(frame: pl.DataFrame, keys: list[str], source: str) -> None
 
 
 def long_to_wide(
-    frame: pl.DataFrame, keys: list[str], variable: str, value: str, variables: list[str],
-    duplicates: Duplicates, source: str, counts: dict[str, int],
+    frame: pl.DataFrame,
+    keys: list[str],
+    variable: str,
+    value: str,
+    variables: list[str],
+    duplicates: Duplicates,
+    source: str,
+    counts: dict[str, int],
 ) -> pl.DataFrame:
-    """Pivot a long frame (keys, variable, value) into one column per requested variable."""
+    """Spread a long frame (keys, variable, value) into one column per requested variable.
+
+    One sort by (keys, variable), then numpy: cells are runs of equal (keys, variable), aggregated with
+    ``bincount`` (mean) or their first / last row, and scattered into a (rows, variables) array.
+    """
     require_columns(frame, [variable, value], source, "long-layout columns")
     _count(counts, "rows with an empty variable name", int(frame[variable].is_null().sum()), source)
     frame = frame.filter(pl.col(variable).is_not_null()).with_columns(pl.col(variable).cast(pl.String))
@@ -141,19 +150,45 @@ def long_to_wide(
     _count(counts, "rows of variables not used", int((~frame[variable].is_in(variables)).sum()), source)
     frame = numeric_columns(frame.filter(pl.col(variable).is_in(variables)), [value], source)
     _count(counts, "rows with an empty value", int(frame[value].is_null().sum()), source)
-    frame = frame.filter(pl.col(value).is_not_null())
-    if duplicates == "error":
-        _raise_duplicates(frame, [*keys, variable], source)
-    agg = {"mean": "mean", "first": "first", "last": "last", "error": "first"}[duplicates]
-    wide = frame.pivot(on=variable, index=keys, values=value, aggregate_function=agg)
-    missing = [v for v in variables if v not in wide.columns]
-    return wide.with_columns([pl.lit(None, pl.Float64).alias(v) for v in missing]).select(*keys, *variables)
+    code = pl.col(variable).cast(pl.Enum(variables)).to_physical().cast(pl.Int64).alias("__v")
+    frame = frame.filter(pl.col(value).is_not_null()).select(*keys, code, value).sort(*keys, "__v")
+    changed = pl.any_horizontal(pl.col(k).ne_missing(pl.col(k).shift()) for k in keys)
+    frame = frame.with_columns(changed.fill_null(True).alias("__new"))
+    new_row = frame["__new"].to_numpy()
+    var, val = frame["__v"].to_numpy(), frame[value].to_numpy()
+    new_cell = new_row | np.concatenate([[True], var[1:] != var[:-1]])
+    if duplicates == "error" and not new_cell.all():
+        example = frame.filter(pl.Series(~new_cell)).head(3).select(*keys, "__v").rows()
+        raise ValueError(
+            f"{source}: {int((~new_cell).sum())} duplicate (series, time, variable) rows, e.g. {example} "
+            f"(variable as its index in {variables}); pass duplicates='mean' / 'first' / 'last' to aggregate them"
+        )
+    row, cell = np.cumsum(new_row) - 1, np.cumsum(new_cell) - 1
+    first = np.flatnonzero(new_cell)
+    if duplicates == "mean":
+        cell_value = np.bincount(cell, weights=val) / np.bincount(cell)
+    elif duplicates == "last":
+        cell_value = val[np.append(first[1:] - 1, len(val) - 1)]
+    else:
+        cell_value = val[first]
+    wide = np.full((int(row[-1]) + 1, len(variables)), np.nan, order="F")  # contiguous columns for polars
+    wide[row[first], var[first]] = cell_value
+    columns = pl.from_numpy(wide, schema=variables).with_columns(pl.all().fill_nan(None))
+    return pl.concat([frame.filter(pl.Series(new_row)).select(keys), columns], how="horizontal")
 
 
 def canonical_table(
-    frame: pl.DataFrame, *, source: str, layout: Layout, id_column: str | None, time_column: str,
-    variables: list[str], time_unit: str, duplicates: Duplicates = "error",
-    variable_column: str = "variable", value_column: str = "value",
+    frame: pl.DataFrame,
+    *,
+    source: str,
+    layout: Layout,
+    id_column: str | None,
+    time_column: str,
+    variables: list[str],
+    time_unit: str,
+    duplicates: Duplicates = "error",
+    variable_column: str = "variable",
+    value_column: str = "value",
 ) -> Table:
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
 

@@ -30,10 +30,42 @@ log = logging.getLogger(__name__)
 SETS = ("a", "b", "c")
 DESCRIPTORS = ["Age", "Gender", "Height", "ICUType", "Weight"]
 SERIES_VARIABLES = [
-    "Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP", "FiO2", "GCS",
-    "Glucose", "HCO3", "HCT", "HR", "K", "Lactate", "Mg", "MAP", "MechVent", "Na", "NIDiasABP", "NIMAP",
-    "NISysABP", "PaCO2", "PaO2", "pH", "Platelets", "RespRate", "SaO2", "SysABP", "Temp", "TroponinI",
-    "TroponinT", "Urine", "WBC",
+    "Albumin",
+    "ALP",
+    "ALT",
+    "AST",
+    "Bilirubin",
+    "BUN",
+    "Cholesterol",
+    "Creatinine",
+    "DiasABP",
+    "FiO2",
+    "GCS",
+    "Glucose",
+    "HCO3",
+    "HCT",
+    "HR",
+    "K",
+    "Lactate",
+    "Mg",
+    "MAP",
+    "MechVent",
+    "Na",
+    "NIDiasABP",
+    "NIMAP",
+    "NISysABP",
+    "PaCO2",
+    "PaO2",
+    "pH",
+    "Platelets",
+    "RespRate",
+    "SaO2",
+    "SysABP",
+    "Temp",
+    "TroponinI",
+    "TroponinT",
+    "Urine",
+    "WBC",
 ]
 CHANNELS = DESCRIPTORS + SERIES_VARIABLES
 SCHEMA = {"time": pl.String, "variable": pl.String, "value": pl.Float64}
@@ -70,7 +102,8 @@ def parse_set(source: Path, set_name: str) -> pl.DataFrame:
     if hours.null_count():
         raise ValueError(f"{source}: {hours.null_count()} time stamps are not hh:mm")
     return frame.with_columns(
-        pl.lit(set_name).alias("set"), pl.Series("record", np.repeat(records, lines), pl.Int64),
+        pl.lit(set_name).alias("set"),
+        pl.Series("record", np.repeat(records, lines), pl.Int64),
         hours.alias("time"),
     ).select("set", "record", "time", "variable", "value")
 
@@ -114,15 +147,35 @@ class PhysioNetDataModule(SeriesDataModule):
     """
 
     def __init__(
-        self, data_dir: str | None = None, cache_dir: str | None = None, use_cache: bool = True,
-        minus_one_missing: bool = False, observe_hours: float = 24.0, forecast_hours: float = 24.0,
-        batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
+        self,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+        minus_one_missing: bool = False,
+        observe_hours: float = 24.0,
+        forecast_hours: float = 24.0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         super().__init__(
-            layout="long", id_column="record", time_column="time", targets=CHANNELS, inputs=CHANNELS,
-            time_unit="h", duplicates="mean", origin=observe_hours, forecast=forecast_hours, split_by="series",
-            split_fractions=(0.6, 0.2, 0.2), seed=42, scaling="minmax", scale_fit="train+val",
-            batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+            layout="long",
+            id_column="record",
+            time_column="time",
+            targets=CHANNELS,
+            inputs=CHANNELS,
+            time_unit="h",
+            duplicates="mean",
+            origin=observe_hours,
+            forecast=forecast_hours,
+            split_by="series",
+            split_fractions=(0.6, 0.2, 0.2),
+            seed=42,
+            scaling="minmax",
+            scale_fit="train+val",
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
         )
         self.save_hyperparameters()
 
@@ -138,8 +191,9 @@ class PhysioNetDataModule(SeriesDataModule):
         firsts = frame.group_by("set").agg(pl.col("record").min().alias("lo"), pl.col("record").max().alias("hi"))
         firsts = firsts.sort("set")
         if (firsts["lo"][1:].to_numpy() <= firsts["hi"][:-1].to_numpy()).any():
-            raise ValueError(f"{self._root()}: record ids of the sets overlap; the protocol's order needs "
-                             "set A < set B < set C")
+            raise ValueError(
+                f"{self._root()}: record ids of the sets overlap; the protocol's order needs set A < set B < set C"
+            )
         if h.minus_one_missing:
             frame = frame.with_columns(pl.when(pl.col("value") == -1).then(None).otherwise("value").alias("value"))
         return frame.drop("set")

@@ -35,8 +35,10 @@ def predict_dataset(dm: SeriesDataModule, built: Built) -> WindowDataset:
     """
     h, spec, w = dm.cfg, dm.spec, built.predict
     if h.known_future:
-        raise ValueError(f"known-future variables {h.known_future} have no values after the end of the series; "
-                         "append rows with those values (and empty targets) to predict")
+        raise ValueError(
+            f"known-future variables {h.known_future} have no values after the end of the series; "
+            "append rows with those values (and empty targets) to predict"
+        )
     if h.predict_queries is not None:
         q = np.tile(np.asarray(h.predict_queries, dtype=np.float64), (len(w), 1))
         valid = np.ones_like(q, dtype=bool)
@@ -57,5 +59,11 @@ def predict_dataset(dm: SeriesDataModule, built: Built) -> WindowDataset:
     if h.calendar:
         cal = calendar_features((w.origin[:, None] + q).reshape(-1), dm._table.codec, list(h.calendar))
         future = torch.from_numpy(cal.reshape(*q.shape, -1) * valid[..., None])
-    return WindowDataset(built.tensors, w, with_targets=False, queries=torch.from_numpy(q),
-                         query_mask=torch.from_numpy(valid), query_future=future)
+    return WindowDataset(
+        built.tensors,
+        w,
+        with_targets=False,
+        queries=torch.from_numpy(q),
+        query_mask=torch.from_numpy(valid),
+        query_future=future,
+    )

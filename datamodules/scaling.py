@@ -40,9 +40,14 @@ class Scaler:
         return np.zeros_like(series) if self.loc.shape[0] == 1 else series
 
     def transform(self, values: np.ndarray, series: np.ndarray) -> np.ndarray:
-        """Scale (N, V) raw values of rows belonging to ``series`` (N,); NaN stays NaN."""
-        r = self.rows(series)
-        return (values - self.loc[r]) / self.scale[r]
+        """Scale (N, V) raw values of rows belonging to ``series`` (N,) in place; NaN stays NaN."""
+        if self.loc.shape[0] == 1:
+            values -= self.loc[0]
+            values /= self.scale[0]
+            return values
+        values -= self.loc[series]
+        values /= self.scale[series]
+        return values
 
     def columns(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(G, len(names)) loc and scale of the named variables."""
@@ -65,7 +70,11 @@ def _unpack(stats: pl.DataFrame, variables: list[str]) -> tuple[np.ndarray, np.n
 
 
 def fit_scaler(
-    fit_rows: pl.DataFrame, variables: list[str], method: ScaleMethod, by: ScaleBy, n_series: int,
+    fit_rows: pl.DataFrame,
+    variables: list[str],
+    method: ScaleMethod,
+    by: ScaleBy,
+    n_series: int,
     counts: dict[str, int],
 ) -> Scaler:
     """Fit statistics on ``fit_rows`` (canonical-table rows of the fit range).

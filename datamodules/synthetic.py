@@ -24,7 +24,11 @@ def simulate(n_series: int, duration: float, rng: np.random.Generator, step: flo
     """(n_steps, n_series, 3) trajectories of x1, x2 (positions) and v1 on a fine grid of ``step``."""
     w1, w2 = rng.uniform(0.5, 1.5, n_series), rng.uniform(0.8, 2.0, n_series)
     zeta, k = rng.uniform(0.02, 0.1, (2, n_series)), rng.uniform(0.05, 0.4, n_series)
-    drive, omega, phase = rng.uniform(0.2, 0.6, n_series), rng.uniform(0.3, 1.2, n_series), rng.uniform(0, 6.3, n_series)
+    drive, omega, phase = (
+        rng.uniform(0.2, 0.6, n_series),
+        rng.uniform(0.3, 1.2, n_series),
+        rng.uniform(0, 6.3, n_series),
+    )
     x = rng.normal(0, 1, (2, n_series))
     v = rng.normal(0, 1, (2, n_series))
     n_steps = int(round(duration / step)) + 1
@@ -40,8 +44,12 @@ def simulate(n_series: int, duration: float, rng: np.random.Generator, step: flo
 
 
 def synthetic_frame(
-    n_series: int = 256, mean_observations: int = 150, duration: float = 100.0, missing: float = 0.25,
-    noise: float = 0.1, seed: int = 0,
+    n_series: int = 256,
+    mean_observations: int = 150,
+    duration: float = 100.0,
+    missing: float = 0.25,
+    noise: float = 0.1,
+    seed: int = 0,
 ) -> pl.DataFrame:
     """Wide frame ``series, time, x1, x2, v1`` of irregular observations (nulls where missing).
 
@@ -73,8 +81,9 @@ def synthetic_frame(
     nothing = ~observed.any(axis=1)
     observed[nothing, rng.integers(0, 3, int(nothing.sum()))] = True
     frame = pl.DataFrame({"series": series, "time": times})
-    cols = {v: pl.Series(v, np.where(observed[:, j], values[:, j], np.nan)).fill_nan(None)
-            for j, v in enumerate(VARIABLES)}
+    cols = {
+        v: pl.Series(v, np.where(observed[:, j], values[:, j], np.nan)).fill_nan(None) for j, v in enumerate(VARIABLES)
+    }
     # equal time stamps in one series (rounding) would be duplicates: keep the first
     return frame.with_columns(**cols).unique(["series", "time"], keep="first", maintain_order=True)
 
@@ -95,15 +104,35 @@ class SyntheticDataModule(SeriesDataModule):
     """
 
     def __init__(
-        self, n_series: int = 256, mean_observations: int = 150, duration: float = 100.0, missing: float = 0.25,
-        noise: float = 0.1, seed: int = 0, observe: float = 20.0, forecast: float = 5.0, every: float = 5.0,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), scaling: ScaleMethod = "standard",
-        time_unit: Literal["s", "min", "h", "d"] = "s", batch_size: int = 64, num_workers: int = 0,
+        self,
+        n_series: int = 256,
+        mean_observations: int = 150,
+        duration: float = 100.0,
+        missing: float = 0.25,
+        noise: float = 0.1,
+        seed: int = 0,
+        observe: float = 20.0,
+        forecast: float = 5.0,
+        every: float = 5.0,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        scaling: ScaleMethod = "standard",
+        time_unit: Literal["s", "min", "h", "d"] = "s",
+        batch_size: int = 64,
+        num_workers: int = 0,
     ) -> None:
         super().__init__(
-            id_column="series", time_column="time", targets=VARIABLES, inputs=VARIABLES, time_unit=time_unit,
-            observe=observe, forecast=forecast, every=every, split_fractions=split_fractions, scaling=scaling,
-            batch_size=batch_size, num_workers=num_workers,
+            id_column="series",
+            time_column="time",
+            targets=VARIABLES,
+            inputs=VARIABLES,
+            time_unit=time_unit,
+            observe=observe,
+            forecast=forecast,
+            every=every,
+            split_fractions=split_fractions,
+            scaling=scaling,
+            batch_size=batch_size,
+            num_workers=num_workers,
         )
         self.save_hyperparameters()
 

@@ -14,10 +14,18 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-TimeUnit = Literal["ms", "s", "min", "h", "d", "w"]
+TimeUnit = Literal["ms", "s", "min", "h", "d", "w", "step"]
 CalendarFeature = Literal["hour_of_day", "day_of_week", "day_of_month", "month_of_year"]
 
-UNIT_SECONDS: dict[str, float] = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+UNIT_SECONDS: dict[str, float] = {
+    "ms": 1e-3,
+    "s": 1.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    "step": 1.0,
+}  # "step": abstract steps, numeric time columns only
 _ALIASES = {"m": "min", "sec": "s", "hr": "h", "hour": "h", "hours": "h", "day": "d", "days": "d"}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]+)?\s*$")
 
@@ -121,6 +129,8 @@ def codec_for(frame: pl.DataFrame, column: str, unit: str) -> TimeCodec:
     """The codec of a parsed time column (datetime or numeric)."""
     dtype = frame.schema[column]
     if isinstance(dtype, pl.Datetime):
+        if unit == "step":
+            raise ValueError(f"time column {column!r} holds date-times: choose a time_unit such as 'h', not 'step'")
         return TimeCodec(unit=unit, is_datetime=True, time_zone=dtype.time_zone)
     return TimeCodec(unit=unit, is_datetime=False)
 

@@ -16,9 +16,11 @@ windows, ``[o, o + D]`` for the others); its inputs may reach back into the prev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from datamodules.timing import parse_duration
 
 WindowMode = Literal["count", "duration", "fixed"]
 
@@ -104,7 +106,11 @@ def count_windows(offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> W
 
 
 def span_windows(
-    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, owner: np.ndarray, origin: np.ndarray,
+    series: np.ndarray,
+    offsets: np.ndarray,
+    times: np.ndarray,
+    owner: np.ndarray,
+    origin: np.ndarray,
     spec: WindowSpec,
 ) -> Windows:
     """Windows of the given series at the given origins, bounded by ``spec.observe`` and ``spec.forecast``."""
@@ -150,9 +156,7 @@ def end_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec
     return Windows(owner, in_lo, in_hi, in_hi, in_hi, last)
 
 
-def target_span(
-    w: Windows, times: np.ndarray, spec: WindowSpec, step_targets: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def target_span(w: Windows, times: np.ndarray, spec: WindowSpec, step_targets: bool) -> tuple[np.ndarray, np.ndarray]:
     """(W,) first and last time a window's targets may take, for assigning it to a split."""
     has_tg = w.tg_hi > w.tg_lo
     first_tg = times[np.minimum(w.tg_lo, len(times) - 1)]
@@ -162,3 +166,41 @@ def target_span(
         return lo, last_tg
     lo = times[w.in_lo] if step_targets else w.origin
     return lo, (w.origin + spec.forecast) if spec.forecast is not None else last_tg
+
+
+def window_spec(
+    unit: str,
+    lookback: int | None,
+    horizon: int | None,
+    stride: int,
+    observe: Any,
+    forecast: Any,
+    every: Any,
+    origin: float | None,
+    step_targets: bool,
+) -> WindowSpec:
+    """Resolve the windowing arguments into one mode, or raise a ``ValueError`` saying what to give."""
+    if lookback is not None or horizon is not None:
+        if origin is not None or observe is not None or forecast is not None or every is not None:
+            raise ValueError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
+        if lookback is None or horizon is None or lookback < 1 or horizon < 0 or stride < 1:
+            raise ValueError(
+                f"count windows need lookback >= 1, horizon >= 0, stride >= 1; got "
+                f"lookback={lookback}, horizon={horizon}, stride={stride}"
+            )
+        if horizon == 0 and not step_targets:
+            raise ValueError("horizon=0 leaves nothing to forecast; set step_targets=True or horizon >= 1")
+        return WindowSpec("count", lookback=lookback, horizon=horizon, stride=stride)
+    w = parse_duration(observe, unit, "observe")
+    d = parse_duration(forecast, unit, "forecast")
+    if origin is not None:
+        return WindowSpec("fixed", observe=w, forecast=d, origin=origin)
+    if w is None or d is None:
+        raise ValueError(
+            "choose a windowing: lookback+horizon (count), observe+forecast[+every] (duration), "
+            "or origin[+observe][+forecast] (one window per series)"
+        )
+    s = parse_duration(every, unit, "every") if every is not None else d
+    if not s or s <= 0:
+        raise ValueError(f"every={every!r} must be a positive duration")
+    return WindowSpec("duration", observe=w, forecast=d, every=s)
