@@ -218,7 +218,11 @@ def run_native(
     steps, n1, batch = x.shape[1], w["w_x"].shape[0], x.shape[0]
 
     def project(weight: Tensor, bias: Tensor) -> Tensor:
-        """An input projection for all steps in one batched matmul, already feature-major: (T, N, B)."""
+        """An input projection for all steps in one batched matmul, already feature-major: (T, N, B).
+
+        A fresh temporary that nothing else reads (its autograd node keeps only the weights and x): the loop
+        accumulates the steps' matmuls into it in place.
+        """
         rows = weight.shape[0]
         return torch.baddbmm(bias.view(1, rows, 1).expand(steps, rows, batch), weight.expand(steps, -1, -1), fm(x))
 

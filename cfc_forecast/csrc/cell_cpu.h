@@ -19,14 +19,12 @@ inline Vec<T> sigmoid(const Vec<T>& x) {
   return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
 }
 
-// tanh through exp, (1 - e) / (1 + e) with e = exp(-2|x|) (no overflow): SLEEF's vector exp is ~9x faster
-// than its vector tanh here; absolute error stays within a few float ulps of 1.
+// tanh through SLEEF's vector exp, which is ~9x faster here than its vector tanh: 2 / (1 + exp(-2x)) - 1
+// (exp overflows to inf for x < -44, giving -1 exactly); absolute error within a few float ulps of 1.
 template <typename T>
 inline Vec<T> tanh_exp(const Vec<T>& x) {
-  const Vec<T> one(T(1));
-  const Vec<T> e = (x.abs() * Vec<T>(T(-2))).exp();
-  const Vec<T> t = (one - e) / (one + e);
-  return Vec<T>::blendv(t, t.neg(), x < Vec<T>(T(0)));
+  const Vec<T> one(T(1)), two(T(2));
+  return two / (one + (x * Vec<T>(T(-2))).exp()) - one;
 }
 
 // Padding keeps the previous state: select h_prev where the step's mask is 0.

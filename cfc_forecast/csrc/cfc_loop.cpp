@@ -27,7 +27,7 @@ using namespace cfc;
 // xproj (T,N1,B), h0 (H,B), dt (T,1,B), mask (T,1,B) bool, w_rec (N1,H), w_layers (U,U), b_layers (U),
 // w_head (NH,U), b_head (NH), A and w_tau (H,1), drop (L,T,U,B); with mixed memory (wiring 1: ncps, 2: paper)
 // memory = [mproj (T,4H,B), c0 (H,B), w_mrec (4H,H)] and, paper wiring, w_x (N1,H), the CfC's input weight
-// applied to the LSTM's output (xproj then holds only the first layer's bias).
+// applied to the LSTM's output (xproj then holds only the first layer's bias). xproj and mproj are overwritten.
 // Returns [states (T,H,B), heads (S,NH,B), ff (S,2H,B) | E (S,H,B), gate (S,H,B), then per backbone layer
 // pre_l, out_l, in_l (S,U,B) (pre_0 is (T,U,B)), then c_states (T,H,B), lstm activations (T,4H,B),
 // tanh(c') (S,H,B), lstm output (S,H,B)]; S = T when saving for backward, else 1. Buffers are shared
@@ -43,6 +43,7 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
                                     int64_t mode, int64_t act, int64_t wiring, double head_scale, double forget_bias,
                                     bool save, bool allow_fused) {
   at::AutoDispatchBelowADInplaceOrView guard;  // no autograd bookkeeping per op: the wrapper owns the graph
+  DenormalsAreZero ftz(xproj.is_cpu());
   const int64_t T = xproj.size(0), B = xproj.size(2), H = h0.size(0);
   const int64_t L = n_layers;
   const int64_t U = L > 0 ? w_rec.size(0) : 0;
@@ -53,7 +54,9 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   const bool sep_pre = keeps_pre(act);
 
   at::Tensor states = at::empty({T, H, B}, opts);
-  at::Tensor first = xproj.clone();  // the step's matmul accumulates onto the hoisted input projection
+  // the steps' matmuls accumulate in place onto the hoisted input projections: xproj and mproj are the
+  // wrapper's temporaries (nothing else reads them), so the loop takes them over instead of copying
+  at::Tensor first = xproj;
   std::vector<at::Tensor> layer_bufs, layer_bias;
   for (int64_t l = 1; l < L; ++l) {
     layer_bufs.push_back(at::empty({S, U, B}, opts));
@@ -79,7 +82,7 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   if (L > 0 && !fused) cell.bias_block = bias_block(*b_head, B);
   // mixed memory: the LSTM's pre-activations accumulate onto its hoisted input projection like `first`
   const bool mem = wiring != kNoMemory;
-  at::Tensor lstm = mem ? memory[0].clone() : none_like(xproj);
+  at::Tensor lstm = mem ? memory[0] : none_like(xproj);
   at::Tensor c_states = mem ? at::empty({T, H, B}, opts) : none_like(xproj);
   at::Tensor tc = mem ? at::empty({S, H, B}, opts) : none_like(xproj);
   at::Tensor m_out = mem ? at::empty({S, H, B}, opts) : none_like(xproj);
@@ -155,6 +158,7 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
                                      int64_t mode, int64_t act, int64_t wiring, double head_scale,
                                      bool allow_fused) {
   at::AutoDispatchBelowADInplaceOrView guard;
+  DenormalsAreZero ftz(grad_states.is_cpu());
   const at::Tensor &states = saved[0], &heads = saved[1], &ff = saved[2], &gate = saved[3];
   const int64_t L = n_layers;
   auto pre = [&](int64_t l) { return saved[4 + l]; };
@@ -178,9 +182,11 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
   for (const auto& w : w_layers) d_w_layers.push_back(at::zeros_like(w));
   at::Tensor mask_f = masked ? mask->to(opts.dtype()) : at::Tensor();
   std::vector<at::Tensor> w_layers_t;
-  for (const auto& w : w_layers) w_layers_t.push_back(w.t());
-  const at::Tensor w_rec_t = w_rec.t();
-  const at::Tensor w_head_t = L > 0 ? w_head->t() : at::Tensor();
+  // transposed weights as contiguous copies: MKL runs these small matmuls 2-10x slower on transposed views
+  auto transposed = [](const at::Tensor& w) { return w.t().contiguous(); };
+  for (const auto& w : w_layers) w_layers_t.push_back(transposed(w));
+  const at::Tensor w_rec_t = transposed(w_rec);
+  const at::Tensor w_head_t = L > 0 ? transposed(*w_head) : at::Tensor();
   const bool fused = allow_fused && use_fused(states);
   const at::Tensor grad = fused ? grad_states.contiguous() : grad_states;
   CellBackward cell{mode, head_scale};
@@ -194,14 +200,15 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
   }
   const bool mem = wiring != kNoMemory;
   const int64_t m0 = 4 + 3 * L;  // saved: c_states, lstm activations, tanh(c'), lstm output
-  at::Tensor carry_c, d_lstm, d_out, d_w_mrec, d_w_x, g_c;
+  at::Tensor carry_c, d_lstm, d_out, d_w_mrec, d_w_x, g_c, w_mrec_t, w_x_t;
   MemoryStep memory_step{fused, 0.0};
   if (mem) {
     carry_c = at::zeros({H, B}, opts);
     d_lstm = at::empty({T, 4 * H, B}, opts);
     d_out = at::empty({H, B}, opts);
     d_w_mrec = at::zeros_like(memory[2]);
-    if (wiring == kPaperWiring) d_w_x = at::zeros_like(memory[3]);
+    w_mrec_t = transposed(memory[2]);
+    if (wiring == kPaperWiring) d_w_x = at::zeros_like(memory[3]), w_x_t = transposed(memory[3]);
     g_c = fused ? grad_c.contiguous() : grad_c;
     if (!fused) {
       for (at::Tensor* b : {&memory_step.tmp, &memory_step.tmp2, &memory_step.dc}) *b = at::empty({H, B}, opts);
@@ -243,7 +250,7 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
       carry.addmm_(w_rec_t, first);  // onto what padding passed straight through
     }
     if (wiring == kPaperWiring) {
-      at::mm_out(d_out, memory[3].t(), first);  // the LSTM's output was the CfC's input
+      at::mm_out(d_out, w_x_t, first);  // the LSTM's output was the CfC's input
       d_w_x.addmm_(first, saved[m0 + 3][t].t());
     }
     if (mem) {
@@ -251,7 +258,7 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
       memory_step.backward(d_out, g_c[t], carry_c, mt, saved[m0 + 1][t], saved[m0 + 2][t],
                            t == 0 ? memory[1] : saved[m0][t - 1], dl);
       d_w_mrec.addmm_(dl, hprev.t());
-      carry.addmm_(memory[2].t(), dl);
+      carry.addmm_(w_mrec_t, dl);
     }
   }
 

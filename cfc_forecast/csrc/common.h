@@ -2,6 +2,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 namespace cfc {
 
@@ -45,6 +49,41 @@ at::Tensor bias_block(const at::Tensor& bias, int64_t B) {
 bool use_fused(const at::Tensor& t) {
   return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
+
+// Flush denormals to zero (FTZ and DAZ) on every intra-op thread while a CPU loop runs, restoring each thread's
+// setting after. Why: over long sequences the gradients carried back through the steps decay into denormal
+// floats, on which the matmuls run about 8x slower (measured: 256 x 256 steps, 1.65 s against 0.21 s per
+// training step). Values below 1.2e-38 carry no information for training.
+#if defined(__x86_64__) || defined(_M_X64)
+inline thread_local bool ftz_active = false;
+inline thread_local unsigned int ftz_saved = 0;
+
+class DenormalsAreZero {
+ public:
+  explicit DenormalsAreZero(bool on) : on_(on) {
+    if (on_) each_thread([] {
+        if (!ftz_active) ftz_saved = _mm_getcsr(), _mm_setcsr(ftz_saved | 0x8040), ftz_active = true;
+      });
+  }
+  ~DenormalsAreZero() {
+    if (on_) each_thread([] {
+        if (ftz_active) _mm_setcsr(ftz_saved), ftz_active = false;
+      });
+  }
+
+ private:
+  template <typename F>
+  static void each_thread(const F& f) {
+    f();  // this thread, also when the pool runs the range inline
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { f(); });
+  }
+  bool on_;
+};
+#else
+struct DenormalsAreZero {
+  explicit DenormalsAreZero(bool) {}
+};
+#endif
 
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
