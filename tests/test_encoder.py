@@ -179,3 +179,15 @@ def test_float32_native_paths_agree_with_the_python_loop(impl):
     s2.square().mean().backward()
     for (name, a), b in zip(enc.named_parameters(), ref.parameters(), strict=False):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_the_native_loop_restores_the_floating_point_mode(impl):
+    # the CPU loop flushes denormals on the intra-op threads while it runs (speed), and must restore the mode
+    enc = make_encoder(impl).float()
+    x, dt, _ = inputs()
+    states, _ = enc(x.float(), dt.float())
+    states.sum().backward()
+    # denormal float32 results, flushed to 0 if the mode leaked; 2**20 elements so the worker threads compute too
+    assert (torch.full((1 << 20,), 1e-38) / 10 > 0).all()
+    small = torch.full((256, 256), 1e-20)
+    assert (small @ small > 0).all()  # MKL's threads: 256 products of 1e-40 each
