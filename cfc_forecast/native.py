@@ -214,6 +214,8 @@ def run_native(
         (T, H, B) results.
     """
     w, spec = fold_weights(cell)
+    params = [x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters())]
+    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in params))
     fm = lambda t: None if t is None else t.permute(1, 2, 0)  # noqa: E731  (B, T, N) -> (T, N, B)
     steps, n1, batch = x.shape[1], w["w_x"].shape[0], x.shape[0]
 
@@ -224,7 +226,10 @@ def run_native(
         accumulates the steps' matmuls into it in place.
         """
         rows = weight.shape[0]
-        return torch.baddbmm(bias.view(1, rows, 1).expand(steps, rows, batch), weight.expand(steps, -1, -1), fm(x))
+        args = (bias.view(1, rows, 1).expand(steps, rows, batch), weight.expand(steps, -1, -1), fm(x))
+        if inference and x.device.type == "cpu":  # no autograd: the buffer may come from the loop's cache
+            return torch.baddbmm(*args, out=torch.ops.cfc_forecast.pool_empty([steps, rows, batch], x.dtype))
+        return torch.baddbmm(*args)
 
     mproj = w_mrec = w_in = None
     if memory is None:

@@ -191,3 +191,19 @@ def test_the_native_loop_restores_the_floating_point_mode(impl):
     assert (torch.full((1 << 20,), 1e-38) / 10 > 0).all()
     small = torch.full((256, 256), 1e-20)
     assert (small @ small > 0).all()  # MKL's threads: 256 products of 1e-40 each
+
+
+def test_results_survive_later_calls_that_reuse_buffers(impl):
+    # the native loop recycles its large buffers once their tensors die; live results must stay untouched
+    enc = CfCEncoder(7, 64, impl=impl)
+    x1, x2 = torch.randn(32, 96, 7), torch.randn(32, 96, 7)
+    with torch.no_grad():
+        first, _ = enc(x1)
+        kept = first.clone()
+        for _ in range(3):
+            enc(x2)
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    states, _ = enc(x1)  # with autograd: the saved buffers live until backward frees the graph
+    again, _ = enc(x2)
+    states.sum().backward()
+    torch.testing.assert_close(states.detach(), kept, rtol=0, atol=0)

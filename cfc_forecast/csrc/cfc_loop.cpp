@@ -21,6 +21,7 @@
 
 #include "cell_step.h"
 #include "memory_step.h"
+#include "pool.h"
 
 using namespace cfc;
 
@@ -53,24 +54,24 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   const bool dropping = drop.has_value() && drop->defined();
   const bool sep_pre = keeps_pre(act);
 
-  at::Tensor states = at::empty({T, H, B}, opts);
+  at::Tensor states = pooled_empty({T, H, B}, opts);
   // the steps' matmuls accumulate in place onto the hoisted input projections: xproj and mproj are the
   // wrapper's temporaries (nothing else reads them), so the loop takes them over instead of copying
   at::Tensor first = xproj;
   std::vector<at::Tensor> layer_bufs, layer_bias;
   for (int64_t l = 1; l < L; ++l) {
-    layer_bufs.push_back(at::empty({S, U, B}, opts));
+    layer_bufs.push_back(pooled_empty({S, U, B}, opts));
     layer_bias.push_back(bias_block(b_layers[l - 1], B));
   }
-  at::Tensor ff = at::empty({S, mode == kPure ? H : 2 * H, B}, opts);
-  at::Tensor gate = mode == kPure ? none_like(xproj) : at::empty({S, H, B}, opts);
-  at::Tensor heads = L > 0 ? at::empty({S, b_head->size(0), B}, opts) : first;
+  at::Tensor ff = pooled_empty({S, mode == kPure ? H : 2 * H, B}, opts);
+  at::Tensor gate = mode == kPure ? none_like(xproj) : pooled_empty({S, H, B}, opts);
+  at::Tensor heads = L > 0 ? pooled_empty({S, b_head->size(0), B}, opts) : first;
   // per layer: pre-activation (silu, gelu) or, activated in place, the output (tanh, relu); output; dropped
   std::vector<at::Tensor> pre, out, in;
   for (int64_t l = 0; l < L; ++l) {
     pre.push_back(l == 0 ? first : layer_bufs[l - 1]);
-    out.push_back(sep_pre ? at::empty({S, U, B}, opts) : pre[l]);
-    in.push_back(dropping ? at::empty({S, U, B}, opts) : out[l]);
+    out.push_back(sep_pre ? pooled_empty({S, U, B}, opts) : pre[l]);
+    in.push_back(dropping ? pooled_empty({S, U, B}, opts) : out[l]);
   }
   const bool fused = allow_fused && use_fused(xproj);
   const at::Tensor mask_f = masked && fused ? mask->to(opts.dtype()) : at::Tensor();
@@ -83,9 +84,9 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   // mixed memory: the LSTM's pre-activations accumulate onto its hoisted input projection like `first`
   const bool mem = wiring != kNoMemory;
   at::Tensor lstm = mem ? memory[0] : none_like(xproj);
-  at::Tensor c_states = mem ? at::empty({T, H, B}, opts) : none_like(xproj);
-  at::Tensor tc = mem ? at::empty({S, H, B}, opts) : none_like(xproj);
-  at::Tensor m_out = mem ? at::empty({S, H, B}, opts) : none_like(xproj);
+  at::Tensor c_states = mem ? pooled_empty({T, H, B}, opts) : none_like(xproj);
+  at::Tensor tc = mem ? pooled_empty({S, H, B}, opts) : none_like(xproj);
+  at::Tensor m_out = mem ? pooled_empty({S, H, B}, opts) : none_like(xproj);
   MemoryStep memory_step{fused, forget_bias};
   if (mem && !fused) memory_step.c_buf = at::empty({H, B}, opts);
 
@@ -171,8 +172,8 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
   const bool masked = mask.has_value() && mask->defined();
   const bool dropping = drop.has_value() && drop->defined();
 
-  at::Tensor d_heads = at::empty({T, NH, B}, opts);
-  at::Tensor d_pre = at::empty({L, T, U, B}, opts);  // d_pre[0] is d xproj when L > 0
+  at::Tensor d_heads = pooled_empty({T, NH, B}, opts);
+  at::Tensor d_pre = pooled_empty({L, T, U, B}, opts);  // d_pre[0] is d xproj when L > 0
   at::Tensor d_dt = at::empty({T, 1, B}, opts);
   at::Tensor carry = at::zeros({H, B}, opts);
   at::Tensor d_x = at::empty({U, B}, opts);
@@ -204,7 +205,7 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
   MemoryStep memory_step{fused, 0.0};
   if (mem) {
     carry_c = at::zeros({H, B}, opts);
-    d_lstm = at::empty({T, 4 * H, B}, opts);
+    d_lstm = pooled_empty({T, 4 * H, B}, opts);
     d_out = at::empty({H, B}, opts);
     d_w_mrec = at::zeros_like(memory[2]);
     w_mrec_t = transposed(memory[2]);
@@ -280,7 +281,13 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
   return result;
 }
 
+// An uninitialised CPU tensor from the loop's buffer cache, for the wrapper's own temporaries (the projections).
+at::Tensor pool_empty(at::IntArrayRef size, at::ScalarType dtype) {
+  return pooled_empty(size, at::TensorOptions().dtype(dtype));
+}
+
 TORCH_LIBRARY(cfc_forecast, m) {
+  m.def("pool_empty", &pool_empty);
   m.def("seq_forward", &seq_forward);
   m.def("seq_backward", &seq_backward);
 }
