@@ -207,3 +207,27 @@ def test_results_survive_later_calls_that_reuse_buffers(impl):
     again, _ = enc(x2)
     states.sum().backward()
     torch.testing.assert_close(states.detach(), kept, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("memory", MEMORY, ids=["plain", "ncps-memory", "paper-memory"])
+def test_a_larger_odd_batch_with_everything_on_matches_the_reference(impl, mode, memory):
+    # B = 37: several vector widths plus a partial one in the fused kernels; dropout, padding, 2 backbone layers
+    enc = make_encoder(impl, mode, layers=2, act="gelu", backbone_dropout=0.2, **memory).train()
+    x = torch.randn(37, 6, F, dtype=torch.float64)
+    dt = torch.rand(37, 6, dtype=torch.float64) * 2
+    mask = torch.rand(37, 6) > 0.2
+    torch.manual_seed(5)
+    drop = enc._dropout_masks(x)
+    torch.manual_seed(5)
+    states, _ = enc(x, dt, mask)  # draws the same masks
+    weights = torch.randn(37, 6, H, dtype=torch.float64)
+    (states * weights).sum().backward()
+    ours = [p.grad.clone() for p in enc.parameters()]
+    ref = make_encoder("python", mode, layers=2, act="gelu", **memory)
+    ref.load_state_dict(enc.state_dict())
+    expected, _, _ = reference.sequence(ref, x, dt, mask, drop=drop)
+    torch.testing.assert_close(states, expected, rtol=1e-10, atol=1e-10)
+    (expected * weights).sum().backward()
+    for (name, _), a, b in zip(enc.named_parameters(), ours, [p.grad for p in ref.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
