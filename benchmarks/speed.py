@@ -3,7 +3,7 @@
 Protocol (../shared/BENCHMARKS.md): batch 64, 96 steps, 7 features, 64 hidden units, backbone 1 x 128,
 lecun_tanh, mode default, CPU with 2 threads; at this size also mixed memory (ncps wiring) and ncps's LTC.
 A training step is zero_grad + forward + MSE on the last state + backward; forward-only runs under
-``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up, the implementations taking turns. Our
+``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up, the implementations taking turns in blocks. Our
 encoder runs with the weights of the ncps model. Also run: batch 256 with 1,024 steps.
 
     python benchmarks/speed.py                  # both configurations, prints the README table
@@ -34,18 +34,27 @@ F, H, UNITS = 7, 64, 128
 RESULTS = Path(__file__).parent / "results" / "speed.json"
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, float]:
-    """Median ms per function; the functions take turns within every repetition, so load from elsewhere on
-    the machine hits all of them alike and the ratios stay fair."""
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int, block: int = 5
+) -> dict[str, float]:
+    """Median ms per function over ``reps`` timed calls.
+
+    The functions take turns in blocks of ``block`` consecutive calls (each block after one untimed call), so
+    a drift in the machine's speed hits all of them alike, while each still runs as in a real loop, back to
+    back: turns of a single call would make every implementation pay for waking the thread pool that the
+    previous one let fall asleep.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
+    for _ in range(-(-reps // block)):
         for name, fn in fns.items():
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 

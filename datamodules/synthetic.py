@@ -101,6 +101,8 @@ class SyntheticDataModule(SeriesDataModule):
         observe: input span W. forecast: forecast span D. every: spacing S of origins.
         split_fractions: train / val / test fractions of the time range.
         scaling: per-variable scaling. batch_size: windows per batch. num_workers: DataLoader workers.
+        predict_queries: prediction query times after each series' end (default: its median spacing up to
+            ``forecast``).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class SyntheticDataModule(SeriesDataModule):
         time_unit: Literal["s", "min", "h", "d"] = "s",
         batch_size: int = 64,
         num_workers: int = 0,
+        predict_queries: list[float] | None = None,
     ) -> None:
         super().__init__(
             id_column="series",
@@ -133,6 +136,7 @@ class SyntheticDataModule(SeriesDataModule):
             scaling=scaling,
             batch_size=batch_size,
             num_workers=num_workers,
+            predict_queries=predict_queries,
         )
         self.save_hyperparameters()
 

@@ -28,3 +28,34 @@ def impl(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_synthetic():
+    """A small SyntheticDataModule (8 irregular series, duration windows): builds in well under a second."""
+    from datamodules import SyntheticDataModule
+
+    dm = SyntheticDataModule(
+        n_series=8, mean_observations=60, duration=40.0, observe=4.0, forecast=2.0, every=1.0, batch_size=16
+    )
+    dm.setup("fit")
+    return dm
+
+
+def model_for(dm, **kwargs):
+    """A small ForecastModule with the data-derived sizes linked from ``dm``, as the CLI links them."""
+    from cfc_forecast.module import ForecastModule
+
+    linked = dict(
+        n_inputs=dm.n_inputs,
+        n_targets=dm.n_targets,
+        horizon=dm.horizon,
+        n_static=dm.n_static,
+        n_future=dm.n_future,
+        time_unit=dm.time_unit,
+        target_inputs=dm.target_input_index,
+        input_names=dm.input_names,
+        target_names=dm.target_names,
+    )
+    small = dict(hidden_size=16, backbone_units=32, head_hidden_sizes=[16], query_cell_units=16)
+    return ForecastModule(**{**linked, **small, **kwargs})

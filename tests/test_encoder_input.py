@@ -71,16 +71,3 @@ def test_without_the_native_loop_the_python_loop_runs_the_same_numbers():
     e = CfCEncoder(3, 4)
     x = torch.randn(2, 5, 3)
     assert abs(float(out.stdout) - e(x)[0].sum().item()) < 1e-5
-
-
-def test_cli_reports_version_and_native_status(capsys):
-    from cfc_forecast import __version__, native_available
-    from cfc_forecast.cli import main
-
-    assert main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith(f"cfc-forecast {__version__}")
-    ready = native_available()
-    assert main(["native"]) == (0 if ready else 1)
-    assert ("native CfC loop: ready" in capsys.readouterr().out) == ready
-    assert main(["fit"]) == 2
-    assert "unknown command 'fit'" in capsys.readouterr().err

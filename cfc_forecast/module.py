@@ -1,0 +1,274 @@
+"""``ForecastModule``: the thin LightningModule around :class:`~cfc_forecast.network.Forecaster`.
+
+It builds the network from plain values (``save_hyperparameters``, so a checkpoint alone rebuilds it and a tuner
+addresses every value as ``model.<name>``), computes the masked loss, logs ``{stage}/loss`` and the masked metrics
+``{stage}/mse``, ``{stage}/mae``, ``{stage}/mse_per_var``, ``{stage}/mae_per_var`` (with quantiles also
+``{stage}/wql`` and ``{stage}/coverage``) in the data's scaled units, and returns forecasts in original units from
+``predict_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as L
+from torch import Tensor, nn
+
+from cfc_forecast.batch import Batch
+from cfc_forecast.cell import Activation, HeadActivation, Mode
+from cfc_forecast.encoder import CfCEncoder
+from cfc_forecast.heads import MLPActivation, build_head
+from cfc_forecast.inputs import ElapsedTime, Fill, InputEncoding
+from cfc_forecast.losses import LossName, masked_loss, point_index
+from cfc_forecast.metrics import ForecastMetrics
+from cfc_forecast.network import Forecaster
+from cfc_forecast.optim import OptimizerName, SchedulerName, configure
+from cfc_forecast.revin import RevIN
+from cfc_forecast.rnn import RNNEncoder
+
+EncoderName = Literal["cfc", "lstm", "gru"]
+HeadChoice = Literal["auto", "direct", "continuous", "step"]
+
+
+class ForecastModule(L.LightningModule):
+    """Forecast irregular multivariate series with a CfC (or LSTM / GRU) encoder and a forecast head.
+
+    Args:
+        n_inputs: F, input variables (linked from the DataModule).
+        n_targets: C, target variables (linked).
+        horizon: K of a regular horizon, None for arbitrary query times, 0 for per-step targets (linked).
+        n_static: S, static covariates (linked); they set the encoder's initial state.
+        n_future: Fk, known-future covariates at the query times (linked); the head reads them.
+        time_unit: the unit of every time in a batch (linked; recorded so a checkpoint says what dt means).
+        target_inputs: (C,) input column holding each target, -1 if none (linked; RevIN maps forecasts back
+            with the statistics of that input).
+        input_names: names of the inputs (linked; checked when a checkpoint meets other data).
+        target_names: names of the targets (linked; checked likewise).
+        encoder: "cfc" (closed-form continuous-time) or the baselines "lstm" / "gru".
+        hidden_size: H, state units.
+        mode, backbone_units, backbone_layers, backbone_dropout, activation, head_activation, mixed_memory,
+            memory_wiring, forget_bias: the CfC options (see :class:`~cfc_forecast.encoder.CfCEncoder`).
+        rnn_layers: stacked layers of the LSTM / GRU baselines.
+        fill: missing inputs: "locf" carries each feature's last observation forward, "zeros" leaves 0.
+        append_mask: append the observation mask to the inputs (the CfC paper's recipe).
+        append_delta: append each feature's time since its last observation.
+        time_scale: factor on every elapsed time (data unit -> model scale), e.g. 1/60 for minutes to hours.
+        learn_time_scale: learn that factor, starting from ``time_scale``.
+        revin: reversible instance normalisation (per window, per variable, masked).
+        head: "direct" (K x C from the last state), "continuous" (evolve the last state to each query time),
+            "step" (next value at every input step) or "auto": step if horizon == 0, direct if horizon > 0,
+            else continuous.
+        head_hidden_sizes: hidden widths of the head's MLP. head_mlp_activation, head_dropout: of that MLP.
+        query_cell_units: backbone width of the continuous head's CfC cell.
+        loss: "mse", "mae", "huber" or "pinball" (needs ``quantiles``). huber_delta: Huber threshold (scaled units).
+        quantiles: sorted levels in (0, 1) for the pinball loss; the one nearest 0.5 is the point forecast.
+        optimizer, lr, weight_decay, scheduler: see :func:`cfc_forecast.optim.configure`.
+        impl: the CfC loop: "auto" (native when it builds), "native" or "python".
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_targets: int,
+        horizon: int | None = None,
+        n_static: int = 0,
+        n_future: int = 0,
+        time_unit: str = "step",
+        target_inputs: list[int] | None = None,
+        input_names: list[str] | None = None,
+        target_names: list[str] | None = None,
+        encoder: EncoderName = "cfc",
+        hidden_size: int = 64,
+        mode: Mode = "default",
+        backbone_units: int = 128,
+        backbone_layers: int = 1,
+        backbone_dropout: float = 0.0,
+        activation: Activation = "lecun_tanh",
+        head_activation: HeadActivation = "tanh",
+        mixed_memory: bool = False,
+        memory_wiring: Literal["ncps", "paper"] = "ncps",
+        forget_bias: float = 1.0,
+        rnn_layers: int = 1,
+        fill: Fill = "locf",
+        append_mask: bool = True,
+        append_delta: bool = False,
+        time_scale: float = 1.0,
+        learn_time_scale: bool = False,
+        revin: bool = False,
+        head: HeadChoice = "auto",
+        head_hidden_sizes: list[int] | None = None,
+        head_mlp_activation: MLPActivation = "gelu",
+        head_dropout: float = 0.0,
+        query_cell_units: int = 64,
+        loss: LossName = "mse",
+        huber_delta: float = 1.0,
+        quantiles: list[float] | None = None,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: SchedulerName = "none",
+        impl: Literal["auto", "native", "python"] = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _check_quantiles(loss, quantiles)
+        self.head_name = _resolve_head(head, horizon)
+        self.n_outputs = len(quantiles) if loss == "pinball" else 1
+        self.point = point_index(quantiles if loss == "pinball" else None)
+        self.net = self._build()
+        self.metrics = nn.ModuleDict({s: ForecastMetrics(n_targets, self.quantile_levels) for s in ("val", "test")})
+
+    @property
+    def quantile_levels(self) -> list[float] | None:
+        """The quantile levels of the Q outputs (pinball loss), else None (one point forecast)."""
+        return list(self.hparams.quantiles) if self.hparams.loss == "pinball" else None
+
+    def _build(self) -> Forecaster:
+        h = self.hparams
+        inputs = InputEncoding(h.n_inputs, h.fill, h.append_mask, h.append_delta)
+        if h.encoder == "cfc":
+            encoder = CfCEncoder(
+                inputs.size,
+                h.hidden_size,
+                mode=h.mode,
+                backbone_units=h.backbone_units,
+                backbone_layers=h.backbone_layers,
+                backbone_dropout=h.backbone_dropout,
+                activation=h.activation,
+                head_activation=h.head_activation,
+                mixed_memory=h.mixed_memory,
+                memory_wiring=h.memory_wiring,
+                forget_bias=h.forget_bias,
+                impl=h.impl,
+            )
+        elif h.encoder in ("lstm", "gru"):
+            encoder = RNNEncoder(h.encoder, inputs.size, h.hidden_size, h.rnn_layers, h.backbone_dropout)
+        else:
+            raise ValueError(f"unknown encoder {h.encoder!r}; choose one of ['cfc', 'gru', 'lstm']")
+        head = build_head(
+            self.head_name,
+            h.hidden_size,
+            h.n_targets,
+            self.n_outputs,
+            h.horizon,
+            h.n_future,
+            list(h.head_hidden_sizes or []),
+            h.head_mlp_activation,
+            h.head_dropout,
+            h.query_cell_units,
+        )
+        revin = None
+        if h.revin:
+            if h.target_inputs is None:
+                raise ValueError("revin=True needs target_inputs (the input column of each target; the CLI links it)")
+            revin = RevIN(h.n_inputs, list(h.target_inputs))
+        clock = ElapsedTime(h.time_scale, h.learn_time_scale)
+        return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin)
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head."""
+        return self.net(batch)
+
+    def _truth(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        if self.head_name == "step":
+            if batch.y_step is None:
+                raise ValueError("head='step' needs per-step targets: build the DataModule with step_targets=True")
+            return batch.y_step, batch.y_step_mask
+        if batch.y is None:
+            raise ValueError("this batch has no targets (a prediction batch?)")
+        return batch.y, batch.y_mask
+
+    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        pred = self(batch)
+        y, mask = self._truth(batch)
+        h = self.hparams
+        loss = masked_loss(pred, y, mask, h.loss, self.quantile_levels, h.huber_delta)
+        train = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            batch_size=batch.batch_size,
+            on_step=train,
+            on_epoch=not train,
+            prog_bar=True,
+            sync_dist=not train,
+        )
+        if stage in self.metrics:
+            self.metrics[stage].update(pred.detach(), y, mask)
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> None:
+        # compute() reduces the summed states over every process, so each rank logs the same numbers
+        values = self.metrics[stage].compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()})
+        self.metrics[stage].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Forecasts in the data's original units, with what a writer needs to place them.
+
+        Returns:
+            ``prediction`` (B, K, C, Q) float64 in original units (Q quantiles, or 1); ``time`` (B, K) float64
+            absolute target times (for the per-step head: the time of the step each forecast is made at);
+            ``mask`` (B, K) bool real queries; ``series`` (B,); ``origin`` (B,) absolute origin times.
+        """
+        pred = self(batch).double()
+        scale, loc = batch.target_scale.double(), batch.target_loc.double()
+        values = pred * scale[:, None, :, None] + loc[:, None, :, None]  # raw = scaled * scale + loc
+        rel, mask = (batch.t, batch.step_mask) if self.head_name == "step" else (batch.query_t, batch.query_mask)
+        return {
+            "prediction": values,
+            "time": batch.origin[:, None] + rel.double(),
+            "mask": mask,
+            "series": batch.series,
+            "origin": batch.origin,
+        }
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h, trainer = self.hparams, self.trainer
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 100
+        return configure(
+            self, h.optimizer, h.lr, h.weight_decay, h.scheduler, epochs, int(trainer.estimated_stepping_batches)
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other variables than this model was built for (before its weights load)."""
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in ("input_names", "target_names"):
+            ours, theirs = self.hparams.get(key), saved.get(key)
+            if ours is not None and theirs is not None and list(ours) != list(theirs):
+                raise ValueError(
+                    f"the checkpoint was trained with {key.split('_')[0]}s {list(theirs)}, "
+                    f"the data has {list(ours)}; predict with data of the same variables"
+                )
+
+
+def _resolve_head(head: HeadChoice, horizon: int | None) -> str:
+    if head != "auto":
+        return head
+    if horizon == 0:
+        return "step"
+    return "direct" if horizon else "continuous"
+
+
+def _check_quantiles(loss: str, quantiles: list[float] | None) -> None:
+    if loss == "pinball":
+        q = list(quantiles or [])
+        if not q or q != sorted(q) or len(set(q)) != len(q) or not all(0 < v < 1 for v in q):
+            raise ValueError(f"loss='pinball' needs distinct sorted quantiles in (0, 1), got {quantiles}")
+    elif quantiles:
+        raise ValueError(f"quantiles {quantiles} need loss='pinball', got loss={loss!r}")
