@@ -118,8 +118,9 @@ def fold_weights(cell: CfCCell) -> tuple[dict, _Spec]:
     n_layers, hidden, n_in = cell.backbone_layers, cell.hidden_size, cell.input_size
     first = cell.first_layer
     w_x, b_x, w_rec = first.weight[:, :n_in], first.bias, first.weight[:, n_in:]  # (N1, F), (N1,), (N1, H)
-    layer_w = [layer.weight for layer in cell.backbone[1:]]
-    layer_b = [layer.bias for layer in cell.backbone[1:]]
+    later = list(cell.backbone)[1:]  # (slicing the ModuleList would build a new module on every call)
+    layer_w = [layer.weight for layer in later]
+    layer_b = [layer.bias for layer in later]
     head_w, head_b = cell.heads.weight, cell.heads.bias
     if n_layers and cell.activation == "lecun_tanh":
         w_x, b_x, w_rec = w_x * a, b_x * a, w_rec * a
@@ -148,18 +149,26 @@ def fold_weights(cell: CfCCell) -> tuple[dict, _Spec]:
     return weights, _Spec(n_layers, _MODES[cell.mode], _ACTS[cell.activation], head_scale)
 
 
+def _seq_forward(
+    spec, xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, mproj, c0, w_mrec, w_x, layers, save
+):
+    """The native forward: the op's outputs, (states, cell states) first."""
+    n = len(layers) // 2
+    memory = [t for t in (mproj, c0, w_mrec, w_x) if t is not None]
+    outs = torch.ops.cfc_forecast.seq_forward(
+        xproj, h0, dt, mask, w_rec, list(layers[:n]), list(layers[n:]), w_head, b_head, A, w_tau, drop,
+        memory, spec.layers, spec.mode, spec.act, spec.wiring, spec.head_scale, spec.forget_bias, save, ALLOW_FUSED,
+    )  # fmt: skip
+    return outs[0], outs[4 + 3 * spec.layers], outs
+
+
 class _CfCSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, mproj, c0, w_mrec, w_x, *layers):
         n = len(layers) // 2
         save = any(ctx.needs_input_grad)
-        memory = [t for t in (mproj, c0, w_mrec, w_x) if t is not None]
-        outs = torch.ops.cfc_forecast.seq_forward(
-            xproj, h0, dt, mask, w_rec, list(layers[:n]), list(layers[n:]), w_head, b_head, A, w_tau, drop,
-            memory, spec.layers, spec.mode, spec.act, spec.wiring, spec.head_scale, spec.forget_bias, save,
-            ALLOW_FUSED,
-        )  # fmt: skip
-        states, c_states = outs[0], outs[4 + 3 * spec.layers]
+        args = (xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, mproj, c0, w_mrec, w_x)
+        states, c_states, outs = _seq_forward(spec, *args, layers, save)
         if save:
             ctx.spec, ctx.allow_fused = spec, ALLOW_FUSED
             ctx.save_for_backward(h0, dt, mask, w_rec, w_head, A, w_tau, drop, c0, w_mrec, w_x, states, *layers[:n])
@@ -214,8 +223,10 @@ def run_native(
         (T, H, B) results.
     """
     w, spec = fold_weights(cell)
-    params = [x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters())]
-    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in params))
+    inference = not torch.is_grad_enabled() or not any(
+        t.requires_grad
+        for t in (x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters()))
+    )
     fm = lambda t: None if t is None else t.permute(1, 2, 0)  # noqa: E731  (B, T, N) -> (T, N, B)
     steps, n1, batch = x.shape[1], w["w_x"].shape[0], x.shape[0]
 
@@ -242,11 +253,14 @@ def run_native(
         else:
             xproj = project(w["w_x"], w["b_x"])
     col = lambda t: None if t is None else t.t().contiguous()  # noqa: E731  (1, H) or (B, H) -> (H, 1), (H, B)
-    states, c_states = _CfCSequence.apply(
-        spec, xproj, col(h0), fm(dt).contiguous(), None if mask is None else fm(mask).contiguous(),
+    args = (
+        xproj, col(h0), fm(dt).contiguous(), None if mask is None else fm(mask).contiguous(),
         w["w_rec"], w["w_head"], w["b_head"], col(w["A"]), col(w["w_tau"]),
         None if drop is None else drop.permute(0, 2, 3, 1).contiguous(), mproj, col(c0), w_mrec, w_in,
-        *w["layers"],
     )  # fmt: skip
+    if inference:  # nothing to differentiate: no autograd node, nothing saved
+        states, c_states, _ = _seq_forward(spec, *args, w["layers"], save=False)
+    else:
+        states, c_states = _CfCSequence.apply(spec, *args, *w["layers"])
     bth = lambda t: t.permute(2, 0, 1)  # noqa: E731  (T, H, B) -> (B, T, H)
     return bth(states), (bth(c_states) if memory is not None else None)
