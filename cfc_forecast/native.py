@@ -180,6 +180,7 @@ class _CfCSequence(torch.autograd.Function):
     def backward(ctx, grad_states, grad_c):
         h0, dt, mask, w_rec, w_head, A, w_tau, drop, c0, w_mrec, w_x, states, *w_layers = ctx.saved_tensors
         spec = ctx.spec
+        # the op reads memory[1:] here (c0, w_mrec, w_x); the forward's mproj slot is not needed, c0 holds it
         memory = [] if not spec.wiring else [c0, c0, w_mrec] + ([w_x] if w_x is not None else [])
         grads = torch.ops.cfc_forecast.seq_backward(
             grad_states, h0, dt, mask, w_rec, w_layers, w_head, A, w_tau, drop, [states, *ctx.intermediates],

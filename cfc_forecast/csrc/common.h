@@ -13,10 +13,10 @@ enum Mode : int64_t { kDefault = 0, kNoGate = 1, kPure = 2 };
 enum Act : int64_t { kTanh = 1, kRelu = 2, kSilu = 3, kGelu = 4 };
 enum Wiring : int64_t { kNoMemory = 0, kNcpsWiring = 1, kPaperWiring = 2 };
 
-bool keeps_pre(int64_t act) { return act == kSilu || act == kGelu; }
+inline bool keeps_pre(int64_t act) { return act == kSilu || act == kGelu; }
 
 // tanh and relu run in place (their backward needs only the output); silu and gelu keep the pre-activation.
-void act_forward(at::Tensor& out, const at::Tensor& pre, int64_t act) {
+inline void act_forward(at::Tensor& out, const at::Tensor& pre, int64_t act) {
   switch (act) {
     case kTanh: out.tanh_(); break;
     case kRelu: out.relu_(); break;
@@ -26,7 +26,7 @@ void act_forward(at::Tensor& out, const at::Tensor& pre, int64_t act) {
   }
 }
 
-void act_backward(at::Tensor& grad_pre, const at::Tensor& grad_out, const at::Tensor& pre,
+inline void act_backward(at::Tensor& grad_pre, const at::Tensor& grad_out, const at::Tensor& pre,
                   const at::Tensor& out, int64_t act) {
   switch (act) {
     case kTanh: at::tanh_backward_out(grad_pre, grad_out, out); break;
@@ -37,16 +37,16 @@ void act_backward(at::Tensor& grad_pre, const at::Tensor& grad_out, const at::Te
   }
 }
 
-at::Tensor none_like(const at::Tensor& like) { return at::empty({0}, like.options()); }
+inline at::Tensor none_like(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
 // A bias (N) as a contiguous (N, B) block, copied into a step's output before an in-place matmul: cheaper
 // than broadcasting the bias into every step's buffer at once.
-at::Tensor bias_block(const at::Tensor& bias, int64_t B) {
+inline at::Tensor bias_block(const at::Tensor& bias, int64_t B) {
   return bias.view({bias.size(0), 1}).expand({bias.size(0), B}).contiguous();
 }
 
 // The fused CPU kernels take float and double; anything else (CUDA, half) runs the generic ATen kernels.
-bool use_fused(const at::Tensor& t) {
+inline bool use_fused(const at::Tensor& t) {
   return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
 
