@@ -162,7 +162,8 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI:
 
 
 def main(args: list[str] | None = None) -> int:
-    """The console script: ``native``, ``--version``, or a LightningCLI subcommand; returns the exit status."""
+    """The console script: ``native``, ``--version``, ``tune``, ``forecast``, or a LightningCLI subcommand; returns the
+    exit status."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["--version"]:
         print(f"cfc-forecast {__version__} (torch {torch.__version__})")
@@ -171,6 +172,14 @@ def main(args: list[str] | None = None) -> int:
         ok = native_available()
         print(native_status())
         return 0 if ok else 1
+    if argv[:1] == ["tune"]:  # Optuna studies over fit configs (cfc_forecast/tune)
+        from cfc_forecast.tune import main as tune_main
+
+        return tune_main(argv[1:])
+    if argv[:1] == ["forecast"]:  # batch forecasting jobs over large inputs (cfc_forecast/forecast)
+        from cfc_forecast.forecast import main as forecast_main
+
+        return forecast_main(argv[1:])
     cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
 
