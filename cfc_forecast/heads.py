@@ -2,7 +2,9 @@
 
 Every head returns (B, K, C, Q) values: K forecast steps (or T input steps for the per-step head), C targets and
 Q outputs per target (Q = 1 for a point forecast, the number of quantiles for the pinball loss). They share one
-call signature, ``head(states, last, query_dt, future)``, so the module never branches on the head.
+call signature, ``head(states, last, query_dt, future, context)``, so the module never branches on the head;
+``context`` (B, S) holds per-series values the readout MLP reads beside the state (static covariates routed into
+the head), None when the head was built with ``n_context=0``.
 
 Imports torch only.
 """
@@ -34,6 +36,14 @@ def mlp(
     return nn.Sequential(*layers, nn.Linear(in_size, out_size))
 
 
+def with_context(h: Tensor, context: Tensor | None) -> Tensor:
+    """``h`` (..., H) with the per-series ``context`` (B, S) appended along the last axis: (..., H + S)."""
+    if context is None:
+        return h
+    shape = (*h.shape[:-1], context.shape[-1])
+    return torch.cat([h, context.reshape(context.shape[0], *([1] * (h.dim() - 2)), -1).expand(shape)], dim=-1)
+
+
 class DirectHead(nn.Module):
     """Direct multi-step forecast: the last state (and the known-future covariates of all K steps) -> K x C x Q.
 
@@ -50,6 +60,7 @@ class DirectHead(nn.Module):
         hidden_sizes: list[int] | None = None,
         activation: MLPActivation = "gelu",
         dropout: float = 0.0,
+        n_context: int = 0,
     ) -> None:
         super().__init__()
         if horizon < 1:
@@ -57,18 +68,22 @@ class DirectHead(nn.Module):
         self.shape = (horizon, n_targets, n_outputs)
         self.n_future = n_future
         self.net = mlp(
-            hidden_size + horizon * n_future,
+            hidden_size + n_context + horizon * n_future,
             list(hidden_sizes or []),
             horizon * n_targets * n_outputs,
             activation,
             dropout,
         )
 
-    def forward(self, states: Tensor, last: Tensor, query_dt: Tensor, future: Tensor | None) -> Tensor:
+    def forward(
+        self, states: Tensor, last: Tensor, query_dt: Tensor, future: Tensor | None, context: Tensor | None = None
+    ) -> Tensor:
         k = query_dt.shape[1]
         if k != self.shape[0]:
             raise ValueError(f"the direct head forecasts {self.shape[0]} steps, the batch asks for {k}")
-        inputs = last if not self.n_future else torch.cat([last, future.flatten(1)], dim=-1)  # (B, H + K * Fk)
+        inputs = with_context(last, context)  # (B, H + S)
+        if self.n_future:
+            inputs = torch.cat([inputs, future.flatten(1)], dim=-1)  # (B, H + S + K * Fk)
         return self.net(inputs).view(last.shape[0], *self.shape)  # (B, K, C, Q)
 
 
@@ -94,6 +109,7 @@ class ContinuousHead(nn.Module):
         cell_units: int = 64,
         cell_layers: int = 1,
         cell_activation: Activation = "lecun_tanh",
+        n_context: int = 0,
     ) -> None:
         super().__init__()
         self.n_targets, self.n_outputs, self.n_future = n_targets, n_outputs, n_future
@@ -106,15 +122,17 @@ class ContinuousHead(nn.Module):
             activation=cell_activation,
         )
         self.query_input = None if n_future else nn.Parameter(torch.zeros(1))
-        self.net = mlp(hidden_size, list(hidden_sizes or []), n_targets * n_outputs, activation, dropout)
+        self.net = mlp(hidden_size + n_context, list(hidden_sizes or []), n_targets * n_outputs, activation, dropout)
 
-    def forward(self, states: Tensor, last: Tensor, query_dt: Tensor, future: Tensor | None) -> Tensor:
+    def forward(
+        self, states: Tensor, last: Tensor, query_dt: Tensor, future: Tensor | None, context: Tensor | None = None
+    ) -> Tensor:
         b, k = query_dt.shape
         u = future if self.n_future else self.query_input.expand(b, k, 1)  # (B, K, Fk or 1)
         x_proj = self.cell.input_projection(u).reshape(b * k, -1)  # (B*K, N1)
         h = last[:, None, :].expand(-1, k, -1).reshape(b * k, -1)  # (B*K, H)
         h_q = self.cell.step(x_proj, h, query_dt.reshape(b * k, 1))  # (B*K, H) the state at each query time
-        return self.net(h_q).view(b, k, self.n_targets, self.n_outputs)
+        return self.net(with_context(h_q.view(b, k, -1), context)).view(b, k, self.n_targets, self.n_outputs)
 
 
 class StepHead(nn.Module):
@@ -131,14 +149,17 @@ class StepHead(nn.Module):
         hidden_sizes: list[int] | None = None,
         activation: MLPActivation = "gelu",
         dropout: float = 0.0,
+        n_context: int = 0,
     ) -> None:
         super().__init__()
         self.n_targets, self.n_outputs = n_targets, n_outputs
-        self.net = mlp(hidden_size, list(hidden_sizes or []), n_targets * n_outputs, activation, dropout)
+        self.net = mlp(hidden_size + n_context, list(hidden_sizes or []), n_targets * n_outputs, activation, dropout)
 
-    def forward(self, states: Tensor, last: Tensor, query_dt: Tensor, future: Tensor | None) -> Tensor:
+    def forward(
+        self, states: Tensor, last: Tensor, query_dt: Tensor, future: Tensor | None, context: Tensor | None = None
+    ) -> Tensor:
         b, t, _ = states.shape
-        return self.net(states).view(b, t, self.n_targets, self.n_outputs)  # (B, T, C, Q)
+        return self.net(with_context(states, context)).view(b, t, self.n_targets, self.n_outputs)  # (B, T, C, Q)
 
 
 def build_head(
@@ -152,6 +173,7 @@ def build_head(
     activation: MLPActivation = "gelu",
     dropout: float = 0.0,
     cell_units: int = 64,
+    n_context: int = 0,
 ) -> nn.Module:
     """Build a head by name.
 
@@ -163,11 +185,12 @@ def build_head(
         n_future: Fk, known-future covariates per query (the per-step head cannot use them).
         hidden_sizes: widths of the readout MLP's hidden layers. activation, dropout: of that MLP.
         cell_units: backbone width of the continuous head's CfC cell.
+        n_context: S, per-series values the readout reads beside the state (static covariates into the head).
 
     Raises:
         ValueError: an unknown name, or a head that cannot serve the data (see the message).
     """
-    common = dict(hidden_sizes=hidden_sizes, activation=activation, dropout=dropout)
+    common = dict(hidden_sizes=hidden_sizes, activation=activation, dropout=dropout, n_context=n_context)
     if name == "direct":
         if not horizon:
             raise ValueError("head='direct' needs a regular horizon (count windows); use head='continuous'")

@@ -21,7 +21,7 @@ from cfc_forecast.heads import MLPActivation, build_head
 from cfc_forecast.inputs import ElapsedTime, Fill, InputEncoding
 from cfc_forecast.losses import LossName, masked_loss, point_index
 from cfc_forecast.metrics import ForecastMetrics
-from cfc_forecast.network import Forecaster
+from cfc_forecast.network import Forecaster, StaticInto
 from cfc_forecast.optim import OptimizerName, SchedulerName, configure
 from cfc_forecast.revin import RevIN
 from cfc_forecast.rnn import RNNEncoder
@@ -37,7 +37,7 @@ class ForecastModule(L.LightningModule):
         n_inputs: F, input variables (linked from the DataModule).
         n_targets: C, target variables (linked).
         horizon: K of a regular horizon, None for arbitrary query times, 0 for per-step targets (linked).
-        n_static: S, static covariates (linked); they set the encoder's initial state.
+        n_static: S, static covariates (linked); see ``static_into``.
         n_future: Fk, known-future covariates at the query times (linked); the head reads them.
         time_unit: the unit of every time in a batch (linked; recorded so a checkpoint says what dt means).
         target_inputs: (C,) input column holding each target, -1 if none (linked; RevIN maps forecasts back
@@ -55,6 +55,8 @@ class ForecastModule(L.LightningModule):
         time_scale: factor on every elapsed time (data unit -> model scale), e.g. 1/60 for minutes to hours.
         learn_time_scale: learn that factor, starting from ``time_scale``.
         revin: reversible instance normalisation (per window, per variable, masked).
+        static_into: where static covariates go: "state" (the encoder's initial state), "head" (read by the
+            head's MLP beside the state) or "both".
         head: "direct" (K x C from the last state), "continuous" (evolve the last state to each query time),
             "step" (next value at every input step) or "auto": step if horizon == 0, direct if horizon > 0,
             else continuous.
@@ -95,6 +97,7 @@ class ForecastModule(L.LightningModule):
         time_scale: float = 1.0,
         learn_time_scale: bool = False,
         revin: bool = False,
+        static_into: StaticInto = "state",
         head: HeadChoice = "auto",
         head_hidden_sizes: list[int] | None = None,
         head_mlp_activation: MLPActivation = "gelu",
@@ -156,6 +159,7 @@ class ForecastModule(L.LightningModule):
             h.head_mlp_activation,
             h.head_dropout,
             h.query_cell_units,
+            n_context=h.n_static if h.static_into != "state" else 0,
         )
         revin = None
         if h.revin:
@@ -163,7 +167,7 @@ class ForecastModule(L.LightningModule):
                 raise ValueError("revin=True needs target_inputs (the input column of each target; the CLI links it)")
             revin = RevIN(h.n_inputs, list(h.target_inputs))
         clock = ElapsedTime(h.time_scale, h.learn_time_scale)
-        return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin)
+        return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin, h.static_into)
 
     def forward(self, batch: Batch) -> Tensor:
         """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head."""

@@ -6,12 +6,17 @@ Imports torch only.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
 from cfc_forecast.batch import Batch
 from cfc_forecast.inputs import ElapsedTime, InputEncoding
 from cfc_forecast.revin import RevIN
+
+StaticInto = Literal["state", "head", "both"]
+STATIC_INTO = ("state", "head", "both")
 
 
 class Forecaster(nn.Module):
@@ -22,7 +27,9 @@ class Forecaster(nn.Module):
         clock: maps elapsed times in the data's unit to the model's time scale.
         encoder: a :class:`CfCEncoder` or :class:`~cfc_forecast.rnn.RNNEncoder` over the features.
         head: one of the heads in :mod:`cfc_forecast.heads`.
-        n_static: S, static covariates, mapped into the encoder's initial state (0: none expected).
+        n_static: S, static covariates (0: none expected).
+        static_into: where they go: "state" maps them into the encoder's initial state, "head" hands them to the
+            head's readout beside the state (build the head with ``n_context=S``), "both" does both.
         n_future: Fk, known-future covariates the head reads at the query times (0: none expected).
         revin: reversible instance normalisation, or None.
     """
@@ -36,12 +43,16 @@ class Forecaster(nn.Module):
         n_static: int = 0,
         n_future: int = 0,
         revin: RevIN | None = None,
+        static_into: StaticInto = "state",
     ) -> None:
         super().__init__()
+        if static_into not in STATIC_INTO:
+            raise ValueError(f"unknown static_into {static_into!r}; choose one of {list(STATIC_INTO)}")
         self.inputs, self.clock, self.encoder, self.head, self.revin = inputs, clock, encoder, head, revin
         self.n_static, self.n_future = n_static, n_future
         hidden = encoder.hidden_size
-        self.static_map = nn.Linear(n_static, hidden) if n_static else None
+        self.static_map = nn.Linear(n_static, hidden) if n_static and static_into != "head" else None
+        self.static_to_head = bool(n_static) and static_into != "state"
 
     def forward(self, batch: Batch) -> Tensor:
         """Forecasts in the batch's scaled units: (B, K, C, Q), or (B, T, C, Q) from the per-step head.
@@ -68,7 +79,8 @@ class Forecaster(nn.Module):
         t_last = batch.t.gather(1, last_step[:, None])  # (B, 1)
         query_dt = self.clock((batch.query_t - t_last).clamp(min=0) * batch.query_mask)  # (B, K)
         future = batch.future if self.n_future else None
-        pred = self.head(states, last, query_dt, future)
+        context = batch.static if self.static_to_head else None
+        pred = self.head(states, last, query_dt, future, context)
         if self.revin is not None:
             pred = self.revin.denormalise(pred, stats)
         return pred

@@ -56,6 +56,28 @@ def test_step_head_reads_every_state():
     torch.testing.assert_close(out[:, 2, :, 0], head.net(states[:, 2]))
 
 
+def test_heads_read_the_context_beside_the_state_by_hand():
+    # static covariates routed into the head: the readout MLP sees [state, context] at every forecast step
+    b, h, s = 3, 4, 2
+    last, context = torch.randn(b, h), torch.randn(b, s)
+    direct = build_head("direct", h, 2, 1, 5, 0, [8], n_context=s)
+    torch.testing.assert_close(
+        direct(None, last, torch.zeros(b, 5), None, context), direct.net(torch.cat([last, context], 1)).view(b, 5, 2, 1)
+    )
+    cont = build_head("continuous", h, 2, 1, None, 0, [8], n_context=s)
+    query_dt = torch.rand(b, 3)
+    out = cont(None, last, query_dt, None, context)
+    x_proj = cont.cell.input_projection(cont.query_input.view(1, 1)).expand(b, -1)
+    h_q = cont.cell.step(x_proj, last, query_dt[:, 1:2])
+    torch.testing.assert_close(out[:, 1, :, 0], cont.net(torch.cat([h_q, context], 1)), rtol=1e-6, atol=1e-6)
+    step = build_head("step", h, 2, 1, 0, 0, [], n_context=s)
+    states = torch.randn(b, 6, h)
+    torch.testing.assert_close(
+        step(states, last, torch.zeros(b, 0), None, context)[:, 4, :, 0],
+        step.net(torch.cat([states[:, 4], context], 1)),
+    )
+
+
 def test_build_head_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="regular horizon"):
         build_head("direct", 4, 1, 1, None, 0, [])

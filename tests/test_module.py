@@ -153,7 +153,8 @@ def test_quantile_forecasts_get_one_column_per_level_and_the_median_as_predictio
     assert frame.height == int(batch.query_mask.sum()) * 3
 
 
-def test_static_covariates_set_the_initial_state(tmp_path):
+@pytest.mark.parametrize("static_into", ["state", "head", "both"])
+def test_static_covariates_reach_the_forecast(tmp_path, static_into):
     rng = np.random.default_rng(0)
     rows = []
     for s, level in enumerate([-1.0, 0.0, 2.0, 3.0]):
@@ -163,8 +164,10 @@ def test_static_covariates_set_the_initial_state(tmp_path):
         pl.concat(rows), id_column="id", static=["level"], time_unit="s", observe=5.0, forecast=2.0, every=1.0
     )
     dm.setup("fit")
-    model = model_for(dm)
+    model = model_for(dm, static_into=static_into)
     assert model.hparams.n_static == 1
+    assert (model.net.static_map is not None) == (static_into != "head")
+    assert model.net.static_to_head == (static_into != "state")
     batch = dm.dataset("train").collate([0, 1])
     moved = model(batch)
     batch.static = batch.static + 1.0  # another static value, same history: another forecast
