@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Trainer
@@ -80,6 +80,12 @@ class ForecastCLI(LightningCLI):
             help="fit: test the best checkpoint and print the baselines beside it.",
         )
         parser.add_argument("--monitor", type=str, default="val/loss", help="fit: the metric that picks best.ckpt.")
+        parser.add_argument(
+            "--predict_windows",
+            type=Literal["last", "test"],
+            default="last",
+            help="predict: 'last' forecasts from the end of every series; 'test' forecasts every test window.",
+        )
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the model's hyperparameters back from --ckpt_path; the data-derived ones are links, set
@@ -147,6 +153,9 @@ class ForecastCLI(LightningCLI):
             metrics = {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
             table = compare_with_baselines(self.datamodule, metrics, self.run_dir)
             print(f"\n{table}\nrun directory: {self.run_dir}", flush=True)
+
+    def before_predict(self) -> None:
+        self.datamodule.predict_windows = self.config.predict.predict_windows
 
     def after_predict(self) -> None:
         rank_zero_info(f"forecasts written to {self.run_dir / 'predictions.parquet'}")

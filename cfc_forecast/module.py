@@ -211,9 +211,10 @@ class ForecastModule(L.LightningModule):
         self._shared_step(batch, "test")
 
     def _log_metrics(self, stage: str) -> None:
-        # compute() reduces the summed states over every process, so each rank logs the same numbers
+        # compute() reduces the summed states over every process, so each rank logs the same numbers (as floats:
+        # Lightning would otherwise ask for a second, redundant reduction under DDP)
         values = self.metrics[stage].compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()})
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in values.items()})
         self.metrics[stage].reset()
 
     def on_validation_epoch_end(self) -> None:

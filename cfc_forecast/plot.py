@@ -17,7 +17,8 @@ class ForecastPlot(Callback):
 
     Every target gets a column: its history (when an input holds the same quantity), the observed targets and
     the forecast at the query times (with the outermost quantile interval when trained with quantiles), all in the
-    data's original units.
+    data's original units. For the per-step head the forecasts and targets sit at the input steps: each is the
+    next value, drawn at the time of the step it was made at.
 
     Args:
         n_windows: windows to draw. filename: the PNG's name in the run directory.
@@ -32,7 +33,7 @@ class ForecastPlot(Callback):
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Batch, batch_idx: int, *args
     ) -> None:
-        if self._batch is not None or not trainer.is_global_zero or getattr(pl_module, "head_name", "") == "step":
+        if self._batch is not None or not trainer.is_global_zero:
             return
         with torch.no_grad():
             pred = pl_module(batch).double()
@@ -55,18 +56,22 @@ class ForecastPlot(Callback):
         rows = min(self.n_windows, b.batch_size)
         fig, axes = plt.subplots(rows, len(names), figsize=(3.2 * len(names), 2.2 * rows), squeeze=False)
         point = getattr(pl_module, "point", 0)
+        per_step = getattr(pl_module, "head_name", "") == "step"
+        # where forecasts and their targets sit: the query times, or the input steps of the per-step head
+        at_t, at_mask = (b.t, b.step_mask) if per_step else (b.query_t, b.query_mask)
+        truth, truth_mask = (b.y_step, b.y_step_mask) if per_step else (b.y, b.y_mask)
         for i in range(rows):
-            steps, queries = b.step_mask[i], b.query_mask[i]
+            steps, queries = b.step_mask[i], at_mask[i]
             for c, name in enumerate(names):
                 ax = axes[i, c]
                 scale, loc = float(b.target_scale[i, c]), float(b.target_loc[i, c])
                 if source[c] >= 0:
                     seen = steps & b.x_mask[i, :, source[c]]
                     ax.plot(b.t[i, seen], b.x[i, seen, source[c]] * scale + loc, ".-", color="0.5", ms=3, lw=0.8)
-                if b.y is not None:
-                    seen = queries & b.y_mask[i, :, c]
-                    ax.plot(b.query_t[i, seen], b.y[i, seen, c] * scale + loc, "k.", ms=4)
-                q = b.query_t[i, queries]
+                if truth is not None:
+                    seen = queries & truth_mask[i, :, c]
+                    ax.plot(at_t[i, seen], truth[i, seen, c] * scale + loc, "k.", ms=4)
+                q = at_t[i, queries]
                 ax.plot(q, pred[i, queries, c, point], "-", color="tab:blue", lw=1.2)
                 if pred.shape[-1] > 1:
                     ax.fill_between(q, pred[i, queries, c, 0], pred[i, queries, c, -1], color="tab:blue", alpha=0.2)

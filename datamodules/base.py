@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
 from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
-from datamodules.predict import predict_dataset
+from datamodules.predict import median_steps, predict_dataset
 from datamodules.scaling import ScaleBy, ScaleMethod
 from datamodules.splits import seeded_series_split, split_plan, user_time
 from datamodules.timing import CalendarFeature, TimeUnit, check_unit
@@ -61,6 +61,9 @@ class SeriesDataModule(L.LightningDataModule):
     """
 
     first_dt_from_zero: bool = False  # Walker2d: the first row's dt counts from time 0, as the paper's data do
+    # what ``predict`` forecasts: "last" = one window at the end of every series; "test" = the test windows (the
+    # CLI's --predict_windows sets it; in Python set the attribute)
+    predict_windows: Literal["last", "test"] = "last"
 
     def __init__(
         self,
@@ -275,13 +278,52 @@ class SeriesDataModule(L.LightningDataModule):
             "time_unit": self.time_unit,
             "target_loc": b.tensors.target_loc.tolist(),
             "target_scale": b.tensors.target_scale.tolist(),
+            "preprocessing": self._preprocessing(b),
+        }
+
+    def _preprocessing(self, b: Built) -> dict[str, Any]:
+        """What a batch forecasting job (``cfc_forecast.forecast``) needs to prepare new data exactly as these
+        batches were prepared, from the checkpoint alone: columns and layout, the fitted scaler, the time codec,
+        the windowing and the prediction query rule."""
+        h, spec, codec, scaler = self.cfg, self.spec, self._table.codec, b.scaler
+        per_series = scaler.loc.shape[0] > 1
+        return {
+            "version": 1,
+            "layout": h.layout,
+            "id_column": h.id_column,
+            "time_column": h.time_column,
+            "variable_column": h.variable_column,
+            "value_column": h.value_column,
+            "duplicates": h.duplicates,
+            "static": list(h.static or []),
+            "known_future": list(h.known_future or []),
+            "calendar": list(h.calendar or []),
+            "time_is_datetime": codec.is_datetime,
+            "time_zone": codec.time_zone,
+            "window": {"mode": spec.mode, "lookback": spec.lookback, "horizon": spec.horizon,
+                       "observe": spec.observe, "forecast": spec.forecast},  # fmt: skip
+            "predict_queries": None if h.predict_queries is None else [float(q) for q in h.predict_queries],
+            "first_dt_from_zero": self.first_dt_from_zero,
+            # the typical spacing of the training series: a job warns when new data are spaced very differently
+            "median_step": float(np.median(median_steps(b.offsets, b.tensors.times.numpy()))),
+            "scaler": {
+                "names": list(scaler.names),
+                "loc": scaler.loc.tolist(),
+                "scale": scaler.scale.tolist(),
+                "series_ids": self._table.series_ids.to_list() if per_series else None,
+            },
         }
 
     # -- datasets and loaders ---------------------------------------------------------------------------
     def dataset(self, split: Literal["train", "val", "test", "predict"]) -> WindowDataset:
-        """The windows of one split (``predict``: one window per series at its end, without targets)."""
+        """The windows of one split (``predict``: one window per series at its end, or the test windows when
+        ``predict_windows == "test"``; without targets)."""
         b = self._ensure_built()
         if split == "predict":
+            if self.predict_windows == "test":
+                return WindowDataset(b.tensors, b.windows["test"], with_targets=False)
+            if self.predict_windows != "last":
+                raise ValueError(f"predict_windows must be 'last' or 'test', got {self.predict_windows!r}")
             return predict_dataset(self, b)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {[*SPLITS, 'predict']}, got {split!r}")

@@ -12,6 +12,7 @@ import yaml
 
 from cfc_forecast import __version__, native_available
 from cfc_forecast.cli import cli, main
+from cfc_forecast.module import ForecastModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -141,7 +142,7 @@ def test_a_horizon_longer_than_the_data_allows_fails_before_training(tmp_path):
              "--data.horizon=50", f"--runs_root={tmp_path}"])  # fmt: skip
 
 
-def test_predict_at_query_times_from_the_config(tmp_path):
+def test_predict_at_query_times_from_the_config_or_on_the_test_windows(tmp_path, tiny_synthetic):
     run = tmp_path / "run"
     cli(["fit", *TINY_DATA, *TINY_MODEL, f"--run_dir={run}", "--trainer.max_epochs=1",
          "--trainer.enable_progress_bar=false"])  # fmt: skip
@@ -151,6 +152,30 @@ def test_predict_at_query_times_from_the_config(tmp_path):
     ahead = (frame["time"] - frame["origin_time"]).round(6).unique().sort().to_list()
     assert ahead == [0.25, 1.5, 3.75]
     assert frame.height == 8 * 3 * 3  # series x queries x variables
+
+    # the test windows when asked: one forecast per test window and observed target time, in original units
+    cli(["predict", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+         "--predict_windows=test", f"--run_dir={tmp_path / 'pred_test'}"])  # fmt: skip
+    frame = pl.read_parquet(tmp_path / "pred_test" / "predictions.parquet")
+    dm = tiny_synthetic  # the data of TINY_DATA
+    test = dm.dataset("test")
+    batch = test.collate(list(range(len(test))))
+    assert frame.select("series", "origin_time").unique().height == len(test)
+    assert frame.height == int(batch.query_mask.sum()) * dm.n_targets
+    model = ForecastModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+    with torch.no_grad():
+        raw = model(batch)[..., 0] * batch.target_scale[:, None] + batch.target_loc[:, None]  # (B, K, C)
+    origin = dm.decode_times(batch.origin[:1])[0]
+    rows = frame.filter((pl.col("series") == dm.series_ids[int(batch.series[0])]) & (pl.col("origin_time") == origin))
+    first = raw[0][batch.query_mask[0]]  # (K0, C) the first test window's queries, in time order
+    order = {name: i for i, name in enumerate(dm.target_names)}  # the file is sorted by variable name
+    rows = rows.with_columns(c=pl.col("variable").replace_strict(order)).sort("time", "c")
+    torch.testing.assert_close(
+        torch.tensor(rows["prediction"].to_list(), dtype=torch.float32),
+        first.flatten(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_fit_resumes_from_a_checkpoint(tmp_path):

@@ -184,3 +184,26 @@ def test_python_api_predicts_a_frame_at_given_query_times(tmp_path):
     last = frame["time"].max()
     assert out["time"].to_list() == pytest.approx([last + 0.5] * 2 + [last + 2.0] * 2)
     assert out["variable"].to_list() == ["a", "b", "a", "b"]
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_test_draws_a_png_of_forecasts_for_window_and_per_step_heads(tmp_path, per_step):
+    from matplotlib.image import imread
+
+    from cfc_forecast.plot import ForecastPlot
+
+    if per_step:  # sequence to sequence, as Walker2d: a forecast at every input step
+        dm = SeriesDataModule.from_frame(
+            irregular_sines(), time_unit="s", lookback=12, horizon=0, step_targets=True, batch_size=16
+        )
+    else:
+        dm = SeriesDataModule.from_frame(irregular_sines(), time_unit="s", observe=8.0, forecast=3.0, every=2.0)
+    dm.setup("fit")
+    model = model_for(dm)
+    assert model.head_name == ("step" if per_step else "continuous")
+    plot = ForecastPlot(n_windows=3)
+    _trainer(tmp_path, callbacks=[plot]).test(model, dm)
+    image = imread(plot.path)
+    assert plot.path == tmp_path / "test_forecasts.png"
+    assert image.shape[:2] == (round(2.2 * 3 * 110), round(3.2 * dm.n_targets * 110))  # 3 rows x C columns
+    assert image[..., :3].std() > 0.05  # something was drawn
