@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 def median_steps(offsets: np.ndarray, times: np.ndarray) -> np.ndarray:
     """(n_series,) median spacing of each series' time stamps (the overall median for one-row series)."""
     series = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    frame = pl.DataFrame({"s": series, "t": times}).with_columns(d=pl.col("t").diff().over("s"))
-    per = frame.group_by("s").agg(pl.col("d").median()).sort("s")["d"].to_numpy().astype(np.float64)
+    same = series[1:] == series[:-1]  # spacings within a series (rows are sorted by series, then time)
+    frame = pl.DataFrame({"s": series[1:][same], "d": np.diff(times)[same]})
+    medians = frame.group_by("s").agg(pl.col("d").median())
+    per = np.full(len(offsets) - 1, np.nan)  # a one-row series has no spacing
+    per[medians["s"].to_numpy()] = medians["d"].to_numpy()
     overall = np.nanmedian(per) if np.isfinite(per).any() else 1.0
     return np.where(np.isfinite(per) & (per > 0), per, overall)
 

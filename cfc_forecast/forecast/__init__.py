@@ -1,0 +1,127 @@
+"""``cfc-forecast forecast``: batch forecasting jobs over inputs of any size, resumable after a crash.
+
+```
+cfc-forecast forecast --ckpt_path runs/<run>/checkpoints/best.ckpt --input 'drop/2026-11-28/*.parquet' \\
+    --output forecasts/2026-11-28/ [--chunk_size 10000] [--origins '[...]'] [--query_times '[...]'] [--devices 2]
+cfc-forecast forecast --config configs/forecast/quickstart.yaml
+```
+Exit status: 0 when something was forecast (series may have been skipped: see ``skipped_series.csv``), 1 when
+nothing could be forecast, 2 when the job cannot run (a column missing or of the wrong kind, an unusable
+checkpoint, bad arguments, an output folder holding another job).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jsonargparse import auto_cli
+
+from cfc_forecast.forecast.job import ForecastJob, JobResult, check_trained_options
+from cfc_forecast.forecast.prepare import Options
+from cfc_forecast.forecast.trained import JobError
+
+__all__ = ["ForecastJob", "JobError", "JobResult", "forecast", "main"]
+
+
+def _origins(job: ForecastJob, origins: list[str | float] | None) -> list[float] | None:
+    if origins is None:
+        return None
+    from datamodules.splits import user_time
+    from datamodules.timing import TimeCodec
+
+    tz = None
+    if job.trained.time_is_datetime:
+        dtype = job.lf.collect_schema()[job.trained.time_column]
+        tz = getattr(dtype, "time_zone", None)
+    codec = TimeCodec(job.trained.time_unit, job.trained.time_is_datetime, tz)
+    try:
+        return sorted({user_time(o, codec, "--origins") for o in origins})
+    except ValueError as err:
+        raise JobError(str(err)) from None
+
+
+def forecast(
+    ckpt_path: str,
+    input: str | list[str],
+    output: str,
+    chunk_size: int = 10_000,
+    batch_size: int = 256,
+    origins: list[str | float] | None = None,
+    query_times: list[str | float] | None = None,
+    min_rows: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    progress: bool = True,
+) -> int:
+    """Forecast every series of the input with a trained model; write Parquet parts, a report and a manifest.
+
+    Args:
+        ckpt_path: a checkpoint written by ``cfc-forecast fit`` (it alone defines the preprocessing).
+        input: CSV / Parquet file, folder or glob (or a list), in the layout the model was trained on.
+        output: folder of the forecasts (created; rerun the same command into it to resume).
+        chunk_size: series per chunk: one Parquet part each; memory grows with it, not with the input.
+        batch_size: windows per forward pass.
+        origins: forecast from these time stamps (numbers for numeric times) instead of each series' end.
+        query_times: forecast at these times after the origin (numbers in the model's time unit or durations
+            such as "6h"; continuous-time head only) instead of the trained horizon.
+        min_rows: rows a series needs before the origin (default: the model's lookback, else 1).
+        accelerator: Lightning accelerator ("auto", "cpu", "gpu").
+        devices: number or list of devices (several: Lightning's distributed predict, one process each).
+        strategy: Lightning strategy; several devices default to "ddp".
+        progress: show the progress bar (series/s and ETA).
+
+    Returns:
+        The exit status: 0 forecasts written, 1 nothing could be forecast, 2 the job cannot run.
+    """
+    try:
+        from datamodules.timing import parse_duration
+
+        job_options = {"origins": origins, "query_times": query_times, "min_rows": min_rows}
+        trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
+        job = ForecastJob(
+            ckpt_path,
+            input,
+            output,
+            Options(min_rows=min_rows),
+            chunk_size,
+            batch_size,
+            trainer_kwargs,
+            progress,
+            job_options,
+        )
+        unit = job.trained.time_unit
+        try:
+            queries = sorted({parse_duration(q, unit, "--query_times") for q in query_times}) if query_times else None
+        except ValueError as err:
+            raise JobError(str(err)) from None
+        job.options.query_times, job.options.origins = queries, _origins(job, origins)
+        check_trained_options(job.trained, job.options)
+        result = job.run()
+    except JobError as err:
+        print(f"cfc-forecast forecast: error: {err}", file=sys.stderr)
+        return 2
+    print_summary(result, output)
+    return result.status
+
+
+def print_summary(result: JobResult, output: str) -> None:
+    """The summary a person reads at the end of a job."""
+    s = result.summary
+    lines = [
+        f"series forecast: {s['series_forecast']} of {s['series_in_input']}",
+        f"series skipped: {s['series_skipped']}"
+        + (f" (see {output}/skipped_series.csv)" if s["series_skipped"] else ""),
+    ]
+    lines += [f"  {n:>8}  {reason}" for reason, n in s["skipped_by_reason"].items()]
+    lines += [f"rows skipped: {n} {reason}" for reason, n in s["rows_skipped"].items()]
+    lines.append(f"files written: {s['files_written']} Parquet parts, {s['rows_written']} rows, in {output}")
+    lines += [f"note: {n}" for n in s["notes"]]
+    if s["series_forecast"] == 0:
+        lines.append("nothing could be forecast: exit status 1")
+    print("\n".join(lines))
+
+
+def main(argv: list[str]) -> int:
+    """``cfc-forecast forecast ARGS``: parse the arguments (and ``--config job.yaml``), run, return the status."""
+    return auto_cli(forecast, args=argv, as_positional=False, prog="cfc-forecast forecast")

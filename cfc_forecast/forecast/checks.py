@@ -1,0 +1,104 @@
+"""Per-series checks of a chunk's raw rows: which series cannot be forecast, and why.
+
+A series is skipped (never the whole job) for time stamps that are empty, do not parse, repeat, or go backwards in
+the input's row order; text or infinite values; variables the model does not know (long layout) or never observed;
+nothing observed; no per-series scaling statistics when the model was scaled per series.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from cfc_forecast.forecast.trained import Trained
+from datamodules.io import TIME
+from datamodules.timing import TimeCodec
+
+ID = "__id"
+
+
+def parse_time(frame: pl.DataFrame, trained: Trained) -> tuple[pl.DataFrame, TimeCodec]:
+    """The time column as date-times (unparseable stamps become empty) or numbers, and its codec."""
+    col = frame[trained.time_column]
+    if not trained.time_is_datetime:
+        return frame.with_columns(col.cast(pl.Float64)), TimeCodec(trained.time_unit, False)
+    if col.dtype == pl.String:
+        try:
+            col = col.str.to_datetime(strict=False, time_unit="us")
+        except pl.exceptions.PolarsError:  # no format fits the first values: every stamp counts as unparseable
+            col = pl.Series(col.name, [None] * len(col), pl.Datetime("us"))
+    elif col.dtype == pl.Date:
+        col = col.cast(pl.Datetime("us"))
+    return frame.with_columns(col), TimeCodec(trained.time_unit, True, col.dtype.time_zone)
+
+
+def flag_values(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Columns cast to Float64 (NaN -> missing), with per-row flags ``text`` and ``inf`` (infinite values)."""
+    bad_text, bad_inf = [], []
+    casts = []
+    for c in columns:
+        raw = pl.col(c)
+        if frame.schema[c] == pl.String:  # an empty CSV cell, quoted or not, is a missing value
+            raw = raw.str.strip_chars().replace("", None)
+        cast = raw.cast(pl.Float64, strict=False)
+        bad_text.append(cast.is_null() & raw.is_not_null())
+        bad_inf.append(cast.is_infinite().fill_null(False))
+        casts.append(cast.fill_nan(None).alias(c))
+    flags = [pl.any_horizontal(bad_text).alias("text"), pl.any_horizontal(bad_inf).alias("inf")]
+    return frame.with_columns(flags).with_columns(casts)
+
+
+def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> pl.DataFrame:
+    """(series, reason) for every series of ``frame`` (reason null when it may be forecast)."""
+    t, var, val = pl.col(TIME), pl.col(trained.variable_column), pl.col(trained.value_column)
+    long = trained.layout == "long"
+    known = var.is_in(trained.variables) if long else pl.lit(True)
+    observed = [
+        (var.eq(v) & val.is_not_null()).any() if long else pl.col(v).is_not_null().any() for v in trained.variables
+    ]
+    # in time order (rows out of order are a reason of their own), a wide row repeats a time stamp iff its time
+    # equals the previous row's; a long row repeats a (time, variable) pair
+    repeated = pl.struct(TIME, trained.variable_column).is_duplicated().any() if long else (t.diff() == 0).any()
+    duplicated = repeated if trained.duplicates == "error" else pl.lit(False)
+    by_layout = (
+        [var.filter(~known & var.is_not_null()).unique().sort().alias("unknown"), var.is_null().sum().alias("no_name")]
+        if long
+        else []
+    )
+    per = (
+        frame.with_columns(codec.encode(pl.col(trained.time_column)).alias(TIME))
+        .group_by(ID)
+        .agg(
+            pl.col(TIME).is_null().sum().alias("no_time"),
+            pl.col("text").any(),
+            pl.col("inf").any(),
+            (t.diff() < 0).any().alias("back"),
+            duplicated.alias("dup"),
+            *by_layout,
+            *[o.alias(f"has/{v}") for o, v in zip(observed, trained.variables, strict=True)],
+        )
+    )
+    has = [pl.col(f"has/{v}") for v in trained.variables]
+    missing = pl.concat_str(
+        [pl.when(~h).then(pl.lit(v)) for h, v in zip(has, trained.variables, strict=True)],
+        separator=", ",
+        ignore_nulls=True,
+    )
+    checks = [
+        (pl.col("no_time") > 0, pl.format("{} empty or unparseable time stamps", pl.col("no_time"))),
+        (pl.col("back"), pl.lit("decreasing time stamps (rows out of time order)")),
+        (pl.col("dup"), pl.lit("duplicate time stamps")),
+        (pl.col("text"), pl.lit("non-numeric values")),
+        (pl.col("inf"), pl.lit("infinite values")),
+    ]
+    if long:
+        checks.append((pl.col("no_name") > 0, pl.lit("rows with an empty variable name")))
+        checks.append(
+            (pl.col("unknown").list.len() > 0, pl.format("unknown variables [{}]", pl.col("unknown").list.join(", ")))
+        )
+    checks.append((~pl.any_horizontal(has), pl.lit("nothing observed")))
+    checks.append((pl.any_horizontal(has) & ~pl.all_horizontal(has), pl.format("missing variables [{}]", missing)))
+    if trained.scaler_ids is not None:
+        unseen = ~pl.col(ID).is_in(pl.Series(trained.scaler_ids))
+        checks.append((unseen, pl.lit("no per-series scaling statistics (series not in the training data)")))
+    reason = pl.concat_str([pl.when(c).then(r) for c, r in checks], separator="; ", ignore_nulls=True)
+    return per.select(pl.col(ID).alias("series"), pl.when(reason != "").then(reason).alias("reason"))

@@ -1,0 +1,260 @@
+"""One chunk of raw rows -> the prediction windows the model reads, and the series it cannot forecast.
+
+Every series is checked on its own (``checks``; a bad series never stops the job), and so is every window (too
+few rows before the origin for the model's context, or none in its input span). The rest is prepared as the
+DataModule prepares it, with its own code where it can be (``canonical_table`` or an equivalent shortcut, the
+scaler fitted in training, ``SeriesTensors``, ``median_steps``, ``WindowDataset``), so the windows equal those
+``cfc-forecast predict`` builds from the same data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import torch
+
+from cfc_forecast.forecast.checks import ID, flag_values, parse_time, series_reasons
+from cfc_forecast.forecast.trained import JobError, Trained
+from datamodules.build import _first_dt
+from datamodules.dataset import SeriesTensors, WindowDataset
+from datamodules.io import SERIES, TIME, Table, canonical_table
+from datamodules.predict import median_steps
+from datamodules.scaling import Scaler
+from datamodules.timing import TimeCodec, calendar_features
+from datamodules.windows import Windows
+
+
+@dataclass
+class Options:
+    """How to forecast: ``origins`` (absolute float times; None = from each series' end), ``query_times`` (after
+    the origin, time units; None = the checkpoint's rule), ``min_rows`` (rows a series needs; None = the model's
+    context)."""
+
+    origins: list[float] | None = None
+    query_times: list[float] | None = None
+    min_rows: int | None = None
+
+
+@dataclass
+class Chunk:
+    """A prepared chunk: its dataset (None when nothing is left to forecast), what maps it back, what was skipped.
+
+    Attributes:
+        dataset: the prediction windows, or None. series_ids: ``batch.series`` indexes it.
+        target_names: the model's targets (``series_ids``, ``target_names`` and ``decode_times`` are what
+            ``cfc_forecast.writer.forecast_frame`` reads).
+        codec: decodes float times into the input's time stamps. skipped: columns ``series``, ``reason``.
+        row_counts: skipped rows by reason (rows with no value observed, ...). spacing: median spacing, time units.
+        n_series: series in the chunk. n_forecast: series with at least one forecast window.
+    """
+
+    dataset: WindowDataset | None
+    series_ids: pl.Series
+    target_names: list[str]
+    codec: TimeCodec
+    skipped: pl.DataFrame
+    row_counts: dict[str, int] = field(default_factory=dict)
+    spacing: float = float("nan")
+    n_series: int = 0
+    n_forecast: int = 0
+
+    def decode_times(self, times: np.ndarray) -> pl.Series:
+        return self.codec.decode(times)
+
+
+def _scaler(trained: Trained, ids: pl.Series) -> Scaler:
+    if trained.scaler_ids is None:
+        return Scaler(trained.loc, trained.scale, trained.variables)
+    index = {v: i for i, v in enumerate(trained.scaler_ids)}
+    rows = np.asarray([index[v] for v in ids.to_list()], dtype=np.int64)
+    return Scaler(trained.loc[rows], trained.scale[rows], trained.variables)
+
+
+def prepare(frame: pl.DataFrame, trained: Trained, options: Options, source: str = "input") -> Chunk:
+    """Check and prepare one chunk's rows (every row of each of its series, in input order).
+
+    Raises:
+        JobError: no rule gives the query times (a one-window model without a forecast span or query times).
+    """
+    if trained.id_column is None:
+        frame = frame.with_columns(pl.lit(0).alias(ID))
+    else:
+        frame = frame.rename({trained.id_column: ID})
+    frame, codec = parse_time(frame, trained)
+    value_cols = [trained.value_column] if trained.layout == "long" else trained.variables
+    frame = flag_values(frame, value_cols)
+    reasons = series_reasons(frame, trained, codec)
+    skipped = reasons.filter(pl.col("reason").is_not_null())
+    ok = reasons.filter(pl.col("reason").is_null())["series"]
+    if len(ok) == 0:
+        return Chunk(None, ok.head(0), trained.targets, codec, skipped, n_series=reasons.height)
+    clean = frame if skipped.height == 0 else frame.filter(pl.col(ID).is_in(ok.implode()))
+    table = _table(clean.drop("text", "inf"), trained, codec, source)
+    chunk = _windows(table, trained, options, codec)
+    chunk.skipped = pl.concat([skipped, chunk.skipped.cast(skipped.schema)], how="vertical")
+    chunk.n_series = reasons.height
+    return chunk
+
+
+def _table(frame: pl.DataFrame, trained: Trained, codec: TimeCodec, source: str) -> Table:
+    """The canonical table of series that passed the checks.
+
+    Wide rows without duplicates take a shortcut with the same result as ``canonical_table`` (whose checks for
+    duplicates and for text would only repeat ``series_reasons``'): drop rows with nothing observed (counted), number
+    the series in sorted order, encode the times, sort. Long layouts and aggregated duplicates go through it.
+    """
+    if trained.layout == "long" or trained.duplicates != "error":
+        return canonical_table(
+            frame,
+            source=source,
+            layout=trained.layout,
+            id_column=ID,
+            time_column=trained.time_column,
+            variables=trained.variables,
+            time_unit=trained.time_unit,
+            # "error": series with duplicates were skipped in series_reasons, so "first" leaves every row as it is
+            duplicates="first" if trained.duplicates == "error" else trained.duplicates,
+            variable_column=trained.variable_column,
+            value_column=trained.value_column,
+        )
+    empty = pl.all_horizontal(pl.col(v).is_null() for v in trained.variables)
+    n_empty = int(frame.select(empty.sum()).item())
+    frame = frame.filter(~empty) if n_empty else frame
+    ids = frame[ID]
+    frame = frame.select(
+        (ids.rank("dense").cast(pl.UInt32) - 1).alias(SERIES),
+        codec.encode(pl.col(trained.time_column)).alias(TIME),
+        *trained.variables,
+    ).sort(SERIES, TIME)
+    counts = {"rows with no value observed": n_empty} if n_empty else {}
+    return Table(frame=frame, series_ids=ids.unique().sort(), codec=codec, counts=counts)
+
+
+def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec) -> Chunk:
+    series = table.frame[SERIES].to_numpy().astype(np.int64)
+    times = table.frame[TIME].to_numpy().astype(np.float64)
+    n = len(table.series_ids)
+    offsets = np.searchsorted(series, np.arange(n + 1)).astype(np.int64)
+    scaler = _scaler(trained, table.series_ids)
+    scaled = scaler.transform(table.frame.select(trained.variables).to_numpy().astype(np.float64), series)
+    mask = ~np.isnan(scaled)
+    scaled[~mask] = 0.0
+    loc, scale = scaler.columns(trained.targets)
+    tensors = SeriesTensors(
+        values=torch.from_numpy(scaled.astype(np.float32)),
+        mask=torch.from_numpy(mask),
+        times=torch.from_numpy(times),
+        dt=torch.from_numpy(_first_dt(series, times, trained.first_dt_from_zero).astype(np.float32)),
+        input_cols=torch.tensor([trained.variables.index(c) for c in trained.inputs], dtype=torch.int64),
+        target_cols=torch.tensor([trained.variables.index(c) for c in trained.targets], dtype=torch.int64),
+        target_loc=torch.from_numpy(loc.astype(np.float32)),
+        target_scale=torch.from_numpy(scale.astype(np.float32)),
+    )
+    w, problems = _origin_windows(series, offsets, times, trained, options)
+    step = median_steps(offsets, times)
+    w, q, valid = _queries(w, step, offsets, trained, options, problems)
+    keep = ~problems.any(axis=0)
+    reasons = _window_reasons(problems, w, codec, options, trained)
+    skipped = pl.DataFrame(
+        {"series": table.series_ids.gather(w.series[~keep]), "reason": pl.Series(reasons[~keep], dtype=pl.String)}
+    )
+    w, q, valid = w.select(keep), q[keep], valid[keep]
+    order = np.argsort(w.in_hi - w.in_lo, kind="stable")  # similar lengths together: less padding per batch
+    w, q, valid = w.select(order), q[order], valid[order]
+    future = None
+    if trained.calendar:
+        cal = calendar_features((w.origin[:, None] + q).reshape(-1), codec, trained.calendar)
+        future = torch.from_numpy(cal.reshape(*q.shape, -1) * valid[..., None])
+    dataset = None
+    if len(w):
+        dataset = WindowDataset(
+            tensors,
+            w,
+            with_targets=False,
+            queries=torch.from_numpy(q),
+            query_mask=torch.from_numpy(valid),
+            query_future=future,
+        )
+    chunk = Chunk(dataset, table.series_ids, trained.targets, codec, skipped, dict(table.counts))
+    chunk.spacing = float(np.median(step)) if len(step) else float("nan")
+    chunk.n_forecast = len(np.unique(w.series))
+    return chunk
+
+
+def _rows_before(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """(n_series,) index of each series' first row at or after ``cut`` (n_series,): what
+    ``searchsorted_by_series(..., "left")`` gives for one query per series, in O(N) without a sort."""
+    return offsets[:-1] + np.add.reduceat((times < cut[series]).astype(np.int64), offsets[:-1])
+
+
+def _origin_windows(
+    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, options: Options
+) -> tuple[Windows, np.ndarray]:
+    """Windows ending at each series' last row (as ``datamodules.windows.end_windows``) or before each origin,
+    and (3, W) flags: too few rows for the context, one row only (set by ``_queries`` when the spacing decides
+    the query times), no input row."""
+    spec, first = trained.spec, offsets[:-1]
+    ends = (
+        [(offsets[1:], times[offsets[1:] - 1])]
+        if options.origins is None
+        else [
+            (_rows_before(series, offsets, times, np.full(len(first), o)), np.full(len(first), o))
+            for o in options.origins
+        ]
+    )
+    parts = []
+    for in_hi, origin in ends:
+        if spec.mode == "count":
+            in_lo = np.maximum(in_hi - spec.lookback, first)
+        elif spec.observe is None:
+            in_lo = first
+        else:
+            in_lo = _rows_before(series, offsets, times, origin - spec.observe)
+        parts.append(Windows(np.arange(len(first)), in_lo, in_hi, in_hi, in_hi, origin))
+    w = Windows(*(np.concatenate(a) for a in zip(*(p.__dict__.values() for p in parts), strict=True)))
+    before = w.in_hi - offsets[w.series]  # rows up to the origin
+    need = options.min_rows or (spec.lookback if spec.mode == "count" else 1)
+    return w, np.stack([before < need, np.zeros(len(w), dtype=bool), w.in_hi <= w.in_lo])
+
+
+def _queries(w: Windows, step: np.ndarray, offsets: np.ndarray, trained: Trained, options: Options, problems):
+    """(W, K) query times after each origin and their validity, as ``datamodules.predict.predict_dataset``."""
+    given = options.query_times if options.query_times is not None else trained.predict_queries
+    if given is not None:
+        q = np.tile(np.asarray(given, dtype=np.float64), (len(w), 1))
+        return w, q, np.ones_like(q, dtype=bool)
+    spec = trained.spec
+    if spec.mode == "count":
+        n = np.full(len(w), spec.horizon)
+    elif spec.forecast is not None:
+        n = np.maximum(np.floor(spec.forecast / step[w.series] + 1e-9).astype(np.int64), 1)
+    else:
+        raise JobError("the model forecasts one window per series without a forecast span: give --query_times")
+    # each series' spacing comes from its own rows: a one-row series has none (predict falls back to the overall
+    # median, which would depend on the chunk), so it needs query times
+    problems[1] = np.diff(offsets)[w.series] < 2
+    k = np.arange(1, int(n.max(initial=1)) + 1)
+    valid = k[None, :] <= n[:, None]
+    return w, np.where(valid, step[w.series, None] * k[None, :], 0.0), valid
+
+
+def _window_reasons(problems: np.ndarray, w: Windows, codec: TimeCodec, options: Options, trained: Trained):
+    """(W,) reason a window cannot be forecast (None where it can); ``problems`` (3, W) as ``_origin_windows``."""
+    spec = trained.spec
+    need = options.min_rows or (spec.lookback if spec.mode == "count" else 1)
+    messages = [
+        f"too short for the model's context: fewer than {need} rows before the origin",
+        "one row only: the query times follow each series' median spacing, which needs 2 (or give --query_times)",
+        "no observation in the model's input window before the origin",
+    ]
+    out = np.full(len(w), None, dtype=object)
+    for flags, message in reversed(list(zip(problems, messages, strict=True))):  # the first problem wins
+        out[flags] = message
+    if options.origins is not None and len(w):
+        stamps = codec.decode(w.origin).cast(pl.String).to_numpy()
+        out = np.asarray(
+            [None if r is None else f"origin {s}: {r}" for r, s in zip(out, stamps, strict=True)], dtype=object
+        )
+    return out

@@ -1,0 +1,173 @@
+"""What a checkpoint says about the data its model was trained on, and the model itself.
+
+``cfc-forecast fit`` stores the model's hyperparameters (``hyper_parameters``) and the DataModule's state
+(``SeriesDataModule.state_dict``, under the DataModule's class name) in every checkpoint; the ``preprocessing``
+part of that state holds the columns and layout, the fitted scaler, the time codec, the windowing and the
+prediction query rule. A forecasting job rebuilds the same preprocessing from these alone: no config, no data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from datamodules.windows import WindowSpec
+
+
+class JobError(ValueError):
+    """A problem that stops the job before (or instead of) forecasting: wrong schema, bad checkpoint or arguments,
+    an output folder holding another job. The message says what to do; the command exits with status 2."""
+
+
+@dataclass
+class Trained:
+    """The trained model's data contract, read from a checkpoint.
+
+    Attributes:
+        inputs: the F input variables. targets: the C target variables. variables: every dynamic variable (the
+            scaler's columns, in their order).
+        time_unit: the unit of every time the model sees.
+        layout, id_column, time_column, variable_column, value_column: how the training table was laid out.
+        duplicates: "error" or the aggregation of duplicate time stamps used in training.
+        calendar: calendar features the head reads at the query times.
+        time_is_datetime: whether the time column held date-times (else numbers in ``time_unit``).
+        spec: the windowing (count: ``lookback`` rows; duration / fixed: ``observe`` time units, None = all).
+        predict_queries: query times after the origin used by ``predict`` (None: each series' median spacing).
+        first_dt_from_zero: whether a series' first dt counts from time 0.
+        median_step: the training series' typical spacing (time units), for the time-unit check.
+        loc, scale: (G, V) scaler statistics; G = 1 (global) or one row per training series.
+        scaler_ids: the training series of the per-series rows (None when global).
+        head: the model's head ("direct", "continuous" or "step").
+        quantiles: the model's quantile levels, or None.
+    """
+
+    inputs: list[str]
+    targets: list[str]
+    variables: list[str]
+    time_unit: str
+    layout: str
+    id_column: str | None
+    time_column: str
+    variable_column: str
+    value_column: str
+    duplicates: str
+    calendar: list[str]
+    time_is_datetime: bool
+    spec: WindowSpec
+    predict_queries: list[float] | None
+    first_dt_from_zero: bool
+    median_step: float
+    loc: np.ndarray
+    scale: np.ndarray
+    scaler_ids: list[Any] | None
+    head: str
+    quantiles: list[float] | None
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns a job reads (id, time, then the variables or the long layout's two columns)."""
+        keys = [c for c in (self.id_column, self.time_column) if c is not None]
+        return keys + ([self.variable_column, self.value_column] if self.layout == "long" else self.variables)
+
+
+def _data_state(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    for key, value in ckpt.items():
+        if isinstance(value, dict) and "targets" in value and "target_loc" in value:
+            if "preprocessing" not in value:
+                raise JobError(
+                    f"{path}: the checkpoint stores no preprocessing state (saved by an older cfc-forecast); "
+                    "refit the model with this version (cfc-forecast fit) to forecast with it in a job"
+                )
+            return value["preprocessing"] | {"inputs": value["inputs"], "targets": value["targets"], "dm": key}
+    raise JobError(f"{path}: no DataModule state in the checkpoint; was it written by cfc-forecast fit?")
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Trained]:
+    """Load a checkpoint's contents (on the CPU) and its data contract.
+
+    Raises:
+        JobError: a missing or unreadable file, a checkpoint without the DataModule's preprocessing state, or a
+            model this job cannot feed (static or known-future covariates, per-step targets).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(
+            f"--ckpt_path {str(path)!r} is not a file; give a checkpoint such as runs/<run>/checkpoints/best.ckpt"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise JobError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    state, hp = _data_state(ckpt, path), ckpt.get("hyper_parameters", {})
+    if state["static"] or state["known_future"] or hp.get("n_static") or hp.get("n_future", 0) > len(state["calendar"]):
+        raise JobError(
+            f"{path}: the model reads static covariates {state['static']} or known-future variables "
+            f"{state['known_future']}; forecasting jobs do not support them yet: use cfc-forecast predict"
+        )
+    from cfc_forecast.module import _resolve_head
+
+    head = _resolve_head(hp.get("head", "auto"), hp.get("horizon"))
+    if head == "step":
+        raise JobError(
+            f"{path}: a per-step model (head 'step') forecasts no future; forecasting jobs need another head"
+        )
+    w, scaler = state["window"], state["scaler"]
+    trained = Trained(
+        inputs=list(state["inputs"]),
+        targets=list(state["targets"]),
+        variables=list(scaler["names"]),
+        time_unit=hp.get("time_unit", "step"),
+        layout=state["layout"],
+        id_column=state["id_column"],
+        time_column=state["time_column"],
+        variable_column=state["variable_column"],
+        value_column=state["value_column"],
+        duplicates=state["duplicates"],
+        calendar=list(state["calendar"]),
+        time_is_datetime=bool(state["time_is_datetime"]),
+        spec=WindowSpec(
+            w["mode"], lookback=w["lookback"], horizon=w["horizon"], observe=w["observe"], forecast=w["forecast"]
+        ),
+        predict_queries=state["predict_queries"],
+        first_dt_from_zero=bool(state["first_dt_from_zero"]),
+        median_step=float(state["median_step"]),
+        loc=np.asarray(scaler["loc"], dtype=np.float64),
+        scale=np.asarray(scaler["scale"], dtype=np.float64),
+        scaler_ids=scaler["series_ids"],
+        head=head,
+        quantiles=list(hp["quantiles"]) if hp.get("loss") == "pinball" else None,
+    )
+    return ckpt, trained
+
+
+def check_schema(schema: pl.Schema, trained: Trained, source: str) -> list[str]:
+    """Check the input's columns and types against the training data's; return notes on ignored columns.
+
+    Raises:
+        JobError: a missing column (with the closest names), a time column of the wrong kind, or text values.
+    """
+    from datamodules.io import require_columns
+
+    try:
+        require_columns(pl.DataFrame(schema=schema), trained.columns, source, "columns the model was trained on")
+    except ValueError as err:
+        raise JobError(str(err)) from None
+    t = schema[trained.time_column]
+    is_number = t.is_numeric()
+    if trained.time_is_datetime and is_number:
+        raise JobError(
+            f"{source}: time column {trained.time_column!r} holds numbers ({t}), the model was trained on "
+            "date-times; give the time stamps as date-times"
+        )
+    if not trained.time_is_datetime and not is_number:
+        raise JobError(
+            f"{source}: time column {trained.time_column!r} holds {t}, the model was trained on numbers in "
+            f"{trained.time_unit!r}; give the times as numbers in that unit"
+        )
+    ignored = [c for c in schema if c not in trained.columns]
+    return [f"columns not used by the model (ignored): {ignored}"] if ignored else []
