@@ -60,17 +60,9 @@ def native_available() -> bool:
         return False
     if "ok" not in _status:
         try:
-            from torch.utils.cpp_extension import load
-
             name, flags = _build_flags()
             log.info("building the native CfC loop %s (once; cached for later runs)", name)
-            load(
-                name=name,
-                sources=[str(_CSRC / "cfc_loop.cpp")],
-                extra_cflags=flags,
-                is_python_module=False,
-                verbose=False,
-            )
+            _load(name, flags)
             _status.update(ok=True, name=name, flags=flags)
         except Exception as err:  # no compiler, no ninja, no headers: the Python loop still works
             _status["ok"] = False
@@ -82,6 +74,42 @@ def native_available() -> bool:
                 stacklevel=2,
             )
     return bool(_status["ok"])
+
+
+def build_lock_path(name: str) -> Path:
+    """torch's lock file for the build of ``name``: a plain file, left behind by a process killed mid-load."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False)) / "lock"
+
+
+def _load(name: str, flags: list[str]) -> None:
+    """Build (or find built) and load the extension, safe against a stale lock of a killed process.
+
+    torch serialises builds with a lock *file* that it waits on forever, so one process killed while loading
+    (a SIGKILLed tuning worker, say) would hang every later process. Here a kernel lock (``flock``, released when
+    its holder dies, whatever the cause) serialises our loads instead; under it no other load of ours runs, so a
+    torch lock file found then is stale and is removed.
+    """
+    from torch.utils.cpp_extension import load
+
+    def build() -> None:
+        load(name=name, sources=[str(_CSRC / "cfc_loop.cpp")], extra_cflags=flags, is_python_module=False)
+
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): torch's own lock alone
+        build()
+        return
+    lock = build_lock_path(name)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock.parent.parent / f"{name}.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            lock.unlink(missing_ok=True)
+            build()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _WIRINGS = {None: 0, "ncps": 1, "paper": 2}

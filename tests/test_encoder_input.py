@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from cfc_forecast import CfCEncoder
+from cfc_forecast import CfCEncoder, native_available
 
 enc = CfCEncoder(3, 4)
 X = torch.randn(2, 5, 3)
@@ -71,3 +71,17 @@ def test_without_the_native_loop_the_python_loop_runs_the_same_numbers():
     e = CfCEncoder(3, 4)
     x = torch.randn(2, 5, 3)
     assert abs(float(out.stdout) - e(x)[0].sum().item()) < 1e-5
+
+
+def test_a_lock_left_by_a_killed_process_does_not_hang_the_next_build():
+    # torch's build lock is a plain file that it waits on forever; a process killed while loading leaves it
+    from cfc_forecast.native import _build_flags, build_lock_path
+
+    if not native_available():
+        pytest.skip("the native CfC loop is not available here (no compiler)")
+    lock = build_lock_path(_build_flags()[0])
+    lock.write_text("")
+    code = "from cfc_forecast import native_available; print(native_available())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=240)
+    assert out.stdout.strip() == "True"
+    assert not lock.exists()
