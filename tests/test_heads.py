@@ -25,7 +25,8 @@ def test_continuous_head_is_one_cfc_step_to_each_query_time():
     x_proj = head.cell.input_projection(head.query_input.view(1, 1)).expand(3, -1)
     for k in range(2):
         h_q = head.cell.step(x_proj, last, query_dt[:, k : k + 1])
-        torch.testing.assert_close(out[:, k, :, 0], head.net(h_q), rtol=1e-6, atol=1e-6)
+        readout = torch.cat([h_q, query_dt[:, k : k + 1]], dim=1)  # the evolved state and the elapsed time
+        torch.testing.assert_close(out[:, k, :, 0], head.net(readout), rtol=1e-6, atol=1e-6)
     # queries are independent: asking for one time alone gives what it gives among others
     torch.testing.assert_close(head(None, last, query_dt[:, 1:], None), out[:, 1:], rtol=1e-6, atol=1e-6)
     # and the forecast moves with the query time
@@ -69,7 +70,8 @@ def test_heads_read_the_context_beside_the_state_by_hand():
     out = cont(None, last, query_dt, None, context)
     x_proj = cont.cell.input_projection(cont.query_input.view(1, 1)).expand(b, -1)
     h_q = cont.cell.step(x_proj, last, query_dt[:, 1:2])
-    torch.testing.assert_close(out[:, 1, :, 0], cont.net(torch.cat([h_q, context], 1)), rtol=1e-6, atol=1e-6)
+    readout = torch.cat([h_q, query_dt[:, 1:2], context], 1)
+    torch.testing.assert_close(out[:, 1, :, 0], cont.net(readout), rtol=1e-6, atol=1e-6)
     step = build_head("step", h, 2, 1, 0, 0, [], n_context=s)
     states = torch.randn(b, 6, h)
     torch.testing.assert_close(
