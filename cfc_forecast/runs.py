@@ -25,7 +25,11 @@ def new_run_dir(root: str | os.PathLike, subcommand: str) -> Path:
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
         return Path(inherited)
-    stem = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{subcommand}"
+    return unique_dir(Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{subcommand}")
+
+
+def unique_dir(stem: Path) -> Path:
+    """Create and return ``stem``, or ``stem-2``, ``stem-3``, ... where it exists: never a folder in use."""
     path, n = stem, 1
     while True:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from cfc_forecast.runs import RUN_DIR_ENV
+from cfc_forecast.runs import RUN_DIR_ENV, unique_dir
 from cfc_forecast.tune import pruning
 from cfc_forecast.tune.space import Param, cli_args, suggest_all
 
@@ -130,14 +130,7 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 def _new_trial_dir(root: Path, number: int) -> Path:
     # trial numbers are unique within a study; a folder left by another study of the same name is kept aside
-    path, n = root / f"{number:04d}", 1
-    while True:
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            n += 1
-            path = root / f"{number:04d}-{n}"
+    return unique_dir(root / f"{number:04d}")
 
 
 def _last_error(log: Path, n: int = 300) -> str:
