@@ -179,6 +179,10 @@ class Study:
                    pruning.ENV_PRUNER: json.dumps(s.pruner)}  # fmt: skip
             if devices is not None:
                 env["CUDA_VISIBLE_DEVICES"] = devices
+            if s.workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+                # a share of the cores per trial: torch's default of every core in each of N processes
+                # oversubscribes them, and its threads then wait on each other (steps 40x slower were measured)
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // s.workers))
             worker = f"{socket.gethostname()}:{os.getpid()}/{index}"
             runner = TrialRunner(self.space, s.fit_configs, s.fit_args, s.metric, s.direction == "maximize", self.dir,
                                  env, self.stop, worker)  # fmt: skip
