@@ -103,6 +103,11 @@ class Batch:
         if self.future is not None and (self.future.dim() != 3 or self.future.shape[:2] != (b, k)):
             raise ValueError(f"Batch.future must have shape ({b}, {k}, Fk), got {tuple(self.future.shape)}")
 
+    def to_original_units(self, pred: Tensor) -> Tensor:
+        """Scaled forecasts (B, K, C, Q) -> float64 in the data's units: ``scaled * target_scale + target_loc``."""
+        scale, loc = self.target_scale.double(), self.target_loc.double()
+        return pred.double() * scale[:, None, :, None] + loc[:, None, :, None]
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Return a copy with every tensor on ``device`` (what Lightning's device transfer calls)."""
         moved = {

@@ -231,9 +231,7 @@ class ForecastModule(L.LightningModule):
             absolute target times (for the per-step head: the time of the step each forecast is made at);
             ``mask`` (B, K) bool real queries; ``series`` (B,); ``origin`` (B,) absolute origin times.
         """
-        pred = self(batch).double()
-        scale, loc = batch.target_scale.double(), batch.target_loc.double()
-        values = pred * scale[:, None, :, None] + loc[:, None, :, None]  # raw = scaled * scale + loc
+        values = batch.to_original_units(self(batch))
         rel, mask = (batch.t, batch.step_mask) if self.head_name == "step" else (batch.query_t, batch.query_mask)
         return {
             "prediction": values,

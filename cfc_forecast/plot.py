@@ -36,9 +36,7 @@ class ForecastPlot(Callback):
         if self._batch is not None or not trainer.is_global_zero:
             return
         with torch.no_grad():
-            pred = pl_module(batch).double()
-        scale, loc = batch.target_scale.double(), batch.target_loc.double()
-        self._pred = (pred * scale[:, None, :, None] + loc[:, None, :, None]).cpu()
+            self._pred = batch.to_original_units(pl_module(batch)).cpu()
         self._batch = batch.to("cpu")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
