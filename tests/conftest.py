@@ -8,9 +8,10 @@ import torch
 from cfc_forecast import native
 from cfc_forecast.native import native_available
 
-# the encoder's implementations: the pure-PyTorch loop, the native loop with fused CPU kernels, and the native
-# loop with the device-generic ATen kernels (what runs on CUDA)
-IMPLS = ["python", "native", "native-generic"]
+# the encoder's implementations: the pure-PyTorch loop, the native loop (its raw-pointer forward where it applies,
+# fused CPU kernels), the native loop over ATen views with the fused kernels, and the native loop with the
+# device-generic ATen kernels (what runs on CUDA)
+IMPLS = ["python", "native", "native-aten", "native-generic"]
 
 
 @pytest.fixture(params=IMPLS)
@@ -22,6 +23,7 @@ def impl(request, monkeypatch):
             pytest.fail("the native CfC loop did not build in CI")
         pytest.skip("the native CfC loop is not available here (no compiler)")
     monkeypatch.setattr(native, "ALLOW_FUSED", name != "native-generic")
+    monkeypatch.setattr(native, "ALLOW_RAW", name == "native")
     return "python" if name == "python" else "native"
 
 

@@ -22,6 +22,7 @@
 #include "cell_step.h"
 #include "memory_step.h"
 #include "pool.h"
+#include "raw_loop.h"
 
 using namespace cfc;
 
@@ -42,7 +43,7 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
                                     const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& w_tau,
                                     const std::optional<at::Tensor>& drop, at::TensorList memory, int64_t n_layers,
                                     int64_t mode, int64_t act, int64_t wiring, double head_scale, double forget_bias,
-                                    bool save, bool allow_fused) {
+                                    bool save, bool allow_fused, bool allow_raw) {
   at::AutoDispatchBelowADInplaceOrView guard;  // no autograd bookkeeping per op: the wrapper owns the graph
   DenormalsAreZero ftz(xproj.is_cpu());
   const int64_t T = xproj.size(0), B = xproj.size(2), H = h0.size(0);
@@ -90,7 +91,21 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   MemoryStep memory_step{fused, forget_bias};
   if (mem && !fused) memory_step.c_buf = at::empty({H, B}, opts);
 
-  for (int64_t t = 0; t < T; ++t) {
+  const bool raw = allow_raw && fused && !mem && (act == kTanh || act == kRelu) && xproj.is_contiguous() && RawForward::available(xproj);
+  if (raw) {
+    auto c = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined() ? t->contiguous() : at::Tensor(); };
+    RawForward loop{first, h0.contiguous(), dt.contiguous(), mask_f, w_rec.contiguous(), c(w_head), c(b_head),
+                    mode == kPure ? cell.A.contiguous() : at::Tensor(),
+                    mode == kPure ? cell.w_tau_abs.contiguous() : at::Tensor(), dropping ? drop->contiguous() : at::Tensor(),
+                    states, heads, ff, gate};
+    for (const auto& w : w_layers) loop.w_layers.push_back(w.contiguous());
+    for (const auto& b : layer_bias) loop.layer_bias.push_back(b);
+    loop.layer_bufs = layer_bufs;
+    if (dropping) loop.in = in;
+    loop.n_layers = L, loop.mode = mode, loop.act = act, loop.head_scale = head_scale, loop.save = save;
+    AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "cfc_raw_forward", [&] { loop.run<scalar_t>(); });
+  }
+  for (int64_t t = 0; t < (raw ? 0 : T); ++t) {
     const int64_t s = save ? t : 0;
     const at::Tensor hprev = t == 0 ? h0 : states[t - 1];
     at::Tensor rec_in = hprev;  // what the CfC's recurrent weights read
@@ -286,7 +301,13 @@ at::Tensor pool_empty(at::IntArrayRef size, at::ScalarType dtype) {
   return pooled_empty(size, at::TensorOptions().dtype(dtype));
 }
 
+// Whether the forward's raw-pointer loop runs here (torch exports its BLAS), for float and double.
+bool raw_forward_available() {
+  return RawForward::available(at::empty({0}, at::kFloat)) && RawForward::available(at::empty({0}, at::kDouble));
+}
+
 TORCH_LIBRARY(cfc_forecast, m) {
+  m.def("raw_forward_available", &raw_forward_available);
   m.def("pool_empty", &pool_empty);
   m.def("seq_forward", &seq_forward);
   m.def("seq_backward", &seq_backward);

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include "cell_cpu.h"
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #endif
@@ -16,7 +18,19 @@ enum Wiring : int64_t { kNoMemory = 0, kNcpsWiring = 1, kPaperWiring = 2 };
 inline bool keeps_pre(int64_t act) { return act == kSilu || act == kGelu; }
 
 // tanh and relu run in place (their backward needs only the output); silu and gelu keep the pre-activation.
+// The fused CPU kernels take float and double; anything else (CUDA, half) runs the generic ATen kernels.
+inline bool use_fused(const at::Tensor& t) {
+  return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
+// tanh on the CPU runs the fused kernel of cell_cpu.h (contiguous step blocks only).
 inline void act_forward(at::Tensor& out, const at::Tensor& pre, int64_t act) {
+  if (act == kTanh && use_fused(out) && out.is_contiguous()) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "cfc_tanh", [&] {
+      cfc_cpu::tanh_inplace<scalar_t>(out.data_ptr<scalar_t>(), out.numel());
+    });
+    return;
+  }
   switch (act) {
     case kTanh: out.tanh_(); break;
     case kRelu: out.relu_(); break;
@@ -28,6 +42,13 @@ inline void act_forward(at::Tensor& out, const at::Tensor& pre, int64_t act) {
 
 inline void act_backward(at::Tensor& grad_pre, const at::Tensor& grad_out, const at::Tensor& pre,
                   const at::Tensor& out, int64_t act) {
+  if (act == kTanh && use_fused(out) && out.is_contiguous() && grad_out.is_contiguous() && grad_pre.is_contiguous()) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "cfc_tanh_backward", [&] {
+      cfc_cpu::tanh_backward<scalar_t>(grad_pre.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+                                       out.data_ptr<scalar_t>(), out.numel());
+    });
+    return;
+  }
   switch (act) {
     case kTanh: at::tanh_backward_out(grad_pre, grad_out, out); break;
     case kRelu: at::threshold_backward_out(grad_pre, grad_out, out, 0); break;
@@ -43,11 +64,6 @@ inline at::Tensor none_like(const at::Tensor& like) { return at::empty({0}, like
 // than broadcasting the bias into every step's buffer at once.
 inline at::Tensor bias_block(const at::Tensor& bias, int64_t B) {
   return bias.view({bias.size(0), 1}).expand({bias.size(0), B}).contiguous();
-}
-
-// The fused CPU kernels take float and double; anything else (CUDA, half) runs the generic ATen kernels.
-inline bool use_fused(const at::Tensor& t) {
-  return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
 
 // Flush denormals to zero (FTZ and DAZ) on every intra-op thread while a CPU loop runs, restoring each thread's

@@ -1,0 +1,123 @@
+// The CPU forward loop on raw pointers: the common configuration (no mixed memory, tanh or relu backbone, float or
+// double) without a single ATen call per step.
+//
+// Why: at B = 64, H = 64 a step's arithmetic is ~25 us, and the ATen loop spent ~20 us more per step on views
+// (7 selects), op dispatch and the ATen tanh (profiled 2026-11-28: select 4.8 us, addmm_/mm dispatch ~5 us). Here
+// a step is two BLAS calls into the same library ATen calls (MKL's sgemm_/dgemm_ in torch's CPU build, with its
+// threads) and the fused kernels of cell_cpu.h on pointers computed from the buffers' strides.
+// Where torch exports no Fortran BLAS symbols (other builds), `available()` is false and the ATen loop runs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <vector>
+
+#if defined(__linux__)
+#include <dlfcn.h>
+#endif
+
+#include "cell_cpu.h"
+#include "common.h"
+
+namespace cfc {
+
+template <typename T>
+using GemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*, const int*,
+                        const T*, const int*, const T*, T*, const int*);
+
+// torch's own BLAS, looked up once in the already loaded libtorch_cpu (no link-time dependency on the symbol).
+template <typename T>
+GemmFn<T> find_gemm() {
+#if defined(__linux__)
+  static const GemmFn<T> fn = [] {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    void* sym = lib == nullptr ? nullptr : dlsym(lib, sizeof(T) == 4 ? "sgemm_" : "dgemm_");
+    return reinterpret_cast<GemmFn<T>>(sym);
+  }();
+  return fn;
+#else
+  return nullptr;
+#endif
+}
+
+// C (M, N) = W (M, K) @ X (K, N) + beta * C, all row-major and contiguous: the column-major call C^T = X^T W^T.
+template <typename T>
+inline void gemm_rows(GemmFn<T> gemm, const T* W, const T* X, T* C, int64_t M, int64_t K, int64_t N, T beta) {
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const T one(1);
+  gemm("N", "N", &m, &n, &k, &one, X, &m, W, &k, &beta, C, &m);
+}
+
+struct RawForward {
+  // inputs: as seq_forward's, each contiguous; outputs: seq_forward's buffers, filled in place
+  at::Tensor first, h0, dt, mask_f, w_rec, w_head, b_head, A, w_tau_abs, drop, states, heads, ff, gate;
+  std::vector<at::Tensor> w_layers, layer_bias, layer_bufs, in;
+  int64_t n_layers, mode, act;
+  double head_scale;
+  bool save;
+
+  static bool available(const at::Tensor& like) {
+    if (!use_fused(like)) return false;
+    return like.scalar_type() == at::kFloat ? find_gemm<float>() != nullptr : find_gemm<double>() != nullptr;
+  }
+
+  template <typename T>
+  void run() {
+    const GemmFn<T> gemm = find_gemm<T>();
+    const int64_t T_ = first.size(0), N1 = first.size(1), B = first.size(2), H = h0.size(0);
+    const int64_t L = n_layers;
+    const int64_t U = L > 0 ? w_rec.size(0) : 0, NH = L > 0 ? w_head.size(0) : N1;
+    const int64_t F = mode == kPure ? H : 2 * H;
+    auto p = [](const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr; };
+    T *x = p(first), *st = p(states), *hd = p(heads), *f = p(ff), *g = p(gate);
+    const T *h_init = p(h0), *d = p(dt), *m = p(mask_f), *wr = p(w_rec), *wh = p(w_head), *bh = p(b_head);
+    const T *dr = p(drop);
+    std::vector<T*> bufs, ins;
+    std::vector<const T*> wl, bl;
+    for (const auto& t : layer_bufs) bufs.push_back(p(t));
+    for (const auto& t : in) ins.push_back(p(t));
+    for (const auto& t : w_layers) wl.push_back(p(t));
+    for (const auto& t : layer_bias) bl.push_back(p(t));
+    const T scale = static_cast<T>(head_scale);
+    for (int64_t t = 0; t < T_; ++t) {
+      const int64_t s = save ? t : 0;
+      const T* hprev = t == 0 ? h_init : st + (t - 1) * H * B;
+      T* z;
+      if (L > 0) {
+        const T* layer_in = hprev;
+        for (int64_t l = 0; l < L; ++l) {
+          T* pre = l == 0 ? x + t * N1 * B : bufs[l - 1] + s * U * B;
+          if (l > 0) std::memcpy(pre, bl[l - 1], sizeof(T) * U * B);
+          gemm_rows<T>(gemm, l == 0 ? wr : wl[l - 1], layer_in, pre, U, l == 0 ? H : U, B, T(1));
+          if (act == kTanh) {
+            cfc_cpu::tanh_inplace<T>(pre, U * B);
+          } else {
+            cfc_cpu::relu_inplace<T>(pre, U * B);
+          }
+          layer_in = pre;
+          if (dr != nullptr) {
+            T* out = ins[l] + s * U * B;
+            cfc_cpu::mul_into<T>(out, pre, dr + (l * T_ + t) * U * B, U * B);
+            layer_in = out;
+          }
+        }
+        z = hd + s * NH * B;
+        gemm_rows<T>(gemm, wh, layer_in, z, NH, U, B, T(0));
+      } else {
+        z = x + t * N1 * B;
+        gemm_rows<T>(gemm, wr, hprev, z, NH, H, B, T(1));
+      }
+      const T* mt = m == nullptr ? nullptr : m + t * B;
+      if (mode == kPure) {
+        cfc_cpu::pure_forward<T>(z, bh, d + t * B, mt, hprev, p(A), p(w_tau_abs), f + s * F * B, st + t * H * B, H,
+                                 B, save);
+      } else {
+        cfc_cpu::gated_forward<T>(z, bh, d + t * B, mt, hprev, f + s * F * B, g + s * H * B, st + t * H * B, H, B,
+                                  mode == kNoGate, scale, save);
+      }
+    }
+  }
+};
+
+}  // namespace cfc
