@@ -35,6 +35,7 @@ LINKS = {
     "n_inputs": "n_inputs",
     "n_targets": "n_targets",
     "horizon": "horizon",
+    "lookback": "lookback",
     "n_static": "n_static",
     "n_future": "n_future",
     "time_unit": "time_unit",

@@ -15,6 +15,8 @@ from torch.nn import functional as F
 
 LossName = Literal["mse", "mae", "huber", "pinball"]
 LOSSES = ("mse", "mae", "huber", "pinball")
+Reduction = Literal["values", "variables"]
+REDUCTIONS = ("values", "variables")
 
 
 def pinball(pred: Tensor, y: Tensor, quantiles: Tensor) -> Tensor:
@@ -37,6 +39,7 @@ def masked_loss(
     name: LossName,
     quantiles: list[float] | None = None,
     huber_delta: float = 1.0,
+    reduction: Reduction = "values",
 ) -> Tensor:
     """Mean loss over the observed targets.
 
@@ -54,12 +57,14 @@ def masked_loss(
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSSES)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
     weight = mask.to(pred.dtype)[..., None]  # (..., C, 1)
     if name == "pinball":
         if not quantiles or pred.shape[-1] != len(quantiles):
             raise ValueError(f"the pinball loss needs one output per quantile, got Q={pred.shape[-1]}, {quantiles}")
         per = pinball(pred, y, torch.tensor(quantiles, dtype=pred.dtype, device=pred.device))
-        return (per * weight).sum() / (weight.sum() * len(quantiles)).clamp(min=1)
+        return _reduce(per * weight, weight.expand_as(per), reduction)
     if pred.shape[-1] != 1:
         raise ValueError(f"loss {name!r} needs a point forecast (Q = 1), got Q = {pred.shape[-1]}")
     target = y[..., None]
@@ -69,4 +74,16 @@ def masked_loss(
         per = (pred - target).abs()
     else:
         per = F.huber_loss(pred, target, reduction="none", delta=huber_delta)
-    return (per * weight).sum() / weight.sum().clamp(min=1)
+    return _reduce(per * weight, weight, reduction)
+
+
+def _reduce(loss: Tensor, weight: Tensor, reduction: Reduction) -> Tensor:
+    """Masked losses (..., C, Q) and their weights -> the mean over values, or over variables of their means."""
+    if reduction == "values":
+        return loss.sum() / weight.sum().clamp(min=1)
+    dims = [d for d in range(loss.dim()) if d != loss.dim() - 2]
+    total, count = loss.sum(dims), weight.sum(dims)  # (C,)
+    seen = count > 0
+    if not seen.any():
+        return loss.sum() * 0.0  # nothing observed: 0, with a gradient
+    return (total[seen] / count[seen]).mean()

@@ -19,7 +19,8 @@ from cfc_forecast.cell import Activation, HeadActivation, Mode
 from cfc_forecast.encoder import CfCEncoder
 from cfc_forecast.heads import MLPActivation, build_head
 from cfc_forecast.inputs import ElapsedTime, Fill, InputEncoding
-from cfc_forecast.losses import LossName, masked_loss, point_index
+from cfc_forecast.linear import LastValueSkip, LinearPath
+from cfc_forecast.losses import REDUCTIONS, LossName, Reduction, masked_loss, point_index
 from cfc_forecast.metrics import ForecastMetrics
 from cfc_forecast.network import Forecaster, StaticInto
 from cfc_forecast.optim import OptimizerName, SchedulerName, configure
@@ -37,6 +38,7 @@ class ForecastModule(L.LightningModule):
         n_inputs: F, input variables (linked from the DataModule).
         n_targets: C, target variables (linked).
         horizon: K of a regular horizon, None for arbitrary query times, 0 for per-step targets (linked).
+        lookback: L of count windows, None otherwise (linked); read by ``linear_path``.
         n_static: S, static covariates (linked); see ``static_into``.
         n_future: Fk, known-future covariates at the query times (linked); the head reads them.
         time_unit: the unit of every time in a batch (linked; recorded so a checkpoint says what dt means).
@@ -55,6 +57,13 @@ class ForecastModule(L.LightningModule):
         time_scale: factor on every elapsed time (data unit -> model scale), e.g. 1/60 for minutes to hours.
         learn_time_scale: learn that factor, starting from ``time_scale``.
         revin: reversible instance normalisation (per window, per variable, masked).
+        linear_path: add a linear forecast from each target's own last L values, one map shared by all targets
+            (DLinear / RLinear style, :mod:`cfc_forecast.linear`): the encoder and head learn what it misses.
+            Count windows and the direct head only.
+        last_value_skip: the head forecasts the change from each target's last observed value in the window
+            (:class:`~cfc_forecast.linear.LastValueSkip`); any window kind, not the per-step head.
+        channel_independent: one sequence per target through the same encoder and head (its input column beside
+            the non-target inputs), as PatchTST; needs every target among the inputs (``target_inputs``).
         static_into: where static covariates go: "state" (the encoder's initial state), "head" (read by the
             head's MLP beside the state) or "both".
         head: "direct" (K x C from the last state), "continuous" (evolve the last state to each query time),
@@ -63,6 +72,9 @@ class ForecastModule(L.LightningModule):
         head_hidden_sizes: hidden widths of the head's MLP. head_mlp_activation, head_dropout: of that MLP.
         query_cell_units: backbone width of the continuous head's CfC cell.
         loss: "mse", "mae", "huber" or "pinball" (needs ``quantiles``). huber_delta: Huber threshold (scaled units).
+        loss_reduction: "values" (the mean over all observed target values) or "variables" (each target's mean
+            first, then the mean over targets: trains for the per-variable metrics, as PhysioNet's protocol
+            reports them).
         quantiles: sorted levels in (0, 1) for the pinball loss; the one nearest 0.5 is the point forecast.
         optimizer, lr, weight_decay, scheduler: see :func:`cfc_forecast.optim.configure`.
         impl: the CfC loop: "auto" (native when it builds), "native" or "python".
@@ -73,6 +85,7 @@ class ForecastModule(L.LightningModule):
         n_inputs: int,
         n_targets: int,
         horizon: int | None = None,
+        lookback: int | None = None,
         n_static: int = 0,
         n_future: int = 0,
         time_unit: str = "step",
@@ -97,6 +110,9 @@ class ForecastModule(L.LightningModule):
         time_scale: float = 1.0,
         learn_time_scale: bool = False,
         revin: bool = False,
+        linear_path: bool = False,
+        last_value_skip: bool = False,
+        channel_independent: bool = False,
         static_into: StaticInto = "state",
         head: HeadChoice = "auto",
         head_hidden_sizes: list[int] | None = None,
@@ -105,6 +121,7 @@ class ForecastModule(L.LightningModule):
         query_cell_units: int = 64,
         loss: LossName = "mse",
         huber_delta: float = 1.0,
+        loss_reduction: Reduction = "values",
         quantiles: list[float] | None = None,
         optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
@@ -115,6 +132,8 @@ class ForecastModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         _check_quantiles(loss, quantiles)
+        if loss_reduction not in REDUCTIONS:
+            raise ValueError(f"unknown loss_reduction {loss_reduction!r}; choose one of {list(REDUCTIONS)}")
         self.head_name = _resolve_head(head, horizon)
         self.n_outputs = len(quantiles) if loss == "pinball" else 1
         self.point = point_index(quantiles if loss == "pinball" else None)
@@ -126,9 +145,21 @@ class ForecastModule(L.LightningModule):
         """The quantile levels of the Q outputs (pinball loss), else None (one point forecast)."""
         return list(self.hparams.quantiles) if self.hparams.loss == "pinball" else None
 
+    def _targets_in_inputs(self, option: str, every: bool = False) -> list[int]:
+        """``target_inputs`` for an option that reads each target's input column; a clear error without it."""
+        t = self.hparams.target_inputs
+        if t is None or (every and any(i < 0 for i in t)):
+            need = "every target among the inputs" if every else "target_inputs"
+            raise ValueError(
+                f"{option}=True needs {need} (the input column of each target; the CLI links it), got target_inputs={t}"
+            )
+        return list(t)
+
     def _build(self) -> Forecaster:
         h = self.hparams
-        inputs = InputEncoding(h.n_inputs, h.fill, h.append_mask, h.append_delta)
+        channels = self._targets_in_inputs("channel_independent", every=True) if h.channel_independent else None
+        inputs = InputEncoding(h.n_inputs - len(channels) + 1 if channels else h.n_inputs, h.fill, h.append_mask,
+                               h.append_delta)  # fmt: skip
         if h.encoder == "cfc":
             encoder = CfCEncoder(
                 inputs.size,
@@ -151,7 +182,7 @@ class ForecastModule(L.LightningModule):
         head = build_head(
             self.head_name,
             h.hidden_size,
-            h.n_targets,
+            1 if channels else h.n_targets,
             self.n_outputs,
             h.horizon,
             h.n_future,
@@ -161,13 +192,24 @@ class ForecastModule(L.LightningModule):
             h.query_cell_units,
             n_context=h.n_static if h.static_into != "state" else 0,
         )
-        revin = None
-        if h.revin:
-            if h.target_inputs is None:
-                raise ValueError("revin=True needs target_inputs (the input column of each target; the CLI links it)")
-            revin = RevIN(h.n_inputs, list(h.target_inputs))
+        revin = RevIN(h.n_inputs, self._targets_in_inputs("revin")) if h.revin else None
+        linear = None
+        if h.linear_path:
+            if self.head_name != "direct" or not h.lookback or not h.horizon:
+                raise ValueError(
+                    "linear_path=True needs count windows (a lookback and a horizon, which the CLI links from the "
+                    f"DataModule) and the direct head; got head={self.head_name!r}, lookback={h.lookback}, "
+                    f"horizon={h.horizon}"
+                )
+            linear = LinearPath(h.lookback, h.horizon, self._targets_in_inputs("linear_path"))
+        skip = None
+        if h.last_value_skip:
+            if self.head_name == "step":
+                raise ValueError("last_value_skip=True needs a forecast head; the per-step head ('step') has none")
+            skip = LastValueSkip(self._targets_in_inputs("last_value_skip"))
         clock = ElapsedTime(h.time_scale, h.learn_time_scale)
-        return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin, h.static_into)
+        return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin, h.static_into,
+                          linear=linear, channels=channels, skip=skip)  # fmt: skip
 
     def forward(self, batch: Batch) -> Tensor:
         """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head."""
@@ -186,7 +228,7 @@ class ForecastModule(L.LightningModule):
         pred = self(batch)
         y, mask = self._truth(batch)
         h = self.hparams
-        loss = masked_loss(pred, y, mask, h.loss, self.quantile_levels, h.huber_delta)
+        loss = masked_loss(pred, y, mask, h.loss, self.quantile_levels, h.huber_delta, h.loss_reduction)
         train = stage == "train"
         self.log(
             f"{stage}/loss",

@@ -6,17 +6,37 @@ Imports torch only.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from cfc_forecast.batch import Batch
 from cfc_forecast.inputs import ElapsedTime, InputEncoding
+from cfc_forecast.linear import LastValueSkip, LinearPath
 from cfc_forecast.revin import RevIN
 
 StaticInto = Literal["state", "head", "both"]
 STATIC_INTO = ("state", "head", "both")
+
+
+class _Sequences(NamedTuple):
+    """What the encoder and head read of a batch: one row per window, or per (window, target)."""
+
+    x: Tensor
+    x_mask: Tensor
+    t: Tensor
+    dt: Tensor
+    step_mask: Tensor
+    query_t: Tensor
+    query_mask: Tensor
+    static: Tensor | None
+    future: Tensor | None
+
+    @classmethod
+    def of(cls, batch: Batch, x: Tensor) -> _Sequences:
+        return cls(x, batch.x_mask, batch.t, batch.dt, batch.step_mask, batch.query_t, batch.query_mask,
+                   batch.static, batch.future)  # fmt: skip
 
 
 class Forecaster(nn.Module):
@@ -32,6 +52,15 @@ class Forecaster(nn.Module):
             head's readout beside the state (build the head with ``n_context=S``), "both" does both.
         n_future: Fk, known-future covariates the head reads at the query times (0: none expected).
         revin: reversible instance normalisation, or None.
+        linear: a :class:`~cfc_forecast.linear.LinearPath` whose forecast from each target's (normalised)
+            history is added to the head's, or None.
+        skip: a :class:`~cfc_forecast.linear.LastValueSkip` (the head forecasts the change from each target's
+            last observed value), or None.
+        channels: channel independence (PatchTST, Nie et al. ICLR 2023): the (C,) input column of each target.
+            Every target becomes a sequence of its own, read by the same encoder and head: its input column beside
+            the inputs that are no target's (covariates, calendar features), the batch's times and masks; the
+            head forecasts that one target (build ``inputs`` for ``1 + F - C`` inputs and the head for 1 target).
+            None: one sequence of all F inputs per window.
     """
 
     def __init__(
@@ -44,11 +73,25 @@ class Forecaster(nn.Module):
         n_future: int = 0,
         revin: RevIN | None = None,
         static_into: StaticInto = "state",
+        linear: LinearPath | None = None,
+        channels: list[int] | None = None,
+        skip: LastValueSkip | None = None,
     ) -> None:
         super().__init__()
         if static_into not in STATIC_INTO:
             raise ValueError(f"unknown static_into {static_into!r}; choose one of {list(STATIC_INTO)}")
         self.inputs, self.clock, self.encoder, self.head, self.revin = inputs, clock, encoder, head, revin
+        self.linear, self.skip = linear, skip
+        self.channel_independent = channels is not None
+        if channels is not None:
+            if any(c < 0 for c in channels) or len(set(channels)) != len(channels):
+                raise ValueError(
+                    f"channel independence needs a distinct input column for every target, got {channels}"
+                )
+            n_in = inputs.n_inputs + len(channels) - 1
+            others = [i for i in range(n_in) if i not in channels]
+            self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
+            self.register_buffer("others", torch.tensor(others, dtype=torch.long), persistent=False)
         self.n_static, self.n_future = n_static, n_future
         hidden = encoder.hidden_size
         self.static_map = nn.Linear(n_static, hidden) if n_static and static_into != "head" else None
@@ -65,25 +108,45 @@ class Forecaster(nn.Module):
         x, stats = batch.x, None
         if self.revin is not None:
             x, stats = self.revin.normalise(batch.x, batch.x_mask)
-        feats = self.inputs(x, batch.x_mask, batch.t, batch.dt, self.clock)  # (B, T, F')
-        dt = self.clock(batch.dt)  # (B, T)
+        seq = self._per_channel(batch, x) if self.channel_independent else _Sequences.of(batch, x)
+        feats = self.inputs(seq.x, seq.x_mask, seq.t, seq.dt, self.clock)  # (B', T, F')
+        dt = self.clock(seq.dt)  # (B', T)
         state = None
         if self.static_map is not None:  # static covariates set where every series starts from
-            state = torch.tanh(self.static_map(batch.static))  # (B, H)
+            state = torch.tanh(self.static_map(seq.static))  # (B', H)
             if getattr(self.encoder, "mixed_memory", False):
                 state = (state, torch.zeros_like(state))
-        states, last = self.encoder(feats, dt, batch.step_mask, state)  # (B, T, H), (B, H) or (h, c)
+        states, last = self.encoder(feats, dt, seq.step_mask, state)  # (B', T, H), (B', H) or (h, c)
         last = last[0] if isinstance(last, tuple) else last
         # elapsed time from the last observation to each query: the continuous-time head's step length
-        last_step = (batch.step_mask.sum(1) - 1).clamp(min=0)  # (B,)
-        t_last = batch.t.gather(1, last_step[:, None])  # (B, 1)
-        query_dt = self.clock((batch.query_t - t_last).clamp(min=0) * batch.query_mask)  # (B, K)
-        future = batch.future if self.n_future else None
-        context = batch.static if self.static_to_head else None
-        pred = self.head(states, last, query_dt, future, context)
+        last_step = (seq.step_mask.sum(1) - 1).clamp(min=0)  # (B',)
+        t_last = seq.t.gather(1, last_step[:, None])  # (B', 1)
+        query_dt = self.clock((seq.query_t - t_last).clamp(min=0) * seq.query_mask)  # (B', K)
+        future = seq.future if self.n_future else None
+        context = seq.static if self.static_to_head else None
+        pred = self.head(states, last, query_dt, future, context)  # (B', K, C', Q)
+        if self.channel_independent:  # (B * C, K, 1, Q) -> (B, K, C, Q)
+            b, c = batch.batch_size, len(self.channels)
+            pred = pred.reshape(b, c, *pred.shape[1:2], pred.shape[-1]).transpose(1, 2)
+        if self.skip is not None:
+            pred = pred + self.skip(x, batch.x_mask)
+        if self.linear is not None:
+            pred = pred + self.linear(x, batch.x_mask, batch.step_mask)  # (B, K, C, 1) onto every output
         if self.revin is not None:
             pred = self.revin.denormalise(pred, stats)
         return pred
+
+    def _per_channel(self, batch: Batch, x: Tensor) -> _Sequences:
+        """One sequence per (window, target), window-major: (B * C, T, 1 + F - C) inputs, everything else repeated."""
+        c = len(self.channels)
+
+        def split(v: Tensor) -> Tensor:  # (B, T, F) -> (B * C, T, 1 + F - C): the target's column, then the others
+            own = v[:, :, self.channels].transpose(1, 2).reshape(-1, v.shape[1], 1)
+            return torch.cat([own, v[:, :, self.others].repeat_interleave(c, 0)], dim=-1)
+
+        rep = lambda v: None if v is None else v.repeat_interleave(c, 0)  # noqa: E731
+        whole = _Sequences.of(batch, x)
+        return _Sequences(split(x), split(batch.x_mask), *(rep(getattr(whole, f)) for f in _Sequences._fields[2:]))
 
     def _check_covariates(self, batch: Batch) -> None:
         for name, value, size in (("static", batch.static, self.n_static), ("future", batch.future, self.n_future)):

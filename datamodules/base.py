@@ -218,6 +218,11 @@ class SeriesDataModule(L.LightningDataModule):
         return len(self._ensure_built().tensors.target_cols)
 
     @property
+    def lookback(self) -> int | None:
+        """L for count windows (a fixed number of input rows); None for duration windows."""
+        return self.spec.lookback if self.spec.mode == "count" else None
+
+    @property
     def horizon(self) -> int | None:
         """K for count windows (a regular horizon); None when query times vary (continuous-time queries)."""
         return self.spec.horizon if self.spec.mode == "count" else None

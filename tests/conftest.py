@@ -52,6 +52,7 @@ def model_for(dm, **kwargs):
         n_inputs=dm.n_inputs,
         n_targets=dm.n_targets,
         horizon=dm.horizon,
+        lookback=dm.lookback,
         n_static=dm.n_static,
         n_future=dm.n_future,
         time_unit=dm.time_unit,

@@ -150,6 +150,23 @@ def test_masked_losses_by_hand():
         masked_loss(pq[:, None, :], torch.ones(1, 1), torch.ones(1, 1, dtype=torch.bool), "mse")
 
 
+def test_the_per_variable_loss_by_hand():
+    # (B=3, C=3, Q=1): variable 0 observed twice (errors 1 and 3), variable 1 once (error 2), variable 2 never
+    pred = torch.tensor([[[1.0], [2.0], [5.0]], [[3.0], [0.0], [5.0]], [[0.0], [7.0], [5.0]]])
+    y = torch.zeros(3, 3)
+    mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
+    assert masked_loss(pred, y, mask, "mse").item() == pytest.approx((1 + 4 + 9) / 3)
+    assert masked_loss(pred, y, mask, "mse", reduction="variables").item() == pytest.approx(((1 + 9) / 2 + 4) / 2)
+    assert masked_loss(pred, y, mask, "mae", reduction="variables").item() == pytest.approx(((1 + 3) / 2 + 2) / 2)
+    q = masked_loss(pred.expand(-1, -1, 2), y, mask, "pinball", [0.25, 0.75], reduction="variables")
+    # pinball of an over-forecast e is (1 - q) e: 0.75 e and 0.25 e, mean 0.5 e per value
+    assert q.item() == pytest.approx(((0.5 + 1.5) / 2 + 1.0) / 2)
+    nothing = masked_loss(pred.requires_grad_(), y, torch.zeros(3, 3, dtype=torch.bool), "mse", reduction="variables")
+    assert nothing.item() == 0.0 and nothing.requires_grad
+    with pytest.raises(ValueError, match="unknown loss reduction"):
+        masked_loss(pred, y, mask, "mse", reduction="channels")
+
+
 def test_metrics_overall_and_per_variable_first():
     metric = ForecastMetrics(n_targets=2)
     pred = torch.tensor([[[1.0], [2.0]], [[0.0], [9.0]], [[3.0], [0.0]]])  # (3, 2, 1)
