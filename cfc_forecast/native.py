@@ -31,7 +31,7 @@ _ACTS = {"lecun_tanh": 1, "tanh": 1, "relu": 2, "silu": 3, "gelu": 4}
 _status: dict[str, object] = {}
 # the fused CPU kernels for float32/64; False runs the device-generic ATen kernels (what CUDA runs), for tests
 ALLOW_FUSED = True
-# the forward's raw-pointer loop (csrc/raw_loop.h) where it applies; False runs the ATen loop, for tests
+# the raw-pointer loop and backward (csrc/raw_loop.h) where they apply; False runs the ATen loop, for tests
 ALLOW_RAW = True
 
 
@@ -129,8 +129,8 @@ def native_status() -> str:
     if "ok" not in _status:
         return "native CfC loop: not built yet (it builds at first use)"
     if _status["ok"]:
-        raw = "yes" if torch.ops.cfc_forecast.raw_forward_available() else "no (torch exports no BLAS symbols)"
-        return f"native CfC loop: ready ({_status['name']}, flags {' '.join(_status['flags'])}; raw forward: {raw})"
+        raw = "yes" if torch.ops.cfc_forecast.raw_loop_available() else "no (torch exports no BLAS symbols)"
+        return f"native CfC loop: ready ({_status['name']}, flags {' '.join(_status['flags'])}; raw loop: {raw})"
     return f"native CfC loop: unavailable, the pure-PyTorch loop runs. Reason: {_status['error']}"
 
 
@@ -207,7 +207,7 @@ class _CfCSequence(torch.autograd.Function):
         args = (xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, mproj, c0, w_mrec, w_x)
         states, c_states, outs = _seq_forward(spec, *args, layers, save)
         if save:
-            ctx.spec, ctx.allow_fused = spec, ALLOW_FUSED
+            ctx.spec, ctx.allow_fused, ctx.allow_raw = spec, ALLOW_FUSED, ALLOW_RAW
             ctx.save_for_backward(h0, dt, mask, w_rec, w_head, A, w_tau, drop, c0, w_mrec, w_x, states, *layers[:n])
             ctx.intermediates = outs[1:]  # neither inputs nor outputs: kept on ctx, freed with the graph
         return states, c_states
@@ -222,6 +222,7 @@ class _CfCSequence(torch.autograd.Function):
         grads = torch.ops.cfc_forecast.seq_backward(
             grad_states, h0, dt, mask, w_rec, w_layers, w_head, A, w_tau, drop, [states, *ctx.intermediates],
             memory, grad_c, spec.layers, spec.mode, spec.act, spec.wiring, spec.head_scale, ctx.allow_fused,
+            ctx.allow_raw,
         )  # fmt: skip
         d_xproj, d_h0, d_dt, d_w_rec, d_wh, d_bh, d_A, d_wt, d_mproj, d_c0, d_w_mrec, d_w_x, *d_layers = grads
         given = lambda t, d: d if t is not None else None  # noqa: E731  (empty placeholders -> None)

@@ -8,7 +8,7 @@ import torch
 from cfc_forecast import native
 from cfc_forecast.native import native_available
 
-# the encoder's implementations: the pure-PyTorch loop, the native loop (its raw-pointer forward where it applies,
+# the encoder's implementations: the pure-PyTorch loop, the native loop (its raw-pointer loop where it applies,
 # fused CPU kernels), the native loop over ATen views with the fused kernels, and the native loop with the
 # device-generic ATen kernels (what runs on CUDA)
 IMPLS = ["python", "native", "native-aten", "native-generic"]

@@ -181,7 +181,7 @@ def test_float32_native_paths_agree_with_the_python_loop(impl):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_the_raw_forward_runs_where_torch_ships_its_blas():
+def test_the_raw_loop_runs_where_torch_ships_its_blas():
     # torch's Linux x86 wheels carry MKL with exported sgemm_/dgemm_: there the fast forward must not silently
     # fall back to the ATen loop (the tests above would still pass, only slower)
     import platform
@@ -191,8 +191,8 @@ def test_the_raw_forward_runs_where_torch_ships_its_blas():
     if not native_available():
         pytest.skip("the native CfC loop is not available here (no compiler)")
     if platform.system() != "Linux" or platform.machine() != "x86_64" or not torch.backends.mkl.is_available():
-        pytest.skip("the raw forward's BLAS lookup is checked on Linux x86 builds with MKL")
-    assert torch.ops.cfc_forecast.raw_forward_available()
+        pytest.skip("the raw loop's BLAS lookup is checked on Linux x86 builds with MKL")
+    assert torch.ops.cfc_forecast.raw_loop_available()
 
 
 def test_the_native_loop_restores_the_floating_point_mode(impl):

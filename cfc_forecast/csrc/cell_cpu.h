@@ -27,46 +27,48 @@ inline Vec<T> tanh_exp(const Vec<T>& x) {
   return two / (one + (x * Vec<T>(T(-2))).exp()) - one;
 }
 
-// The backbone's tanh in place over n contiguous values (ATen's tanh_ runs SLEEF's slower vector tanh).
-template <typename T>
-void tanh_inplace(T* p, int64_t n) {
+// out[i] = op(i, m) over n contiguous values, W at a time (m < W for the last, partial vector).
+template <typename T, typename Op>
+inline void elementwise(T* out, int64_t n, const Op& op) {
   constexpr int64_t W = Vec<T>::size();
   for (int64_t i = 0; i < n; i += W) {
     const int64_t m = std::min(W, n - i);
-    tanh_exp(Vec<T>::loadu(p + i, m)).store(p + i, m);
+    op(i, m).store(out + i, m);
   }
+}
+
+// The backbone's tanh in place (ATen's tanh_ runs SLEEF's slower vector tanh) and relu in place.
+template <typename T>
+void tanh_inplace(T* p, int64_t n) {
+  elementwise(p, n, [&](int64_t i, int64_t m) { return tanh_exp(Vec<T>::loadu(p + i, m)); });
 }
 
 template <typename T>
 void relu_inplace(T* p, int64_t n) {
-  constexpr int64_t W = Vec<T>::size();
-  const Vec<T> zero(T(0));
-  for (int64_t i = 0; i < n; i += W) {
-    const int64_t m = std::min(W, n - i);
-    at::vec::maximum(Vec<T>::loadu(p + i, m), zero).store(p + i, m);
-  }
+  elementwise(p, n, [&](int64_t i, int64_t m) { return at::vec::maximum(Vec<T>::loadu(p + i, m), Vec<T>(T(0))); });
 }
 
-// out = a * b over n contiguous values (dropout's scaled keep mask).
+// out = a * b (dropout's scaled keep mask).
 template <typename T>
 void mul_into(T* out, const T* a, const T* b, int64_t n) {
-  constexpr int64_t W = Vec<T>::size();
-  for (int64_t i = 0; i < n; i += W) {
-    const int64_t m = std::min(W, n - i);
-    (Vec<T>::loadu(a + i, m) * Vec<T>::loadu(b + i, m)).store(out + i, m);
-  }
+  elementwise(out, n, [&](int64_t i, int64_t m) { return Vec<T>::loadu(a + i, m) * Vec<T>::loadu(b + i, m); });
 }
 
-// tanh's backward: grad_pre = grad_out * (1 - out^2), over n contiguous values.
+// Their backward from the output: tanh's grad_out * (1 - out^2), relu's grad_out where out > 0.
 template <typename T>
 void tanh_backward(T* grad_pre, const T* grad_out, const T* out, int64_t n) {
-  constexpr int64_t W = Vec<T>::size();
-  const Vec<T> one(T(1));
-  for (int64_t i = 0; i < n; i += W) {
-    const int64_t m = std::min(W, n - i);
+  elementwise(grad_pre, n, [&](int64_t i, int64_t m) {
     const Vec<T> o = Vec<T>::loadu(out + i, m);
-    (Vec<T>::loadu(grad_out + i, m) * (one - o * o)).store(grad_pre + i, m);
-  }
+    return Vec<T>::loadu(grad_out + i, m) * (Vec<T>(T(1)) - o * o);
+  });
+}
+
+template <typename T>
+void relu_backward(T* grad_pre, const T* grad_out, const T* out, int64_t n) {
+  elementwise(grad_pre, n, [&](int64_t i, int64_t m) {
+    const Vec<T> zero(T(0));
+    return Vec<T>::blendv(zero, Vec<T>::loadu(grad_out + i, m), Vec<T>::loadu(out + i, m) > zero);
+  });
 }
 
 // Padding keeps the previous state: select h_prev where the step's mask is 0.

@@ -172,7 +172,7 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
                                      const std::optional<at::Tensor>& drop, at::TensorList saved,
                                      at::TensorList memory, const at::Tensor& grad_c, int64_t n_layers,
                                      int64_t mode, int64_t act, int64_t wiring, double head_scale,
-                                     bool allow_fused) {
+                                     bool allow_fused, bool allow_raw) {
   at::AutoDispatchBelowADInplaceOrView guard;
   DenormalsAreZero ftz(grad_states.is_cpu());
   const at::Tensor &states = saved[0], &heads = saved[1], &ff = saved[2], &gate = saved[3];
@@ -231,7 +231,23 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
     }
   }
 
-  for (int64_t t = T - 1; t >= 0; --t) {
+  const bool raw = allow_raw && fused && !mem && (act == kTanh || act == kRelu) && RawForward::available(states);
+  if (raw) {
+    RawBackward loop;
+    loop.grad = grad, loop.h0 = h0.contiguous(), loop.dt = dt.contiguous(), loop.mask_f = mask_f;
+    loop.states = states, loop.heads = heads, loop.ff = ff, loop.gate = gate;
+    loop.drop = dropping ? drop->contiguous() : at::Tensor();
+    loop.w_rec_t = w_rec_t, loop.w_head_t = w_head_t, loop.A = mode == kPure ? cell.A.contiguous() : at::Tensor();
+    loop.w_tau_abs = mode == kPure ? cell.w_tau_abs.contiguous() : at::Tensor();
+    loop.w_layers_t = w_layers_t;
+    for (int64_t l = 0; l < L; ++l) loop.out.push_back(out(l)), loop.in.push_back(in(l));
+    loop.d_heads = d_heads, loop.d_pre = d_pre, loop.d_dt = d_dt, loop.carry = carry, loop.d_w_rec = d_w_rec;
+    loop.d_w_head = d_w_head, loop.acc_a = cell.acc_a, loop.acc_wtau = cell.acc_wtau, loop.d_x = d_x;
+    loop.d_w_layers = d_w_layers;
+    loop.n_layers = L, loop.mode = mode, loop.act = act, loop.head_scale = head_scale;
+    AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "cfc_raw_backward", [&] { loop.run<scalar_t>(); });
+  }
+  for (int64_t t = raw ? -1 : T - 1; t >= 0; --t) {
     at::Tensor dh = d_heads[t], ddt = d_dt[t];
     const at::Tensor mt = masked ? mask_f[t] : at::Tensor();
     const at::Tensor g = mode == kPure ? gate : gate[t];
@@ -301,13 +317,13 @@ at::Tensor pool_empty(at::IntArrayRef size, at::ScalarType dtype) {
   return pooled_empty(size, at::TensorOptions().dtype(dtype));
 }
 
-// Whether the forward's raw-pointer loop runs here (torch exports its BLAS), for float and double.
-bool raw_forward_available() {
+// Whether the raw-pointer loop and backward run here (torch exports its BLAS), for float and double.
+bool raw_loop_available() {
   return RawForward::available(at::empty({0}, at::kFloat)) && RawForward::available(at::empty({0}, at::kDouble));
 }
 
 TORCH_LIBRARY(cfc_forecast, m) {
-  m.def("raw_forward_available", &raw_forward_available);
+  m.def("raw_loop_available", &raw_loop_available);
   m.def("pool_empty", &pool_empty);
   m.def("seq_forward", &seq_forward);
   m.def("seq_backward", &seq_backward);

@@ -1,10 +1,11 @@
-// The CPU forward loop on raw pointers: the common configuration (no mixed memory, tanh or relu backbone, float or
-// double) without a single ATen call per step.
+// The CPU sequence loop and its backward on raw pointers, for the common configuration (no mixed memory, tanh or
+// relu backbone, float or double): no ATen call per step.
 //
-// Why: at B = 64, H = 64 a step's arithmetic is ~25 us, and the ATen loop spent ~20 us more per step on views
-// (7 selects), op dispatch and the ATen tanh (profiled 2026-11-28: select 4.8 us, addmm_/mm dispatch ~5 us). Here
-// a step is two BLAS calls into the same library ATen calls (MKL's sgemm_/dgemm_ in torch's CPU build, with its
-// threads) and the fused kernels of cell_cpu.h on pointers computed from the buffers' strides.
+// Why: at B = 64, H = 64 a forward step's arithmetic is ~25 us, and the ATen loop spent ~20 us more per step on
+// views (7 selects), op dispatch and the ATen tanh (profiled 2026-11-28: select 4.8 us, addmm_/mm dispatch ~5 us);
+// the backward, with 5 matmuls and ~10 views per step, more. Here every matmul is a BLAS call into the library ATen
+// itself calls (MKL's sgemm_/dgemm_ in torch's CPU build, with its threads) and everything else runs the fused
+// kernels of cell_cpu.h, on pointers computed from the buffers' layout.
 // Where torch exports no Fortran BLAS symbols (other builds), `available()` is false and the ATen loop runs.
 #pragma once
 
@@ -41,12 +42,15 @@ GemmFn<T> find_gemm() {
 #endif
 }
 
-// C (M, N) = W (M, K) @ X (K, N) + beta * C, all row-major and contiguous: the column-major call C^T = X^T W^T.
+// C (M, N) = op(A) (M, K) @ op(X) (K, N) + beta * C on contiguous row-major blocks, op = transpose where asked
+// (then A is stored (K, M), X (N, K)): the column-major call C^T = op(X)^T op(A)^T.
 template <typename T>
-inline void gemm_rows(GemmFn<T> gemm, const T* W, const T* X, T* C, int64_t M, int64_t K, int64_t N, T beta) {
+inline void gemm_rows(GemmFn<T> gemm, const T* A, const T* X, T* C, int64_t M, int64_t K, int64_t N, T beta,
+                      bool trans_a = false, bool trans_x = false) {
   const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int ldx = trans_x ? k : m, lda = trans_a ? n : k;
   const T one(1);
-  gemm("N", "N", &m, &n, &k, &one, X, &m, W, &k, &beta, C, &m);
+  gemm(trans_x ? "T" : "N", trans_a ? "T" : "N", &m, &n, &k, &one, X, &ldx, A, &lda, &beta, C, &m);
 }
 
 struct RawForward {
@@ -116,6 +120,72 @@ struct RawForward {
         cfc_cpu::gated_forward<T>(z, bh, d + t * B, mt, hprev, f + s * F * B, g + s * H * B, st + t * H * B, H, B,
                                   mode == kNoGate, scale, save);
       }
+    }
+  }
+};
+
+// The backward of RawForward (saved buffers as seq_forward returns them): per step the fused cell backward, the
+// backbone's backward and the weight gradients as BLAS calls on pointers, no ATen call per step.
+struct RawBackward {
+  at::Tensor grad, h0, dt, mask_f, states, heads, ff, gate, drop;    // inputs, contiguous
+  at::Tensor w_rec_t, w_head_t, A, w_tau_abs;                       // transposed weights (contiguous copies)
+  std::vector<at::Tensor> w_layers_t, out, in;                       // per layer
+  at::Tensor d_heads, d_pre, d_dt, carry, d_w_rec, d_w_head, acc_a, acc_wtau, d_x;  // outputs and scratch
+  std::vector<at::Tensor> d_w_layers;
+  int64_t n_layers, mode, act;
+  double head_scale;
+
+  template <typename T>
+  void run() {
+    const GemmFn<T> gemm = find_gemm<T>();
+    const int64_t T_ = states.size(0), H = states.size(1), B = states.size(2);
+    const int64_t L = n_layers, NH = heads.size(1), U = L > 0 ? w_rec_t.size(1) : 0;
+    const int64_t N1 = L > 0 ? U : NH, F = mode == kPure ? H : 2 * H;
+    auto p = [](const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr; };
+    const T *g_in = p(grad), *h_init = p(h0), *d = p(dt), *m = p(mask_f), *st = p(states), *hd = p(heads);
+    const T *f = p(ff), *gt = p(gate), *dr = p(drop), *wr_t = p(w_rec_t), *wh_t = p(w_head_t);
+    T *dh_all = p(d_heads), *dp_all = p(d_pre), *ddt = p(d_dt), *c = p(carry), *dwr = p(d_w_rec);
+    T *dwh = p(d_w_head), *dx = p(d_x);
+    std::vector<const T*> wl_t, outs, ins;
+    std::vector<T*> dwl;
+    for (const auto& t : w_layers_t) wl_t.push_back(p(t));
+    for (const auto& t : out) outs.push_back(p(t));
+    for (const auto& t : in) ins.push_back(p(t));
+    for (const auto& t : d_w_layers) dwl.push_back(p(t));
+    const T scale = static_cast<T>(head_scale);
+    const int64_t UB = U * B;
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      T* dh = dh_all + t * NH * B;
+      const T* mt = m == nullptr ? nullptr : m + t * B;
+      if (mode == kPure) {
+        cfc_cpu::pure_backward<T>(g_in + t * H * B, c, mt, hd + t * NH * B, f + t * F * B, p(A), p(w_tau_abs),
+                                  d + t * B, dh, ddt + t * B, p(acc_a), p(acc_wtau), H, B);
+      } else {
+        cfc_cpu::gated_backward<T>(g_in + t * H * B, c, mt, hd + t * NH * B, f + t * F * B, gt + t * H * B,
+                                   d + t * B, dh, ddt + t * B, H, B, mode == kNoGate, scale);
+      }
+      const T* hprev = t == 0 ? h_init : st + (t - 1) * H * B;
+      const T* first = dh;
+      if (L > 0) {
+        gemm_rows<T>(gemm, dh, ins[L - 1] + t * UB, dwh, NH, B, U, T(1), false, true);  // d w_head += dh in^T
+        gemm_rows<T>(gemm, wh_t, dh, dx, U, NH, B, T(0));                               // d x = w_head^T dh
+        for (int64_t l = L - 1; l >= 0; --l) {
+          if (dr != nullptr) cfc_cpu::mul_into<T>(dx, dx, dr + (l * T_ + t) * UB, UB);
+          T* dp = dp_all + (l * T_ + t) * UB;
+          if (act == kTanh) {
+            cfc_cpu::tanh_backward<T>(dp, dx, outs[l] + t * UB, UB);
+          } else {
+            cfc_cpu::relu_backward<T>(dp, dx, outs[l] + t * UB, UB);
+          }
+          if (l > 0) {
+            gemm_rows<T>(gemm, dp, ins[l - 1] + t * UB, dwl[l - 1], U, B, U, T(1), false, true);
+            gemm_rows<T>(gemm, wl_t[l - 1], dp, dx, U, U, B, T(0));
+          }
+        }
+        first = dp_all + t * UB;
+      }
+      gemm_rows<T>(gemm, first, hprev, dwr, N1, B, H, T(1), false, true);  // d w_rec += first hprev^T
+      gemm_rows<T>(gemm, wr_t, first, c, H, N1, B, T(1));                  // carry += w_rec^T first
     }
   }
 };
