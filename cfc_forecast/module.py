@@ -38,7 +38,6 @@ class ForecastModule(L.LightningModule):
         n_inputs: F, input variables (linked from the DataModule).
         n_targets: C, target variables (linked).
         horizon: K of a regular horizon, None for arbitrary query times, 0 for per-step targets (linked).
-        lookback: L of count windows, None otherwise (linked); read by ``linear_path``.
         n_static: S, static covariates (linked); see ``static_into``.
         n_future: Fk, known-future covariates at the query times (linked); the head reads them.
         time_unit: the unit of every time in a batch (linked; recorded so a checkpoint says what dt means).
@@ -46,6 +45,7 @@ class ForecastModule(L.LightningModule):
             with the statistics of that input).
         input_names: names of the inputs (linked; checked when a checkpoint meets other data).
         target_names: names of the targets (linked; checked likewise).
+        lookback: L of count windows, None otherwise (linked); read by ``linear_path``.
         encoder: "cfc" (closed-form continuous-time) or the baselines "lstm" / "gru".
         hidden_size: H, state units.
         mode, backbone_units, backbone_layers, backbone_dropout, activation, head_activation, mixed_memory,
@@ -85,13 +85,13 @@ class ForecastModule(L.LightningModule):
         n_inputs: int,
         n_targets: int,
         horizon: int | None = None,
-        lookback: int | None = None,
         n_static: int = 0,
         n_future: int = 0,
         time_unit: str = "step",
         target_inputs: list[int] | None = None,
         input_names: list[str] | None = None,
         target_names: list[str] | None = None,
+        lookback: int | None = None,
         encoder: EncoderName = "cfc",
         hidden_size: int = 64,
         mode: Mode = "default",
