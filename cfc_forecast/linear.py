@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cfc_forecast.revin import register_target_sources
+
 
 class LinearPath(nn.Module):
     """Per-target linear forecast from the target's last ``lookback`` input values, one map for all targets.
@@ -34,8 +36,7 @@ class LinearPath(nn.Module):
             self.linear.weight.zero_()
             self.linear.weight[:, -1] = 1.0
             self.linear.bias.zero_()
-        self.register_buffer("source", torch.tensor([max(i, 0) for i in target_inputs], dtype=torch.long))
-        self.register_buffer("has_source", torch.tensor([i >= 0 for i in target_inputs], dtype=torch.bool))
+        register_target_sources(self, target_inputs)
 
     def forward(self, x: Tensor, x_mask: Tensor, step_mask: Tensor) -> Tensor:
         """Inputs (B, T, F) with missing values as 0 under ``x_mask`` and padding at the end -> (B, K, C, 1).
@@ -70,8 +71,7 @@ class LastValueSkip(nn.Module):
 
     def __init__(self, target_inputs: list[int]) -> None:
         super().__init__()
-        self.register_buffer("source", torch.tensor([max(i, 0) for i in target_inputs], dtype=torch.long))
-        self.register_buffer("has_source", torch.tensor([i >= 0 for i in target_inputs], dtype=torch.bool))
+        register_target_sources(self, target_inputs)
         self.weight = nn.Parameter(torch.ones(len(target_inputs)))
         self.fallback = nn.Parameter(torch.zeros(len(target_inputs)))
 

@@ -11,6 +11,15 @@ import torch
 from torch import Tensor, nn
 
 
+def register_target_sources(module: nn.Module, target_inputs: list[int]) -> None:
+    """Buffers ``source`` (C,) long, each target's input column (0 where none), and ``has_source`` (C,) bool.
+
+    Shared by the modules that read each target's own input column (RevIN, the linear path, the last-value skip).
+    """
+    module.register_buffer("source", torch.tensor([max(i, 0) for i in target_inputs], dtype=torch.long))
+    module.register_buffer("has_source", torch.tensor([i >= 0 for i in target_inputs], dtype=torch.bool))
+
+
 class RevIN(nn.Module):
     """Masked per-window, per-variable normalisation of the inputs and its inverse for the forecasts.
 
@@ -27,8 +36,7 @@ class RevIN(nn.Module):
         if any(not -1 <= i < n_inputs for i in target_inputs):
             raise ValueError(f"target_inputs must lie in [-1, {n_inputs}), got {target_inputs}")
         self.eps = eps
-        self.register_buffer("source", torch.tensor([max(i, 0) for i in target_inputs], dtype=torch.long))
-        self.register_buffer("has_source", torch.tensor([i >= 0 for i in target_inputs], dtype=torch.bool))
+        register_target_sources(self, target_inputs)
         self.weight = nn.Parameter(torch.ones(n_inputs)) if affine else None
         self.bias = nn.Parameter(torch.zeros(n_inputs)) if affine else None
 
