@@ -127,7 +127,7 @@ class Forecaster(nn.Module):
         pred = self.head(states, last, query_dt, future, context)  # (B', K, C', Q)
         if self.channel_independent:  # (B * C, K, 1, Q) -> (B, K, C, Q)
             b, c = batch.batch_size, len(self.channels)
-            pred = pred.reshape(b, c, *pred.shape[1:2], pred.shape[-1]).transpose(1, 2)
+            pred = pred.reshape(b, c, pred.shape[1], pred.shape[-1]).transpose(1, 2)
         if self.skip is not None:
             pred = pred + self.skip(x, batch.x_mask)
         if self.linear is not None:
