@@ -67,7 +67,7 @@ def make_batch(rng: np.random.Generator, n: int, queries: np.ndarray | None) -> 
 class _Sizes:
     """What model_for reads from a DataModule: one input that is also the target."""
 
-    n_inputs, n_targets, n_static, n_future, time_unit = 1, 1, 0, 0, "step"
+    n_inputs, n_targets, n_static, n_future, time_unit, lookback = 1, 1, 0, 0, "step", None
     target_input_index, input_names, target_names = [0], ["y"], ["y"]
 
     def __init__(self, horizon):
