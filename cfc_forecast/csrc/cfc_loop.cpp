@@ -91,7 +91,7 @@ std::vector<at::Tensor> seq_forward(const at::Tensor& xproj, const at::Tensor& h
   MemoryStep memory_step{fused, forget_bias};
   if (mem && !fused) memory_step.c_buf = at::empty({H, B}, opts);
 
-  const bool raw = allow_raw && fused && !mem && (act == kTanh || act == kRelu) && xproj.is_contiguous() && RawForward::available(xproj);
+  const bool raw = raw_applies(allow_raw, fused, mem, act, xproj);
   if (raw) {
     auto c = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined() ? t->contiguous() : at::Tensor(); };
     RawForward loop{first, h0.contiguous(), dt.contiguous(), mask_f, w_rec.contiguous(), c(w_head), c(b_head),
@@ -231,7 +231,7 @@ std::vector<at::Tensor> seq_backward(const at::Tensor& grad_states, const at::Te
     }
   }
 
-  const bool raw = allow_raw && fused && !mem && (act == kTanh || act == kRelu) && RawForward::available(states);
+  const bool raw = raw_applies(allow_raw, fused, mem, act, states);
   if (raw) {
     RawBackward loop;
     loop.grad = grad, loop.h0 = h0.contiguous(), loop.dt = dt.contiguous(), loop.mask_f = mask_f;
@@ -319,7 +319,7 @@ at::Tensor pool_empty(at::IntArrayRef size, at::ScalarType dtype) {
 
 // Whether the raw-pointer loop and backward run here (torch exports its BLAS), for float and double.
 bool raw_loop_available() {
-  return RawForward::available(at::empty({0}, at::kFloat)) && RawForward::available(at::empty({0}, at::kDouble));
+  return raw_blas_found(at::empty({0}, at::kFloat)) && raw_blas_found(at::empty({0}, at::kDouble));
 }
 
 TORCH_LIBRARY(cfc_forecast, m) {

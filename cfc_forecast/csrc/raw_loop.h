@@ -53,6 +53,18 @@ inline void gemm_rows(GemmFn<T> gemm, const T* A, const T* X, T* C, int64_t M, i
   gemm(trans_x ? "T" : "N", trans_a ? "T" : "N", &m, &n, &k, &one, X, &ldx, A, &lda, &beta, C, &m);
 }
 
+// Whether torch exports the BLAS the raw loop calls, for this tensor's dtype (float or double, on the CPU).
+inline bool raw_blas_found(const at::Tensor& like) {
+  if (!use_fused(like)) return false;
+  return like.scalar_type() == at::kFloat ? find_gemm<float>() != nullptr : find_gemm<double>() != nullptr;
+}
+
+// Whether the raw loop (forward and backward alike) runs this configuration: the fused CPU kernels, no mixed
+// memory, a tanh or relu backbone, and the BLAS found; otherwise the ATen loop runs.
+inline bool raw_applies(bool allowed, bool fused, bool memory, int64_t act, const at::Tensor& like) {
+  return allowed && fused && !memory && (act == kTanh || act == kRelu) && like.is_contiguous() && raw_blas_found(like);
+}
+
 struct RawForward {
   // inputs: as seq_forward's, each contiguous; outputs: seq_forward's buffers, filled in place
   at::Tensor first, h0, dt, mask_f, w_rec, w_head, b_head, A, w_tau_abs, drop, states, heads, ff, gate;
@@ -60,11 +72,6 @@ struct RawForward {
   int64_t n_layers, mode, act;
   double head_scale;
   bool save;
-
-  static bool available(const at::Tensor& like) {
-    if (!use_fused(like)) return false;
-    return like.scalar_type() == at::kFloat ? find_gemm<float>() != nullptr : find_gemm<double>() != nullptr;
-  }
 
   template <typename T>
   void run() {
