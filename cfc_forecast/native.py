@@ -49,8 +49,9 @@ def _build_flags() -> tuple[str, list[str]]:
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
         capability = "AVX2"
     # the sources' hash in the name: an edited header rebuilds (torch tracks only the .cpp), and builds for
-    # different CPUs or versions never share a cache entry
-    digest = hashlib.sha256()
+    # different CPUs or versions never share a cache entry. Their folder too: torch's build file names the sources
+    # by absolute path, so two checkouts sharing one entry rebuilt it each time the other had loaded it.
+    digest = hashlib.sha256(str(_CSRC.resolve()).encode())
     for path in sorted(_CSRC.iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
     digest.update(" ".join(flags).encode() + torch.__version__.encode())

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# One thread for torch and for every process a test starts, unless the caller chose (set OMP_NUM_THREADS). The models
+# here are small: one thread is about as fast on idle cores, and stays fast when other work shares them, where
+# OpenMP threads spinning on each other made small training steps many times slower (the suite beside one
+# quickstart fit on 2 cores). Set before torch loads, as the OpenMP runtime reads it then. The tests that need the
+# threaded paths of the native loop ask for them with the ``two_threads`` fixture.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from cfc_forecast import native
 from cfc_forecast.native import native_available
@@ -19,7 +28,7 @@ def impl(request, monkeypatch):
     """Yields the encoder ``impl`` value to use, with the fused kernels switched as the case asks."""
     name = request.param
     if name != "python" and not native_available():
-        if __import__("os").environ.get("CI"):
+        if os.environ.get("CI"):
             pytest.fail("the native CfC loop did not build in CI")
         pytest.skip("the native CfC loop is not available here (no compiler)")
     monkeypatch.setattr(native, "ALLOW_FUSED", name != "native-generic")
@@ -30,6 +39,15 @@ def impl(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for one test (the native loop's and the BLAS's threaded paths), then the suite's again."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -165,7 +165,7 @@ def test_dropout_is_active_in_training_and_off_in_eval(impl):
     torch.testing.assert_close(enc(x, dt, mask)[0], plain(x, dt, mask)[0], rtol=0, atol=0)
 
 
-def test_float32_native_paths_agree_with_the_python_loop(impl):
+def test_float32_native_paths_agree_with_the_python_loop(impl, two_threads):
     torch.manual_seed(3)
     enc = CfCEncoder(7, 64, impl=impl)  # the benchmark's configuration
     ref = CfCEncoder(7, 64, impl="python")
@@ -195,7 +195,7 @@ def test_the_raw_loop_runs_where_torch_ships_its_blas():
     assert torch.ops.cfc_forecast.raw_loop_available()
 
 
-def test_the_native_loop_restores_the_floating_point_mode(impl):
+def test_the_native_loop_restores_the_floating_point_mode(impl, two_threads):
     # the CPU loop flushes denormals on the intra-op threads while it runs (speed), and must restore the mode
     enc = make_encoder(impl).float()
     x, dt, _ = inputs()
@@ -207,7 +207,7 @@ def test_the_native_loop_restores_the_floating_point_mode(impl):
     assert (small @ small > 0).all()  # MKL's threads: 256 products of 1e-40 each
 
 
-def test_results_survive_later_calls_that_reuse_buffers(impl):
+def test_results_survive_later_calls_that_reuse_buffers(impl, two_threads):
     # the native loop recycles its large buffers once their tensors die; live results must stay untouched
     enc = CfCEncoder(7, 64, impl=impl)
     x1, x2 = torch.randn(32, 96, 7), torch.randn(32, 96, 7)
@@ -225,7 +225,7 @@ def test_results_survive_later_calls_that_reuse_buffers(impl):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("memory", MEMORY, ids=["plain", "ncps-memory", "paper-memory"])
-def test_a_larger_odd_batch_with_everything_on_matches_the_reference(impl, mode, memory):
+def test_a_larger_odd_batch_with_everything_on_matches_the_reference(impl, two_threads, mode, memory):
     # B = 37: several vector widths plus a partial one in the fused kernels; dropout, padding, 2 backbone layers
     enc = make_encoder(impl, mode, layers=2, act="gelu", backbone_dropout=0.2, **memory).train()
     x = torch.randn(37, 6, F, dtype=torch.float64)

@@ -12,7 +12,8 @@ head's MSE at the irregular times must be below 0.6 x the interpolated direct fo
 failed it (continuous 0.23 against interpolated direct 0.13, both heads after 500 steps): one closed-form step moves
 each state unit monotonically in the elapsed time, which a readout of the state alone turns into a turning curve
 only slowly. The head's readout now also reads the elapsed time (see ContinuousHead), and both heads train for
-1,500 steps (continuous then 0.02 in a trial run of that head alone).
+1,500 steps (continuous then 0.02 in a trial run of that head alone). The claim is tested for two seeds; it holds
+for each of ten (``python benchmarks/seeds.py --claim irregular``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from tests.conftest import model_for
 
 MARGIN = 0.6  # continuous MSE < MARGIN x interpolated-direct MSE (fixed before the first run)
 HISTORY, N_OBS, HORIZON, GRID = 8.0, 40, 4.0, 4
+# Adam at 1.5e-3 decaying linearly to zero over 1,500 steps. At a constant 3e-3 (the first version) one seed of ten
+# failed the margin (continuous 0.216 against 0.105) and another reached 0.58 of it; with the decay the worst of ten
+# is 0.40 of the interpolated MSE (benchmarks/seeds.py --claim irregular)
+STEPS, LR = 1500, 1.5e-3
 
 
 def signals(rng: np.random.Generator, n: int):
@@ -74,10 +79,11 @@ class _Sizes:
         self.horizon = horizon
 
 
-def train(model, grid: bool, steps: int = 1500, seed: int = 0) -> None:
+def train(model, grid: bool, steps: int = STEPS, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     grid_times = np.arange(1, GRID + 1, dtype=np.float64)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    decay = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=steps)
     model.train()
     for _ in range(steps):
         batch, _ = make_batch(rng, 64, np.tile(grid_times, (64, 1)) if grid else None)
@@ -85,30 +91,28 @@ def train(model, grid: bool, steps: int = 1500, seed: int = 0) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        decay.step()
     model.eval()
 
 
-@pytest.fixture
-def one_thread():
-    # these models are small: one thread is as fast, and it stays fast when other work shares the cores (two
-    # threads on an oversubscribed 2-core machine made each step 40x slower)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+SEEDS = (0, 1)  # benchmarks/seeds.py runs ten; each seed draws the initial weights and the training batches
 
 
-@pytest.mark.slow
-def test_continuous_head_beats_the_interpolated_grid_forecast_at_irregular_times(one_thread):
+def compare_heads(seed: int) -> dict[str, float]:
+    """Train both heads from the same initial weights on the same number of fresh batches; held-out MSEs.
+
+    Returns ``continuous`` (the continuous-time head at the irregular times), ``interpolated`` (the direct head's
+    grid forecast interpolated there) and ``grid`` (the direct head on its own grid).
+    """
     kwargs = dict(hidden_size=32, backbone_units=64, head_hidden_sizes=[64], query_cell_units=32, append_mask=False)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     direct = model_for(_Sizes(GRID), head="direct", **kwargs)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     continuous = model_for(_Sizes(None), head="continuous", **kwargs)
-    train(direct, grid=True)
-    train(continuous, grid=False)
+    train(direct, grid=True, seed=seed)
+    train(continuous, grid=False, seed=seed)
 
-    rng = np.random.default_rng(12345)  # held-out samples at irregular times
+    rng = np.random.default_rng(12345)  # held-out samples at irregular times, the same for every seed
     batch, f = make_batch(rng, 512, None)
     grid_times = np.arange(1, GRID + 1, dtype=np.float64)
     with torch.no_grad():
@@ -121,10 +125,18 @@ def test_continuous_head_beats_the_interpolated_grid_forecast_at_irregular_times
         [np.interp(queries[i], knots_t, np.concatenate([[last[i]], on_grid[i]])) for i in range(len(last))]
     )
     truth = batch.y[..., 0].numpy()
-    mse_cont = float(np.mean((cont - truth) ** 2))
-    mse_interp = float(np.mean((interpolated - truth) ** 2))
+    return {
+        "continuous": float(np.mean((cont - truth) ** 2)),
+        "interpolated": float(np.mean((interpolated - truth) ** 2)),
+        "grid": float(np.mean((on_grid - f(np.tile(grid_times, (512, 1)))) ** 2)),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_continuous_head_beats_the_interpolated_grid_forecast_at_irregular_times(seed):
+    mse = compare_heads(seed)
+    print(mse)
     # the direct head did learn its grid: far better there than the signal's variance (amp^2 / 2 ~ 0.54)
-    mse_grid = float(np.mean((on_grid - f(np.tile(grid_times, (512, 1)))) ** 2))
-    print(f"continuous {mse_cont:.4f}, direct on its grid {mse_grid:.4f}, direct interpolated {mse_interp:.4f}")
-    assert mse_grid < 0.25
-    assert mse_cont < MARGIN * mse_interp
+    assert mse["grid"] < 0.25
+    assert mse["continuous"] < MARGIN * mse["interpolated"]

@@ -41,22 +41,37 @@ def irregular_sines() -> pl.DataFrame:
     return pl.DataFrame({"time": t, "a": a, "b": b}).fill_nan(None)
 
 
-@pytest.mark.parametrize("encoder", ["cfc", "gru"])
-def test_overfits_a_tiny_irregular_series(encoder):
+OVERFIT_BELOW = 0.02  # stated before the first run, in scaled units (the targets' variance is about 1)
+OVERFIT_SEEDS = (0, 1)  # benchmarks/seeds.py runs ten: the largest final loss of the ten is printed there
+
+
+def overfit_loss(encoder: str, seed: int) -> float:
+    """Full-batch Adam on every training window of one tiny irregular series: the final training loss (scaled)."""
     dm = SeriesDataModule.from_frame(
         irregular_sines(), time_unit="s", observe=8.0, forecast=3.0, every=2.0, batch_size=64
     )
     dm.setup("fit")
     batch = dm.dataset("train").collate(list(range(len(dm.dataset("train")))))
+    torch.manual_seed(seed)
     model = model_for(dm, encoder=encoder, hidden_size=32, backbone_units=64, head_hidden_sizes=[64])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    # the learning rate decays linearly to zero: the last steps settle instead of catching one of Adam's spikes
+    # (at a constant 1e-2, two of twenty runs ended on a spike at 0.018)
+    decay = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=300)
     for _ in range(300):
         opt.zero_grad()
         loss = masked_loss(model(batch), batch.y, batch.y_mask, "mse")
         loss.backward()
         opt.step()
-    # stated before the first run: below 0.02 in scaled units (the targets' variance is about 1)
-    assert loss.item() < 0.02, loss.item()
+        decay.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("seed", OVERFIT_SEEDS)
+@pytest.mark.parametrize("encoder", ["cfc", "gru"])
+def test_overfits_a_tiny_irregular_series(encoder, seed):
+    loss = overfit_loss(encoder, seed)
+    assert loss < OVERFIT_BELOW, loss
 
 
 def test_every_encoder_and_head_trains_a_step(tiny_synthetic, tmp_path):

@@ -74,9 +74,17 @@ def test_cfc_from_scratch_notebook(fast_mode: None) -> None:
     # the RK4 reference is converged: halving its step changes it by far less than the errors the notebook discusses
     halving = [float(v) for v in re.findall(r"RK4 step-halving difference (\S+);", out)]
     assert len(halving) == 2 and max(halving) < 1e-8, halving
-    # the memory task: the gated cell learns it, the Cf-S ("pure") cell stays at the variance of the target
-    val = {m: float(v) for m, v in re.findall(r"(\w+): validation MSE after \d+ updates (\S+)", out)}
-    assert val["default"] < 0.7 * val["pure"], val
+    # the mechanism, at initialisation: the gated state still sees the input 23 steps back; the Cf-S state has
+    # forgotten it (the notebook's run: 3.6e-04 against 3.1e-09)
+    seen = {m: float(v) for m, v in re.findall(r"(\w+): 0 steps back \S+, 23 steps back (\S+),", out)}
+    assert seen["default"] > 1e3 * seen["pure"], seen
+    # the memory task, two seeds: the gated forms learn it, the Cf-S ("pure") cell stays at the target's variance
+    # (about 1). Over ten seeds (benchmarks/seeds.py --claim memory) the gated forms ended at <= 0.015 and pure at
+    # >= 1.077: the margins below leave a factor of 6 and 1.3 to rounding and to other machines.
+    val = re.findall(r"seed (\d+), +(\w+): validation MSE after \d+ updates (\S+)", out)
+    assert len(val) == 6, val
+    for seed, mode, mse in val:
+        assert float(mse) > 0.8 if mode == "pure" else float(mse) < 0.1, (seed, mode, mse)
 
 
 @pytest.mark.slow
