@@ -207,7 +207,7 @@ def test_the_native_loop_restores_the_floating_point_mode(impl, two_threads):
     assert (small @ small > 0).all()  # MKL's threads: 256 products of 1e-40 each
 
 
-def test_results_survive_later_calls_that_reuse_buffers(impl, two_threads):
+def test_results_survive_later_calls_that_reuse_buffers(impl):
     # the native loop recycles its large buffers once their tensors die; live results must stay untouched
     enc = CfCEncoder(7, 64, impl=impl)
     x1, x2 = torch.randn(32, 96, 7), torch.randn(32, 96, 7)
