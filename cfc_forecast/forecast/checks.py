@@ -1,8 +1,10 @@
 """Per-series checks of a chunk's raw rows: which series cannot be forecast, and why.
 
 A series is skipped (never the whole job) for time stamps that are empty, do not parse, repeat, or go backwards in
-the input's row order; text or infinite values; variables the model does not know (long layout) or never observed;
-nothing observed; no per-series scaling statistics when the model was scaled per series.
+the input's row order; text or infinite values; variables the model does not know (long layout); nothing observed;
+a target never observed (its forecast would rest on nothing the series said about it; an input that is no target
+may be missing throughout, as any missing value); no per-series scaling statistics when the model was scaled per
+series. ``cfc-forecast predict``, ``forecast_rows`` and the batch job all apply these rules (and ``prepare``'s).
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
         )
     )
     has = [pl.col(f"has/{v}") for v in trained.variables]
+    has_target = [pl.col(f"has/{v}") for v in trained.targets]
     missing = pl.concat_str(
-        [pl.when(~h).then(pl.lit(v)) for h, v in zip(has, trained.variables, strict=True)],
+        [pl.when(~h).then(pl.lit(v)) for h, v in zip(has_target, trained.targets, strict=True)],
         separator=", ",
         ignore_nulls=True,
     )
@@ -96,7 +99,8 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
             (pl.col("unknown").list.len() > 0, pl.format("unknown variables [{}]", pl.col("unknown").list.join(", ")))
         )
     checks.append((~pl.any_horizontal(has), pl.lit("nothing observed")))
-    checks.append((pl.any_horizontal(has) & ~pl.all_horizontal(has), pl.format("missing variables [{}]", missing)))
+    never = pl.any_horizontal(has) & ~pl.all_horizontal(has_target)
+    checks.append((never, pl.format("targets never observed [{}]", missing)))
     if trained.scaler_ids is not None:
         unseen = ~pl.col(ID).is_in(pl.Series(trained.scaler_ids))
         checks.append((unseen, pl.lit("no per-series scaling statistics (series not in the training data)")))
