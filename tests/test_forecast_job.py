@@ -187,7 +187,7 @@ def test_bad_series_are_skipped_with_reasons_and_the_rest_forecast(trained, tmp_
         "back": "decreasing time stamps (rows out of time order)",
         "dup": "duplicate time stamps",
         "empty": "nothing observed",
-        "nox2": "missing variables [x2]",
+        "nox2": "targets never observed [x2]",
         "short": "one row only: the query times follow each series' median spacing, which needs 2 (or give "
         "--query_times)",
         "text": "non-numeric values",
