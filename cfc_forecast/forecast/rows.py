@@ -85,6 +85,11 @@ def read_rows(data: Data, trained: Trained) -> tuple[pl.DataFrame, list[str]]:
     Raises:
         JobError: no such file, or a column missing or of the wrong kind (named, with the closest names).
     """
+    if isinstance(data, L.LightningDataModule):
+        raise JobError(
+            "give the rows to forecast (a polars frame, or CSV / Parquet paths), not a DataModule; a model's "
+            "DataModule goes to datamodule= (only its fitted state is read)"
+        )
     if isinstance(data, pl.DataFrame):
         notes = check_schema(data.schema, trained, "frame")
         return data.select(trained.columns), notes
