@@ -141,7 +141,7 @@ CASES = {
 }  # fmt: skip
 SKIPS = {
     "3-row series": ("short", "too short for the model's context: fewer than 8 rows before the origin"),
-    "never-observed target": ("blind", "targets never observed [y]"),
+    "never-observed target": ("blind", "no target observed [y]"),
     "per-series scaling, unknown series": ("s9", "no per-series scaling statistics (series not in the training data)"),
 }
 

@@ -181,23 +181,22 @@ def test_bad_series_are_skipped_with_reasons_and_the_rest_forecast(trained, tmp_
     bad_series_frame().write_csv(tmp_path / "bad.csv")
     assert run_job(trained, tmp_path / "out", "--chunk_size=3", data=tmp_path / "bad.csv") == 0
     out = read_output(tmp_path / "out")
-    assert sorted(out["series"].unique()) == ["0", "1"]
+    assert sorted(out["series"].unique()) == ["0", "1", "nox2"]  # x2 never observed: a missing value, as in training
     report = dict(pl.read_csv(tmp_path / "out" / "skipped_series.csv").iter_rows())
     assert report == {
         "back": "decreasing time stamps (rows out of time order)",
         "dup": "duplicate time stamps",
         "empty": "nothing observed",
-        "nox2": "targets never observed [x2]",
         "short": "one row only: the query times follow each series' median spacing, which needs 2 (or give "
         "--query_times)",
         "text": "non-numeric values",
         None: "1 rows with an empty series id",
     }
     summary = json.loads((tmp_path / "out" / "manifest.json").read_text())["summary"]
-    assert summary["series_in_input"] == 8 and summary["series_forecast"] == 2 and summary["series_skipped"] == 6
+    assert summary["series_in_input"] == 8 and summary["series_forecast"] == 3 and summary["series_skipped"] == 5
     assert summary["rows_skipped"] == {}  # every row of a forecast series was used
     printed = capsys.readouterr().out
-    assert "series skipped: 6" in printed and "duplicate time stamps" in printed
+    assert "series skipped: 5" in printed and "duplicate time stamps" in printed
 
 
 def test_nothing_to_forecast_exits_1_and_a_wrong_schema_exits_2(trained, tmp_path, capsys):

@@ -2,9 +2,10 @@
 
 A series is skipped (never the whole job) for time stamps that are empty, do not parse, repeat, or go backwards in
 the input's row order; text or infinite values; variables the model does not know (long layout); nothing observed;
-a target never observed (its forecast would rest on nothing the series said about it; an input that is no target
-may be missing throughout, as any missing value); no per-series scaling statistics when the model was scaled per
-series. ``cfc-forecast predict``, ``forecast_rows`` and the batch job all apply these rules (and ``prepare``'s).
+no target ever observed (its forecasts would rest on nothing the series said about what is forecast; a variable
+that a series never observed while it observed a target is a missing value like any other, as in training, where
+windows routinely lack some channels); no per-series scaling statistics when the model was scaled per series.
+``cfc-forecast predict``, ``forecast_rows`` and the batch job all apply these rules (and ``prepare``'s).
 """
 
 from __future__ import annotations
@@ -81,11 +82,6 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     )
     has = [pl.col(f"has/{v}") for v in trained.variables]
     has_target = [pl.col(f"has/{v}") for v in trained.targets]
-    missing = pl.concat_str(
-        [pl.when(~h).then(pl.lit(v)) for h, v in zip(has_target, trained.targets, strict=True)],
-        separator=", ",
-        ignore_nulls=True,
-    )
     checks = [
         (pl.col("no_time") > 0, pl.format("{} empty or unparseable time stamps", pl.col("no_time"))),
         (pl.col("back"), pl.lit("decreasing time stamps (rows out of time order)")),
@@ -99,8 +95,8 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
             (pl.col("unknown").list.len() > 0, pl.format("unknown variables [{}]", pl.col("unknown").list.join(", ")))
         )
     checks.append((~pl.any_horizontal(has), pl.lit("nothing observed")))
-    never = pl.any_horizontal(has) & ~pl.all_horizontal(has_target)
-    checks.append((never, pl.format("targets never observed [{}]", missing)))
+    never = pl.any_horizontal(has) & ~pl.any_horizontal(has_target)
+    checks.append((never, pl.lit(f"no target observed [{', '.join(trained.targets)}]")))
     if trained.scaler_ids is not None:
         unseen = ~pl.col(ID).is_in(pl.Series(trained.scaler_ids))
         checks.append((unseen, pl.lit("no per-series scaling statistics (series not in the training data)")))
