@@ -230,7 +230,7 @@ def test_origins_and_query_times(trained, tmp_path):
     assert_same_forecasts(read_output(tmp_path / "cut"), out.filter(pl.col("origin_time") == 30.0))
 
 
-def test_long_layout_gives_the_wide_windows_and_reports_unknown_variables(trained):
+def test_long_layout_gives_the_wide_windows_and_leaves_out_unknown_variables(trained):
     _, wide = read_checkpoint(trained["ckpt"])
     long = dataclasses.replace(wide, layout="long")
     frame = synthetic_frame(3, 40, 40.0, seed=3).with_row_index("__row")
@@ -238,12 +238,16 @@ def test_long_layout_gives_the_wide_windows_and_reports_unknown_variables(traine
     extra = melted.filter(pl.col("series") == 2).tail(1).with_columns(variable=pl.lit("humidity"))
     a = prepare(frame, wide, Options())
     b = prepare(pl.concat([melted, extra]).sort("__row", maintain_order=True), long, Options())
-    assert b.skipped.rows() == [(2, "unknown variables [humidity]")]
-    assert b.n_forecast == 2 and a.n_forecast == 3
-    batch_a = a.dataset.collate([i for i in range(3) if int(a.dataset.series[i]) != 2])
-    batch_b = b.dataset.collate(list(range(2)))
+    # a variable the model does not read is left out and counted (as an ignored column, and as in training)
+    assert b.skipped.height == 0 and b.row_counts == {"rows of variables not used": 1}
+    assert b.n_forecast == a.n_forecast == 3
+    batch_a = a.dataset.collate(list(range(3)))
+    batch_b = b.dataset.collate(list(range(3)))
     for name in ("x", "x_mask", "t", "dt", "query_t", "origin"):
         assert getattr(batch_a, name).equal(getattr(batch_b, name)), name
+    # a variable no series of the chunk observed is missing throughout, not an error (the other targets are seen)
+    c = prepare(melted.filter(pl.col("variable") != "x2"), long, Options())
+    assert c.n_forecast == 3 and not c.dataset.collate([0]).x_mask[..., 1].any()
 
 
 def test_the_shipped_job_config_runs(trained, tmp_path):

@@ -1,11 +1,13 @@
 """Per-series checks of a chunk's raw rows: which series cannot be forecast, and why.
 
 A series is skipped (never the whole job) for time stamps that are empty, do not parse, repeat, or go backwards in
-the input's row order; text or infinite values; variables the model does not know (long layout); nothing observed;
+the input's row order; text or infinite values; rows without a variable name (long layout); nothing observed;
 no target ever observed (its forecasts would rest on nothing the series said about what is forecast; a variable
 that a series never observed while it observed a target is a missing value like any other, as in training, where
 windows routinely lack some channels); no per-series scaling statistics when the model was scaled per series.
-``cfc-forecast predict``, ``forecast_rows`` and the batch job all apply these rules (and ``prepare``'s).
+Rows of variables the model does not read (long layout) are left out and counted, as columns it does not read are
+ignored, and as in training. ``cfc-forecast predict``, ``forecast_rows`` and the batch job all apply these rules
+(and ``prepare``'s).
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     """(series, reason) for every series of ``frame`` (reason null when it may be forecast)."""
     t, var, val = pl.col(TIME), pl.col(trained.variable_column), pl.col(trained.value_column)
     long = trained.layout == "long"
-    known = var.is_in(trained.variables) if long else pl.lit(True)
     observed = [
         (var.eq(v) & val.is_not_null()).any() if long else pl.col(v).is_not_null().any() for v in trained.variables
     ]
@@ -63,7 +64,7 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     repeated = pl.struct(TIME, trained.variable_column).is_duplicated().any() if long else (t.diff() == 0).any()
     duplicated = repeated if trained.duplicates == "error" else pl.lit(False)
     by_layout = (
-        [var.filter(~known & var.is_not_null()).unique().sort().alias("unknown"), var.is_null().sum().alias("no_name")]
+        [var.is_null().sum().alias("no_name")]
         if long
         else []
     )
@@ -91,9 +92,6 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     ]
     if long:
         checks.append((pl.col("no_name") > 0, pl.lit("rows with an empty variable name")))
-        checks.append(
-            (pl.col("unknown").list.len() > 0, pl.format("unknown variables [{}]", pl.col("unknown").list.join(", ")))
-        )
     checks.append((~pl.any_horizontal(has), pl.lit("nothing observed")))
     never = pl.any_horizontal(has) & ~pl.any_horizontal(has_target)
     checks.append((never, pl.lit(f"no target observed [{', '.join(trained.targets)}]")))

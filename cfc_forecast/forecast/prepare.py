@@ -117,6 +117,7 @@ def _table(frame: pl.DataFrame, trained: Trained, codec: TimeCodec, source: str)
             duplicates="first" if trained.duplicates == "error" else trained.duplicates,
             variable_column=trained.variable_column,
             value_column=trained.value_column,
+            every_variable=False,  # a chunk's series may all lack a variable (a missing value, as in training)
         )
     empty = pl.all_horizontal(pl.col(v).is_null() for v in trained.variables)
     n_empty = int(frame.select(empty.sum()).item())
