@@ -89,10 +89,10 @@ class ForecastCLI(LightningCLI):
         parser.add_argument("--monitor", type=str, default="val/loss", help="fit: the metric that picks best.ckpt.")
         parser.add_argument(
             "--predict_windows",
-            type=Literal["test"],
-            default="test",
-            help="predict: 'test' forecasts every test window of the training data (the end of every series: "
-            "predict without this option, from the checkpoint alone).",
+            type=Literal["last", "test"],
+            default="last",
+            help="predict: 'test' forecasts every test window of the training data here; 'last' (the end of every "
+            "series) runs from the checkpoint alone (cfc_forecast.forecast.predict).",
         )
 
     def _parse_ckpt_path(self) -> None:
@@ -164,6 +164,8 @@ class ForecastCLI(LightningCLI):
 
     def before_predict(self) -> None:
         # the split is rebuilt from the config: its scaler must be the one the checkpoint was trained with
+        if self.config.predict.predict_windows != "test":  # main() and cli() send these to the checkpoint path
+            raise ValueError("predict from the end of the series runs from the checkpoint alone: use main() or cli()")
         path = self.config.predict.get("ckpt_path")
         if not path:
             raise ValueError("predict --predict_windows=test needs --ckpt_path (the trained model)")

@@ -121,8 +121,7 @@ def _summary(result: Forecasts, run_dir: Path) -> list[str]:
     return lines
 
 
-def _run(args: Any, argv: list[str]) -> int:
-    _refuse_model_options(argv)
+def _run(args: Any) -> int:
     cfg = _config(args.config)
     path = args.data.init_args.path or args.data.path
     queries = args.data.init_args.predict_queries or args.data.predict_queries
@@ -162,7 +161,7 @@ def main(argv: list[str]) -> int:
     try:
         _refuse_model_options(argv)
         args = parser.parse_args(argv)
-        return _run(args, argv)
+        return _run(args)
     except JobError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
