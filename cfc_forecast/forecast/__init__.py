@@ -17,8 +17,9 @@ import sys
 from jsonargparse import auto_cli
 
 from cfc_forecast.forecast.job import ForecastJob, JobResult
+from cfc_forecast.forecast.options import options_for
 from cfc_forecast.forecast.prepare import Options
-from cfc_forecast.forecast.rows import Forecasts, forecast_report, forecast_rows, options_for
+from cfc_forecast.forecast.rows import Forecasts, forecast_report, forecast_rows
 from cfc_forecast.forecast.trained import JobError
 
 __all__ = ["ForecastJob", "Forecasts", "JobError", "JobResult", "forecast", "forecast_report", "forecast_rows", "main"]

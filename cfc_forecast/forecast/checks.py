@@ -63,11 +63,7 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     # equals the previous row's; a long row repeats a (time, variable) pair
     repeated = pl.struct(TIME, trained.variable_column).is_duplicated().any() if long else (t.diff() == 0).any()
     duplicated = repeated if trained.duplicates == "error" else pl.lit(False)
-    by_layout = (
-        [var.is_null().sum().alias("no_name")]
-        if long
-        else []
-    )
+    by_layout = [var.is_null().sum().alias("no_name")] if long else []
     per = (
         frame.with_columns(codec.encode(pl.col(trained.time_column)).alias(TIME))
         .group_by(ID)

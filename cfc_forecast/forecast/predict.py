@@ -133,10 +133,15 @@ def _run(args: Any) -> int:
     root = args.runs_root or cfg.get("runs_root") or "runs"
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(root, "predict")
     os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes a distributed predict re-executes write nowhere else
-    result = forecast_report(
-        args.ckpt_path, rows, origins=args.origins, query_times=args.query_times or queries or None,
-        min_rows=args.min_rows, batch_size=args.batch_size, trainer_kwargs=trainer,
-    )  # fmt: skip
+    try:
+        result = forecast_report(
+            args.ckpt_path, rows, origins=args.origins, query_times=args.query_times or queries or None,
+            min_rows=args.min_rows, batch_size=args.batch_size, trainer_kwargs=trainer,
+        )  # fmt: skip
+    except JobError:
+        if not args.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a refused command leaves no empty run directory behind
+        raise
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
