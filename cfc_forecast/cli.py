@@ -4,8 +4,11 @@ The DataModule is chosen by ``class_path`` (any ``SeriesDataModule`` subclass, e
 sizes the model needs are linked from it once it is built. Every run gets its own directory
 ``<runs_root>/<YYYYmmdd-HHMMSS>-<subcommand>`` (or ``--run_dir``) with ``config.yaml`` (the resolved config),
 ``run.json`` (seed and versions) and ``metrics.csv``; fit adds ``checkpoints/best.ckpt`` and ``last.ckpt``, and
-with ``--test_after_fit`` ``test_metrics.json`` (beside the baselines); test adds ``test_forecasts.png``; predict
-writes ``predictions.parquet``.
+with ``--test_after_fit`` ``test_metrics.json`` (beside the baselines); test adds ``test_forecasts.png``.
+
+``predict`` forecasts from a checkpoint alone (``cfc_forecast.forecast.predict``: no split, nothing fitted on the
+data being forecast); only ``predict --predict_windows=test`` runs here: it forecasts the test windows of the
+training data, so it builds the split from the config, and refuses data whose scaler differs from the checkpoint's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -23,6 +27,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from cfc_forecast import __version__
+from cfc_forecast.forecast.predict import main as predict_main
+from cfc_forecast.forecast.predict import wants_test_windows
 from cfc_forecast.module import ForecastModule
 from cfc_forecast.native import native_available, native_status
 from cfc_forecast.plot import ForecastPlot
@@ -85,7 +91,8 @@ class ForecastCLI(LightningCLI):
             "--predict_windows",
             type=Literal["last", "test"],
             default="last",
-            help="predict: 'last' forecasts from the end of every series; 'test' forecasts every test window.",
+            help="predict: 'test' forecasts every test window of the training data here; 'last' (the end of every "
+            "series) runs from the checkpoint alone (cfc_forecast.forecast.predict).",
         )
 
     def _parse_ckpt_path(self) -> None:
@@ -156,14 +163,44 @@ class ForecastCLI(LightningCLI):
             print(f"\n{table}\nrun directory: {self.run_dir}", flush=True)
 
     def before_predict(self) -> None:
-        self.datamodule.predict_windows = self.config.predict.predict_windows
+        # the split is rebuilt from the config: its scaler must be the one the checkpoint was trained with
+        if self.config.predict.predict_windows != "test":  # main() and cli() send these to the checkpoint path
+            raise ValueError("predict from the end of the series runs from the checkpoint alone: use main() or cli()")
+        path = self.config.predict.get("ckpt_path")
+        if not path:
+            raise ValueError("predict --predict_windows=test needs --ckpt_path (the trained model)")
+        saved = _saved_scaler(torch.load(path, weights_only=True, map_location="cpu"))
+        built = self.datamodule._ensure_built().scaler
+        same = saved is not None and np.shape(saved["loc"]) == built.loc.shape
+        if not same or not (np.allclose(saved["loc"], built.loc) and np.allclose(saved["scale"], built.scale)):
+            raise ValueError(
+                f"{path}: the data of this config are not the ones the model was trained on (their scaler differs "
+                "from the checkpoint's); --predict_windows=test forecasts the test windows of the training data: "
+                "to forecast other data, run predict without --predict_windows"
+            )
 
     def after_predict(self) -> None:
         rank_zero_info(f"forecasts written to {self.run_dir / 'predictions.parquet'}")
 
 
-def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI:
-    """Run the LightningCLI on ``args`` (default ``sys.argv[1:]``) and return it (for tests and the tuner)."""
+def _saved_scaler(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    for value in ckpt.values():
+        if isinstance(value, dict) and "preprocessing" in value and "target_loc" in value:
+            return value["preprocessing"]["scaler"]
+    return None
+
+
+def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
+    """Run the LightningCLI on ``args`` (default ``sys.argv[1:]``) and return it (for tests and the tuner).
+
+    ``predict`` from the end of the series is not a LightningCLI subcommand: ``main`` runs it (see the module
+    docstring); here it raises ``SystemExit`` with its status unless that is 0."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["predict"] and not wants_test_windows(argv):
+        status = predict_main(argv[1:])
+        if status:
+            raise SystemExit(status)
+        return None
     try:
         return ForecastCLI(args=args, run=run)
     finally:
@@ -172,8 +209,8 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI:
 
 
 def main(args: list[str] | None = None) -> int:
-    """The console script: ``native``, ``--version``, ``tune``, ``forecast``, or a LightningCLI subcommand; returns the
-    exit status."""
+    """The console script: ``native``, ``--version``, ``tune``, ``forecast``, ``predict``, or a LightningCLI
+    subcommand; returns the exit status."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["--version"]:
         print(f"cfc-forecast {__version__} (torch {torch.__version__})")
@@ -190,6 +227,8 @@ def main(args: list[str] | None = None) -> int:
         from cfc_forecast.forecast import main as forecast_main
 
         return forecast_main(argv[1:])
+    if argv[:1] == ["predict"] and not wants_test_windows(argv):  # from a checkpoint alone
+        return predict_main(argv[1:])
     cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
 

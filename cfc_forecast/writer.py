@@ -96,19 +96,25 @@ class ParquetForecastWriter(BasePredictionWriter):
         trainer.strategy.barrier("forecast-writer-done")
 
 
-def predict_frame(model: L.LightningModule, dm: Any, **trainer_kwargs: Any) -> pl.DataFrame:
-    """Forecast from the end of every series in ``dm`` (its predict windows) and return the long-layout frame.
-
-    The Python counterpart of ``cfc-forecast predict``: query times come from the DataModule (``predict_queries``,
-    or each series' median spacing up to the trained horizon / forecast span).
+def predict_frame(
+    model: str | Path | L.LightningModule, data: pl.DataFrame | str | Path | list[str], **options: Any
+) -> pl.DataFrame:
+    """Forecast from the end of every series of ``data`` and return the long-layout frame (the Python counterpart
+    of ``cfc-forecast predict``; the same as ``cfc_forecast.forecast.forecast_rows``).
 
     Args:
-        model: a trained ``ForecastModule``. dm: the DataModule holding the series to forecast.
-        trainer_kwargs: extra ``Trainer`` arguments (e.g. ``accelerator="gpu"``).
+        model: a checkpoint path, or a ``ForecastModule`` fitted in Python (on ``datamodule=``, default the
+            DataModule of its last ``Trainer.fit``).
+        data: a polars frame, or CSV / Parquet file(s), in the layout the model was trained on (columns by name).
+        options: ``datamodule``, ``origins``, ``query_times``, ``min_rows``, ``batch_size`` and ``Trainer``
+            arguments (see ``forecast_rows``).
 
     Returns:
-        See :func:`forecast_frame`.
+        See :func:`forecast_frame`; skipped series are logged.
+
+    Raises:
+        ValueError: an unusable checkpoint, a missing column or one of the wrong kind, bad options.
     """
-    options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    outputs = L.Trainer(**{**options, **trainer_kwargs}).predict(model, dm)
-    return forecast_frame(outputs, dm, getattr(model, "quantile_levels", None))
+    from cfc_forecast.forecast.rows import forecast_rows
+
+    return forecast_rows(model, data, **options)

@@ -21,10 +21,9 @@ from torch.utils.data import DataLoader
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
 from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
-from datamodules.predict import median_steps, predict_dataset
 from datamodules.scaling import ScaleBy, ScaleMethod
 from datamodules.splits import seeded_series_split, split_plan, user_time
-from datamodules.timing import CalendarFeature, TimeUnit, check_unit
+from datamodules.timing import CalendarFeature, TimeUnit, check_unit, median_steps
 from datamodules.windows import window_spec
 
 log = logging.getLogger(__name__)
@@ -56,14 +55,13 @@ class SeriesDataModule(L.LightningDataModule):
         split_fractions: train / val / test fractions of the time range or of the series.
         seed: seed of the series split.
         scaling: per variable "standard" (ddof 0), "minmax" or "none". scale_by: "global" or per "series".
-        scale_fit: part the scaler is fitted on. predict_queries: prediction query times after the end (time_unit).
+        scale_fit: part the scaler is fitted on.
+        predict_queries: query times after the end of each series (time_unit) for forecasts from a checkpoint
+            (``cfc_forecast.forecast.forecast_rows``); saved in the checkpoint.
         batch_size: windows per batch. num_workers: DataLoader workers. pin_memory: pin batches for a GPU.
     """
 
     first_dt_from_zero: bool = False  # Walker2d: the first row's dt counts from time 0, as the paper's data do
-    # what ``predict`` forecasts: "last" = one window at the end of every series; "test" = the test windows (the
-    # CLI's --predict_windows sets it; in Python set the attribute)
-    predict_windows: Literal["last", "test"] = "last"
 
     def __init__(
         self,
@@ -321,15 +319,12 @@ class SeriesDataModule(L.LightningDataModule):
 
     # -- datasets and loaders ---------------------------------------------------------------------------
     def dataset(self, split: Literal["train", "val", "test", "predict"]) -> WindowDataset:
-        """The windows of one split (``predict``: one window per series at its end, or the test windows when
-        ``predict_windows == "test"``; without targets)."""
+        """The windows of one split; ``predict``: the test windows without targets (what ``Trainer.predict`` and
+        ``cfc-forecast predict --predict_windows=test`` forecast). Forecasts from the end of new data come from a
+        checkpoint alone: ``cfc_forecast.forecast.forecast_rows``."""
         b = self._ensure_built()
         if split == "predict":
-            if self.predict_windows == "test":
-                return WindowDataset(b.tensors, b.windows["test"], with_targets=False)
-            if self.predict_windows != "last":
-                raise ValueError(f"predict_windows must be 'last' or 'test', got {self.predict_windows!r}")
-            return predict_dataset(self, b)
+            return WindowDataset(b.tensors, b.windows["test"], with_targets=False)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {[*SPLITS, 'predict']}, got {split!r}")
         return WindowDataset(b.tensors, b.windows[split])

@@ -19,7 +19,6 @@ from datamodules.windows import (
     WindowSpec,
     count_windows,
     duration_windows,
-    end_windows,
     fixed_windows,
     target_span,
 )
@@ -74,7 +73,6 @@ class Built:
 
     tensors: SeriesTensors
     windows: dict[str, Windows]
-    predict: Windows
     scaler: Scaler
     offsets: np.ndarray
     counts: dict[str, int]
@@ -198,8 +196,7 @@ def build(
             f"no training window: {len(all_w)} windows in all from {n_series} series, none inside the training "
             "split; shorten lookback/horizon (or observe/forecast) or move the split cut-offs"
         )
-    predict = end_windows(series, offsets, times, spec)
-    return Built(tensors, windows, predict, scaler, offsets, counts)
+    return Built(tensors, windows, scaler, offsets, counts)
 
 
 def _future_rows(

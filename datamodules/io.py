@@ -133,8 +133,10 @@ def long_to_wide(
     duplicates: Duplicates,
     source: str,
     counts: dict[str, int],
+    every_variable: bool = True,
 ) -> pl.DataFrame:
-    """Spread a long frame (keys, variable, value) into one column per requested variable.
+    """Spread a long frame (keys, variable, value) into one column per requested variable (``every_variable``:
+    each must occur at least once, else a ``ValueError``; rows to forecast may lack some).
 
     One sort by (keys, variable), then numpy: cells are runs of equal (keys, variable), aggregated with
     ``bincount`` (mean) or their first / last row, and scattered into a (rows, variables) array.
@@ -144,7 +146,7 @@ def long_to_wide(
     frame = frame.filter(pl.col(variable).is_not_null()).with_columns(pl.col(variable).cast(pl.String))
     present = set(frame[variable].unique().to_list())
     absent = [v for v in variables if v not in present]
-    if absent:
+    if absent and every_variable:
         hints = {v: difflib.get_close_matches(v, sorted(present), n=2) for v in absent}
         raise ValueError(f"{source}: variables {absent} never occur in column {variable!r} (close: {hints})")
     _count(counts, "rows of variables not used", int((~frame[variable].is_in(variables)).sum()), source)
@@ -189,13 +191,16 @@ def canonical_table(
     duplicates: Duplicates = "error",
     variable_column: str = "variable",
     value_column: str = "value",
+    every_variable: bool = True,
 ) -> Table:
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
+
+    ``every_variable=False`` (rows to forecast, not to fit on) accepts a variable that is never observed.
 
     Raises:
         ValueError: empty input, missing columns, unparseable or null time stamps, null series ids,
             non-numeric or infinite values, duplicate time stamps (unless aggregated), or a variable with no
-            observation at all.
+            observation at all (unless ``every_variable`` is False).
     """
     if frame.height == 0:
         raise ValueError(f"{source}: the input has no rows")
@@ -207,7 +212,9 @@ def canonical_table(
     frame = to_datetime_or_number(frame, time_column, source)
     counts: dict[str, int] = {}
     if layout == "long":
-        frame = long_to_wide(frame, keys, variable_column, value_column, variables, duplicates, source, counts)
+        frame = long_to_wide(
+            frame, keys, variable_column, value_column, variables, duplicates, source, counts, every_variable
+        )
     else:
         require_columns(frame, variables, source, "variables")
         frame = numeric_columns(frame.select(*keys, *variables), variables, source)
@@ -218,7 +225,7 @@ def canonical_table(
     empty = pl.all_horizontal(pl.col(v).is_null() for v in variables)
     _count(counts, "rows with no value observed", int(frame.select(empty.sum()).item()), source)
     frame = frame.filter(~empty)
-    never = [v for v in variables if frame[v].null_count() == frame.height]
+    never = [v for v in variables if frame[v].null_count() == frame.height] if every_variable else []
     if never or frame.height == 0:
         raise ValueError(f"{source}: variables {never or variables} have no observation at all; drop them")
     codec = codec_for(frame, time_column, time_unit)

@@ -161,3 +161,15 @@ def calendar_features(times: np.ndarray, codec: TimeCodec, names: list[str]) -> 
     if unknown:
         raise ValueError(f"unknown calendar features {unknown}; choose from {sorted(exprs)}")
     return np.stack([exprs[n].to_numpy().astype(np.float32) for n in names], axis=1)
+
+
+def median_steps(offsets: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(n_series,) median spacing of each series' time stamps (the overall median for one-row series)."""
+    series = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    same = series[1:] == series[:-1]  # spacings within a series (rows are sorted by series, then time)
+    frame = pl.DataFrame({"s": series[1:][same], "d": np.diff(times)[same]})
+    medians = frame.group_by("s").agg(pl.col("d").median())
+    per = np.full(len(offsets) - 1, np.nan)  # a one-row series has no spacing
+    per[medians["s"].to_numpy()] = medians["d"].to_numpy()
+    overall = np.nanmedian(per) if np.isfinite(per).any() else 1.0
+    return np.where(np.isfinite(per) & (per > 0), per, overall)

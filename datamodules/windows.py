@@ -142,20 +142,6 @@ def fixed_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, sp
     return span_windows(series, offsets, times, owner, np.full(len(owner), spec.origin), spec)
 
 
-def end_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
-    """One window per series ending at its last observation, with no targets (prediction)."""
-    owner = np.arange(len(offsets) - 1)
-    in_hi = offsets[1:]
-    last = times[in_hi - 1]
-    if spec.mode == "count":
-        in_lo = np.maximum(in_hi - spec.lookback, offsets[:-1])
-    elif spec.observe is None:
-        in_lo = offsets[:-1]
-    else:
-        in_lo = searchsorted_by_series(series, times, owner, last - spec.observe, "left")
-    return Windows(owner, in_lo, in_hi, in_hi, in_hi, last)
-
-
 def target_span(w: Windows, times: np.ndarray, spec: WindowSpec, step_targets: bool) -> tuple[np.ndarray, np.ndarray]:
     """(W,) first and last time a window's targets may take, for assigning it to a split."""
     has_tg = w.tg_hi > w.tg_lo

@@ -72,22 +72,28 @@ def test_fit_writes_a_run_directory_and_predict_writes_forecasts(tmp_path, capsy
     scores = json.loads((run / "test_metrics.json").read_text())
     assert scores["model"]["mse"] == pytest.approx(fit.trainer.callback_metrics["test/mse"].item())
 
-    pred = cli(
-        ["predict", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
-         f"--run_dir={tmp_path / 'pred'}"]
-    )  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    args = ["predict", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}", f"--run_dir={tmp_path / 'pred'}"]
+    assert main(args) == 0
     frame = pl.read_parquet(tmp_path / "pred" / "predictions.parquet")
     assert frame.columns == ["series", "origin_time", "time", "variable", "prediction"]
     assert frame["series"].n_unique() == 8 and set(frame["variable"]) == {"x1", "x2", "v1"}
     assert (frame["time"] > frame["origin_time"]).all()
-    # forecasts in original units: the same as the model's scaled output inverted by hand
-    dm, model = pred.datamodule, pred.model.eval()
-    batch = dm.dataset("predict").collate([0])
+    # forecasts in original units: the model's scaled output at the end of series 0, inverted by hand
+    from cfc_forecast.forecast.prepare import Options, prepare
+    from cfc_forecast.forecast.trained import read_checkpoint
+    from datamodules import SyntheticDataModule
+
+    rows = SyntheticDataModule(**saved["data"]["init_args"])._read()
+    chunk = prepare(rows, read_checkpoint(ckpt)[1], Options())
+    index = int((chunk.dataset.series == 0).nonzero()[0, 0])
+    batch = chunk.dataset.collate([index])
+    model = ForecastModule.load_from_checkpoint(ckpt).eval()
     with torch.no_grad():
         raw = batch.unscale(model(batch)[..., 0])[0, 0]  # (C,) first query of series 0
-    first = frame.filter(pl.col("series") == dm.series_ids[0]).sort("time").head(3)
+    first = frame.filter(pl.col("series") == chunk.series_ids[0]).sort("time").head(3)
     got = dict(zip(first["variable"], first["prediction"], strict=True))
-    for c, name in enumerate(dm.target_names):
+    for c, name in enumerate(chunk.target_names):
         assert got[name] == pytest.approx(float(raw[c]), rel=1e-5)
 
 
@@ -146,8 +152,9 @@ def test_predict_at_query_times_from_the_config_or_on_the_test_windows(tmp_path,
     run = tmp_path / "run"
     cli(["fit", *TINY_DATA, *TINY_MODEL, f"--run_dir={run}", "--trainer.max_epochs=1",
          "--trainer.enable_progress_bar=false"])  # fmt: skip
-    cli(["predict", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-         "--data.init_args.predict_queries=[0.25, 1.5, 3.75]", f"--run_dir={tmp_path / 'pred'}"])  # fmt: skip
+    args = [f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"]
+    assert main(["predict", *args, "--data.init_args.predict_queries=[0.25, 1.5, 3.75]",
+                 f"--run_dir={tmp_path / 'pred'}"]) == 0  # fmt: skip
     frame = pl.read_parquet(tmp_path / "pred" / "predictions.parquet")
     ahead = (frame["time"] - frame["origin_time"]).round(6).unique().sort().to_list()
     assert ahead == [0.25, 1.5, 3.75]
@@ -176,6 +183,10 @@ def test_predict_at_query_times_from_the_config_or_on_the_test_windows(tmp_path,
         rtol=1e-5,
         atol=1e-5,
     )
+    # other data than the checkpoint's training data: their test windows are not what the model was trained for
+    with pytest.raises(ValueError, match="not the ones the model was trained on"):
+        cli(["predict", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+             "--predict_windows=test", "--data.init_args.n_series=6", f"--run_dir={tmp_path / 'other'}"])  # fmt: skip
 
 
 def test_fit_resumes_from_a_checkpoint(tmp_path):

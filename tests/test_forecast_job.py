@@ -181,23 +181,22 @@ def test_bad_series_are_skipped_with_reasons_and_the_rest_forecast(trained, tmp_
     bad_series_frame().write_csv(tmp_path / "bad.csv")
     assert run_job(trained, tmp_path / "out", "--chunk_size=3", data=tmp_path / "bad.csv") == 0
     out = read_output(tmp_path / "out")
-    assert sorted(out["series"].unique()) == ["0", "1"]
+    assert sorted(out["series"].unique()) == ["0", "1", "nox2"]  # x2 never observed: a missing value, as in training
     report = dict(pl.read_csv(tmp_path / "out" / "skipped_series.csv").iter_rows())
     assert report == {
         "back": "decreasing time stamps (rows out of time order)",
         "dup": "duplicate time stamps",
         "empty": "nothing observed",
-        "nox2": "missing variables [x2]",
         "short": "one row only: the query times follow each series' median spacing, which needs 2 (or give "
         "--query_times)",
         "text": "non-numeric values",
         None: "1 rows with an empty series id",
     }
     summary = json.loads((tmp_path / "out" / "manifest.json").read_text())["summary"]
-    assert summary["series_in_input"] == 8 and summary["series_forecast"] == 2 and summary["series_skipped"] == 6
+    assert summary["series_in_input"] == 8 and summary["series_forecast"] == 3 and summary["series_skipped"] == 5
     assert summary["rows_skipped"] == {}  # every row of a forecast series was used
     printed = capsys.readouterr().out
-    assert "series skipped: 6" in printed and "duplicate time stamps" in printed
+    assert "series skipped: 5" in printed and "duplicate time stamps" in printed
 
 
 def test_nothing_to_forecast_exits_1_and_a_wrong_schema_exits_2(trained, tmp_path, capsys):
@@ -231,7 +230,7 @@ def test_origins_and_query_times(trained, tmp_path):
     assert_same_forecasts(read_output(tmp_path / "cut"), out.filter(pl.col("origin_time") == 30.0))
 
 
-def test_long_layout_gives_the_wide_windows_and_reports_unknown_variables(trained):
+def test_long_layout_gives_the_wide_windows_and_leaves_out_unknown_variables(trained):
     _, wide = read_checkpoint(trained["ckpt"])
     long = dataclasses.replace(wide, layout="long")
     frame = synthetic_frame(3, 40, 40.0, seed=3).with_row_index("__row")
@@ -239,12 +238,16 @@ def test_long_layout_gives_the_wide_windows_and_reports_unknown_variables(traine
     extra = melted.filter(pl.col("series") == 2).tail(1).with_columns(variable=pl.lit("humidity"))
     a = prepare(frame, wide, Options())
     b = prepare(pl.concat([melted, extra]).sort("__row", maintain_order=True), long, Options())
-    assert b.skipped.rows() == [(2, "unknown variables [humidity]")]
-    assert b.n_forecast == 2 and a.n_forecast == 3
-    batch_a = a.dataset.collate([i for i in range(3) if int(a.dataset.series[i]) != 2])
-    batch_b = b.dataset.collate(list(range(2)))
+    # a variable the model does not read is left out and counted (as an ignored column, and as in training)
+    assert b.skipped.height == 0 and b.row_counts == {"rows of variables not used": 1}
+    assert b.n_forecast == a.n_forecast == 3
+    batch_a = a.dataset.collate(list(range(3)))
+    batch_b = b.dataset.collate(list(range(3)))
     for name in ("x", "x_mask", "t", "dt", "query_t", "origin"):
         assert getattr(batch_a, name).equal(getattr(batch_b, name)), name
+    # a variable no series of the chunk observed is missing throughout, not an error (the other targets are seen)
+    c = prepare(melted.filter(pl.col("variable") != "x2"), long, Options())
+    assert c.n_forecast == 3 and not c.dataset.collate([0]).x_mask[..., 1].any()
 
 
 def test_the_shipped_job_config_runs(trained, tmp_path):

@@ -195,7 +195,7 @@ def test_python_api_predicts_a_frame_at_given_query_times(tmp_path):
     dm = SeriesDataModule.from_frame(frame, time_unit="s", observe=8.0, forecast=3.0, predict_queries=[0.5, 2.0])
     model = model_for(dm)
     _trainer(tmp_path, fast_dev_run=True).fit(model, dm)
-    out = predict_frame(model, dm)
+    out = predict_frame(model, frame)  # the DataModule of its fit says how the rows are prepared
     last = frame["time"].max()
     assert out["time"].to_list() == pytest.approx([last + 0.5] * 2 + [last + 2.0] * 2)
     assert out["variable"].to_list() == ["a", "b", "a", "b"]

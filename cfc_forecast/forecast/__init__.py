@@ -16,28 +16,13 @@ import sys
 
 from jsonargparse import auto_cli
 
-from cfc_forecast.forecast.job import ForecastJob, JobResult, check_trained_options
+from cfc_forecast.forecast.job import ForecastJob, JobResult
+from cfc_forecast.forecast.options import options_for
 from cfc_forecast.forecast.prepare import Options
+from cfc_forecast.forecast.rows import Forecasts, forecast_report, forecast_rows
 from cfc_forecast.forecast.trained import JobError
 
-__all__ = ["ForecastJob", "JobError", "JobResult", "forecast", "main"]
-
-
-def _origins(job: ForecastJob, origins: list[str | float] | None) -> list[float] | None:
-    if origins is None:
-        return None
-    from datamodules.splits import user_time
-    from datamodules.timing import TimeCodec
-
-    tz = None
-    if job.trained.time_is_datetime:
-        dtype = job.lf.collect_schema()[job.trained.time_column]
-        tz = getattr(dtype, "time_zone", None)
-    codec = TimeCodec(job.trained.time_unit, job.trained.time_is_datetime, tz)
-    try:
-        return sorted({user_time(o, codec, "--origins") for o in origins})
-    except ValueError as err:
-        raise JobError(str(err)) from None
+__all__ = ["ForecastJob", "Forecasts", "JobError", "JobResult", "forecast", "forecast_report", "forecast_rows", "main"]
 
 
 def forecast(
@@ -75,8 +60,6 @@ def forecast(
         The exit status: 0 forecasts written, 1 nothing could be forecast, 2 the job cannot run.
     """
     try:
-        from datamodules.timing import parse_duration
-
         job_options = {"origins": origins, "query_times": query_times, "min_rows": min_rows}
         trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
         job = ForecastJob(
@@ -90,13 +73,8 @@ def forecast(
             progress,
             job_options,
         )
-        unit = job.trained.time_unit
-        try:
-            queries = sorted({parse_duration(q, unit, "--query_times") for q in query_times}) if query_times else None
-        except ValueError as err:
-            raise JobError(str(err)) from None
-        job.options.query_times, job.options.origins = queries, _origins(job, origins)
-        check_trained_options(job.trained, job.options)
+        time_dtype = job.lf.collect_schema()[job.trained.time_column]
+        job.options = options_for(job.trained, time_dtype, origins, query_times, min_rows)
         result = job.run()
     except JobError as err:
         print(f"cfc-forecast forecast: error: {err}", file=sys.stderr)

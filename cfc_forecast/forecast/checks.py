@@ -1,8 +1,13 @@
 """Per-series checks of a chunk's raw rows: which series cannot be forecast, and why.
 
 A series is skipped (never the whole job) for time stamps that are empty, do not parse, repeat, or go backwards in
-the input's row order; text or infinite values; variables the model does not know (long layout) or never observed;
-nothing observed; no per-series scaling statistics when the model was scaled per series.
+the input's row order; text or infinite values; rows without a variable name (long layout); nothing observed;
+no target ever observed (its forecasts would rest on nothing the series said about what is forecast; a variable
+that a series never observed while it observed a target is a missing value like any other, as in training, where
+windows routinely lack some channels); no per-series scaling statistics when the model was scaled per series.
+Rows of variables the model does not read (long layout) are left out and counted, as columns it does not read are
+ignored, and as in training. ``cfc-forecast predict``, ``forecast_rows`` and the batch job all apply these rules
+(and ``prepare``'s).
 """
 
 from __future__ import annotations
@@ -51,7 +56,6 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     """(series, reason) for every series of ``frame`` (reason null when it may be forecast)."""
     t, var, val = pl.col(TIME), pl.col(trained.variable_column), pl.col(trained.value_column)
     long = trained.layout == "long"
-    known = var.is_in(trained.variables) if long else pl.lit(True)
     observed = [
         (var.eq(v) & val.is_not_null()).any() if long else pl.col(v).is_not_null().any() for v in trained.variables
     ]
@@ -59,11 +63,7 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     # equals the previous row's; a long row repeats a (time, variable) pair
     repeated = pl.struct(TIME, trained.variable_column).is_duplicated().any() if long else (t.diff() == 0).any()
     duplicated = repeated if trained.duplicates == "error" else pl.lit(False)
-    by_layout = (
-        [var.filter(~known & var.is_not_null()).unique().sort().alias("unknown"), var.is_null().sum().alias("no_name")]
-        if long
-        else []
-    )
+    by_layout = [var.is_null().sum().alias("no_name")] if long else []
     per = (
         frame.with_columns(codec.encode(pl.col(trained.time_column)).alias(TIME))
         .group_by(ID)
@@ -78,11 +78,7 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
         )
     )
     has = [pl.col(f"has/{v}") for v in trained.variables]
-    missing = pl.concat_str(
-        [pl.when(~h).then(pl.lit(v)) for h, v in zip(has, trained.variables, strict=True)],
-        separator=", ",
-        ignore_nulls=True,
-    )
+    has_target = [pl.col(f"has/{v}") for v in trained.targets]
     checks = [
         (pl.col("no_time") > 0, pl.format("{} empty or unparseable time stamps", pl.col("no_time"))),
         (pl.col("back"), pl.lit("decreasing time stamps (rows out of time order)")),
@@ -92,11 +88,9 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     ]
     if long:
         checks.append((pl.col("no_name") > 0, pl.lit("rows with an empty variable name")))
-        checks.append(
-            (pl.col("unknown").list.len() > 0, pl.format("unknown variables [{}]", pl.col("unknown").list.join(", ")))
-        )
     checks.append((~pl.any_horizontal(has), pl.lit("nothing observed")))
-    checks.append((pl.any_horizontal(has) & ~pl.all_horizontal(has), pl.format("missing variables [{}]", missing)))
+    never = pl.any_horizontal(has) & ~pl.any_horizontal(has_target)
+    checks.append((never, pl.lit(f"no target observed [{', '.join(trained.targets)}]")))
     if trained.scaler_ids is not None:
         unseen = ~pl.col(ID).is_in(pl.Series(trained.scaler_ids))
         checks.append((unseen, pl.lit("no per-series scaling statistics (series not in the training data)")))

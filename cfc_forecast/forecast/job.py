@@ -14,23 +14,18 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-import lightning.pytorch as L
-import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cfc_forecast.forecast.prepare import Chunk, Options, prepare
+from cfc_forecast.forecast.rows import KEYS, predict_chunk, sorted_frame, spacing_note, trainer_for
 from cfc_forecast.forecast.source import ChunkReader, Plan, describe_ids, input_files, plan, scan
 from cfc_forecast.forecast.store import OutputFolder, fingerprint, reason_kind
-from cfc_forecast.forecast.trained import JobError, Trained, read_checkpoint
-from cfc_forecast.writer import forecast_frame
-
-KEYS = ["series", "origin_time", "time", "variable"]
+from cfc_forecast.forecast.trained import JobError, model_from, read_checkpoint
 
 
 @dataclass
@@ -105,20 +100,12 @@ class ForecastJob:
         self._forecast_chunks(the_plan, reader, done)
         return self._finish(the_plan, start)
 
-    def _trainer(self) -> L.Trainer:
-        kwargs = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-        kwargs.update(self.trainer_kwargs)
-        devices = kwargs.get("devices", 1)
-        if kwargs.get("strategy", "auto") == "auto" and devices not in (1, "1", [0]):
-            kwargs["strategy"] = "ddp"  # re-runs the command per process (no pickling of the job)
-        return L.Trainer(**kwargs)
-
     def _forecast_chunks(self, the_plan: Plan, reader: ChunkReader, done: dict[int, dict[str, Any]]) -> None:
         """Forecast the chunks not done yet. While the model runs on chunk k, a thread reads and prepares chunk
         k + 1 and another writes chunk k - 1 (polars, numpy and torch release the GIL in their heavy work), so
         with a core to spare the data handling hides behind the forward pass; at most three chunks are held."""
         model = model_from(self.ckpt)
-        trainer = self._trainer()
+        trainer = trainer_for(self.trainer_kwargs)
         pending = [k for k in range(the_plan.n_chunks) if k not in done]
         bar = tqdm(
             total=len(the_plan.ids),
@@ -140,7 +127,7 @@ class ForecastJob:
             for i, k in enumerate(pending):
                 chunk = ahead.result()
                 ahead = loader.submit(load, pending[i + 1]) if i + 1 < len(pending) else None
-                outputs = self._predict(trainer, model, chunk)
+                outputs = predict_chunk(trainer, model, chunk, self.batch_size)
                 chunk.dataset = None  # the writer needs the ids and times, not the tensors: free them now
                 if writing is not None:
                     writing.result()  # one write in flight: a failed write stops the job before the next
@@ -154,19 +141,6 @@ class ForecastJob:
         bar.close()
         if trainer.global_rank != 0:  # the other processes end here; rank 0 writes the report
             raise SystemExit(0)
-
-    def _predict(self, trainer: L.Trainer, model: L.LightningModule, chunk: Chunk) -> list[dict[str, torch.Tensor]]:
-        """The chunk's ``predict_step`` outputs (on rank 0, every process's)."""
-        if chunk.dataset is None:
-            return []
-        ds = chunk.dataset
-        loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=ds.collate)
-        outputs = [{k: v.cpu() for k, v in o.items()} for o in trainer.predict(model, loader)]
-        if trainer.world_size > 1:
-            gathered = [None] * trainer.world_size if trainer.global_rank == 0 else None
-            torch.distributed.gather_object(outputs, gathered, dst=0)
-            outputs = [o for part in gathered or [] for o in part]
-        return outputs
 
     def _write(self, k: int, chunk: Chunk, outputs: list[dict[str, torch.Tensor]], several: bool) -> None:
         frame = sorted_frame(outputs, chunk, self.trained.quantiles)
@@ -217,66 +191,4 @@ class ForecastJob:
 
     def _spacing_note(self, records: dict[int, dict[str, Any]]) -> list[str]:
         spacings = [r["spacing"] for r in records.values() if r["spacing"] == r["spacing"]]
-        if not spacings:
-            return []
-        here, trained = sorted(spacings)[len(spacings) // 2], self.trained.median_step
-        if trained > 0 and not 0.1 <= here / trained <= 10:
-            return [
-                f"the input's median spacing is {here:g} {self.trained.time_unit}, the training data's "
-                f"{trained:g}: are the times in {self.trained.time_unit!r} as the model expects?"
-            ]
-        return []
-
-
-def sorted_frame(outputs: list[dict[str, torch.Tensor]], chunk: Chunk, quantiles: list[float] | None) -> pl.DataFrame:
-    """``forecast_frame`` with its rows sorted by ``KEYS`` as ``predict`` writes them: the windows put in (series,
-    origin) order and the targets in name order first, so a sort of every row is needed only when a window's query
-    times do not increase."""
-    if not outputs:
-        return pl.DataFrame()
-    cat = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
-    order = torch.from_numpy(np.lexsort((cat["origin"].numpy(), cat["series"].numpy())))
-    names = list(chunk.target_names)
-    by_name = sorted(range(len(names)), key=names.__getitem__)
-    cat = {k: v[order] for k, v in cat.items()}
-    cat["prediction"] = cat["prediction"][:, :, by_name]  # (W, K, C, Q)
-    frame = forecast_frame([cat], replace(chunk, target_names=[names[i] for i in by_name]), quantiles)
-    times, mask = cat["time"].numpy(), cat["mask"].numpy()  # (W, K): real queries come first
-    increasing = bool((np.diff(times, axis=1) > 0)[mask[:, 1:]].all())
-    return frame if increasing else frame.sort(KEYS, maintain_order=True)
-
-
-def model_from(ckpt: dict[str, Any]) -> L.LightningModule:
-    """The ``ForecastModule`` of a loaded checkpoint (what ``load_from_checkpoint`` does, without reading the
-    file a second time)."""
-    from cfc_forecast.module import ForecastModule
-
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    try:
-        model = ForecastModule(**hparams)
-        model.on_load_checkpoint(ckpt)
-        model.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError) as err:  # hyperparameters or weights of another cfc-forecast version
-        raise JobError(f"the checkpoint does not fit this version's ForecastModule ({err}); refit the model") from None
-    return model.eval()
-
-
-def check_trained_options(trained: Trained, options: Options) -> None:
-    """Refuse query times a model cannot honour, before anything is written.
-
-    Raises:
-        JobError: query times for a model whose head forecasts fixed steps, query times <= 0, or none for a
-            model trained on one window per series without a forecast span.
-    """
-    spec = trained.spec
-    if options.query_times is None and trained.predict_queries is None and spec.mode == "fixed" and not spec.forecast:
-        raise JobError("the model forecasts one window per series without a forecast span: give --query_times")
-    if options.query_times is None:
-        return
-    if trained.head != "continuous":
-        raise JobError(
-            f"--query_times needs a model with the continuous-time head; this model's head is {trained.head!r} "
-            f"(it forecasts {trained.spec.horizon or 'its trained'} steps ahead)"
-        )
-    if min(options.query_times) <= 0:
-        raise JobError(f"--query_times must be > 0 (times after the origin), got {options.query_times}")
+        return spacing_note(sorted(spacings)[len(spacings) // 2], self.trained) if spacings else []

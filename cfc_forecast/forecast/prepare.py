@@ -3,8 +3,8 @@
 Every series is checked on its own (``checks``; a bad series never stops the job), and so is every window (too
 few rows before the origin for the model's context, or none in its input span). The rest is prepared as the
 DataModule prepares it, with its own code where it can be (``canonical_table`` or an equivalent shortcut, the
-scaler fitted in training, ``SeriesTensors``, ``median_steps``, ``WindowDataset``), so the windows equal those
-``cfc-forecast predict`` builds from the same data.
+scaler fitted in training, ``SeriesTensors``, ``median_steps``, ``WindowDataset``). This is the one preparation of
+rows to forecast: ``forecast_rows`` (``cfc-forecast predict``, the Python API) and the batch job both call it.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.build import _first_dt
 from datamodules.dataset import SeriesTensors, WindowDataset
 from datamodules.io import SERIES, TIME, Table, canonical_table
-from datamodules.predict import median_steps
 from datamodules.scaling import Scaler
-from datamodules.timing import TimeCodec, calendar_features
+from datamodules.timing import TimeCodec, calendar_features, median_steps
 from datamodules.windows import Windows
 
 
@@ -118,6 +117,7 @@ def _table(frame: pl.DataFrame, trained: Trained, codec: TimeCodec, source: str)
             duplicates="first" if trained.duplicates == "error" else trained.duplicates,
             variable_column=trained.variable_column,
             value_column=trained.value_column,
+            every_variable=False,  # a chunk's series may all lack a variable (a missing value, as in training)
         )
     empty = pl.all_horizontal(pl.col(v).is_null() for v in trained.variables)
     n_empty = int(frame.select(empty.sum()).item())
@@ -192,7 +192,7 @@ def _rows_before(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, cut
 def _origin_windows(
     series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, options: Options
 ) -> tuple[Windows, np.ndarray]:
-    """Windows ending at each series' last row (as ``datamodules.windows.end_windows``) or before each origin,
+    """Windows ending at each series' last row or before each origin,
     and (3, W) flags: too few rows for the context, one row only (set by ``_queries`` when the spacing decides
     the query times), no input row."""
     spec, first = trained.spec, offsets[:-1]
@@ -220,7 +220,9 @@ def _origin_windows(
 
 
 def _queries(w: Windows, step: np.ndarray, offsets: np.ndarray, trained: Trained, options: Options, problems):
-    """(W, K) query times after each origin and their validity, as ``datamodules.predict.predict_dataset``."""
+    """(W, K) query times after each origin and their validity: the given ones, else the checkpoint's
+    ``predict_queries``, else the trained horizon K (count windows) or the forecast span D, at the series' own
+    median spacing."""
     given = options.query_times if options.query_times is not None else trained.predict_queries
     if given is not None:
         q = np.tile(np.asarray(given, dtype=np.float64), (len(w), 1))

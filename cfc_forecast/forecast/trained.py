@@ -75,24 +75,23 @@ class Trained:
         return keys + ([self.variable_column, self.value_column] if self.layout == "long" else self.variables)
 
 
-def _data_state(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+def _data_state(ckpt: dict[str, Any], label: str) -> dict[str, Any]:
     for key, value in ckpt.items():
         if isinstance(value, dict) and "targets" in value and "target_loc" in value:
             if "preprocessing" not in value:
                 raise JobError(
-                    f"{path}: the checkpoint stores no preprocessing state (saved by an older cfc-forecast); "
-                    "refit the model with this version (cfc-forecast fit) to forecast with it in a job"
+                    f"{label}: the checkpoint stores no preprocessing state (saved by an older cfc-forecast); "
+                    "refit the model with this version (cfc-forecast fit) to forecast with it"
                 )
             return value["preprocessing"] | {"inputs": value["inputs"], "targets": value["targets"], "dm": key}
-    raise JobError(f"{path}: no DataModule state in the checkpoint; was it written by cfc-forecast fit?")
+    raise JobError(f"{label}: no DataModule state in the checkpoint; was it written by cfc-forecast fit?")
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Trained]:
     """Load a checkpoint's contents (on the CPU) and its data contract.
 
     Raises:
-        JobError: a missing or unreadable file, a checkpoint without the DataModule's preprocessing state, or a
-            model this job cannot feed (static or known-future covariates, per-step targets).
+        JobError: a missing or unreadable file, or a checkpoint :func:`contract` refuses.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,21 +102,53 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Trained]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise JobError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    state, hp = _data_state(ckpt, path), ckpt.get("hyper_parameters", {})
+    return ckpt, contract(ckpt, str(path))
+
+
+def live_checkpoint(model: Any, datamodule: Any) -> dict[str, Any]:
+    """What ``cfc-forecast fit`` would save for a model fitted in Python on ``datamodule``: its hyperparameters,
+    its weights and the DataModule's fitted state (nothing is refitted: the DataModule was built when it was fitted).
+
+    Raises:
+        JobError: the model was built for other variables than the DataModule serves.
+    """
+    hp = dict(model.hparams)
+    for key, names in (("input_names", datamodule.input_names), ("target_names", datamodule.target_names)):
+        if hp.get(key) is not None and list(hp[key]) != list(names):
+            raise JobError(
+                f"the model was built for {key.split('_')[0]}s {list(hp[key])}, its DataModule serves "
+                f"{list(names)}; give the DataModule the model was fitted on"
+            )
+    if (hp.get("n_inputs"), hp.get("n_targets")) != (len(datamodule.input_names), len(datamodule.target_names)):
+        raise JobError(
+            f"the model was built for {hp.get('n_inputs')} inputs and {hp.get('n_targets')} targets, its DataModule "
+            f"serves {datamodule.input_names} and {datamodule.target_names}; give the DataModule it was fitted on"
+        )
+    state = {type(datamodule).__name__: datamodule.state_dict()}
+    return {"hyper_parameters": hp, "state_dict": model.state_dict(), **state}
+
+
+def contract(ckpt: dict[str, Any], label: str) -> Trained:
+    """The data contract of a loaded checkpoint (``label`` names it in messages).
+
+    Raises:
+        JobError: no DataModule preprocessing state, or a model that cannot be fed from raw rows alone (static or
+            known-future covariates, per-step targets).
+    """
+    state, hp = _data_state(ckpt, label), ckpt.get("hyper_parameters", {})
     if state["static"] or state["known_future"] or hp.get("n_static") or hp.get("n_future", 0) > len(state["calendar"]):
         raise JobError(
-            f"{path}: the model reads static covariates {state['static']} or known-future variables "
-            f"{state['known_future']}; forecasting jobs do not support them yet: use cfc-forecast predict"
+            f"{label}: the model reads static covariates {state['static']} or known-future variables "
+            f"{state['known_future']}; forecasting from a checkpoint does not support them yet: forecast the "
+            "test windows of its training data with cfc-forecast predict --predict_windows=test"
         )
     from cfc_forecast.module import _resolve_head
 
     head = _resolve_head(hp.get("head", "auto"), hp.get("horizon"))
     if head == "step":
-        raise JobError(
-            f"{path}: a per-step model (head 'step') forecasts no future; forecasting jobs need another head"
-        )
+        raise JobError(f"{label}: a per-step model (head 'step') forecasts no future; forecasting needs another head")
     w, scaler = state["window"], state["scaler"]
-    trained = Trained(
+    return Trained(
         inputs=list(state["inputs"]),
         targets=list(state["targets"]),
         variables=list(scaler["names"]),
@@ -142,7 +173,25 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Trained]:
         head=head,
         quantiles=list(hp["quantiles"]) if hp.get("loss") == "pinball" else None,
     )
-    return ckpt, trained
+
+
+def model_from(ckpt: dict[str, Any]) -> Any:
+    """The ``ForecastModule`` of a loaded checkpoint, in eval mode (what ``load_from_checkpoint`` does, without
+    reading the file a second time; constructor arguments cannot be overridden, so nothing bypasses the contract).
+
+    Raises:
+        JobError: hyperparameters or weights of another cfc-forecast version.
+    """
+    from cfc_forecast.module import ForecastModule
+
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    try:
+        model = ForecastModule(**hparams)
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError) as err:  # hyperparameters or weights of another cfc-forecast version
+        raise JobError(f"the checkpoint does not fit this version's ForecastModule ({err}); refit the model") from None
+    return model.eval()
 
 
 def check_schema(schema: pl.Schema, trained: Trained, source: str) -> list[str]:

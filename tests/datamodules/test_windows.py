@@ -124,16 +124,16 @@ def test_step_targets_and_dt_from_zero() -> None:
     assert torch.equal(b.dt, torch.tensor([[0.0, 1.0, 2.0], [1.0, 2.0, 1.0]]))
 
 
-def test_predict_windows_end_at_each_series(tiny_wide: pl.DataFrame) -> None:
+def test_the_predict_split_is_the_test_windows_without_targets(tiny_wide: pl.DataFrame) -> None:
     dm = SeriesDataModule.from_frame(
-        tiny_wide, id_column="id", targets=["y"], lookback=3, horizon=2, scaling="none", split_times=[100.0, 200.0]
+        tiny_wide, id_column="id", targets=["y"], lookback=2, horizon=1, scaling="none", split_times=[3.0, 4.0]
     )
-    b = dm.dataset("predict").collate([0, 1])
-    assert b.y is None
-    assert b.origin.tolist() == [5.0, 4.0]
-    assert torch.equal(b.query_t, torch.tensor([[1.0, 2.0], [1.0, 2.0]]))
-    assert dm.decode_times(b.origin + b.query_t[:, 1].double()).to_list() == [7.0, 6.0]
-    assert dm.series_ids == ["a", "b"]
+    test, predict = dm.dataset("test"), dm.dataset("predict")
+    assert len(predict) == len(test) > 0
+    a, b = test.collate(list(range(len(test)))), predict.collate(list(range(len(test))))
+    assert b.y is None and a.y is not None
+    for name in ("x", "t", "query_t", "origin", "series"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 def test_too_short_series_are_counted_and_nothing_left_is_an_error(tiny_wide: pl.DataFrame) -> None:
