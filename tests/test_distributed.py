@@ -8,6 +8,9 @@ fit, validate and test agree with a single process whatever the number of proces
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
@@ -16,17 +19,19 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from cfc_forecast.cli import cli
 from datamodules import SeriesDataModule
 from datamodules.sharding import EvalShardSampler, placeholder
 from tests.conftest import model_for
 
+ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-6  # float32 forecasts of the same windows in other batches: rounding apart, not bit for bit
 
 
 class FixedSplits(SeriesDataModule):
     """One window per series (a fixed origin); the last ``2 * n_eval`` series are validation, then test."""
 
-    n_eval = 1
+    n_eval = 3
 
     def _assign_series(self, ids: pl.Series) -> np.ndarray:
         return np.array([0] * (len(ids) - 2 * self.n_eval) + [1] * self.n_eval + [2] * self.n_eval)
@@ -137,3 +142,23 @@ def test_a_placeholder_window_counts_in_no_metric():
     assert padded.x[1, : len(first)].equal(first)  # the window itself is real: the model runs as on any other
     with pytest.raises(ValueError, match="rank"):
         EvalShardSampler(ds, 2, 2)
+
+
+@pytest.mark.slow
+def test_the_test_command_on_two_ddp_processes_scores_as_on_one(tmp_path, monkeypatch):
+    # the reported command line: `cfc-forecast test` of one checkpoint on 3 windows, 1 process vs 2 DDP processes
+    monkeypatch.setattr("sys.argv", ["cfc-forecast"])
+    irregular_frame(4 + 2 * FixedSplits.n_eval).write_csv(tmp_path / "series.csv")
+    data = ["--data=tests.test_distributed.FixedSplits", f"--data.path={tmp_path / 'series.csv'}",
+            "--data.id_column=id", "--data.time_column=t", "--data.time_unit=s", "--data.observe=8",
+            "--data.forecast=4", "--data.origin=20", "--data.split_by=series", "--data.batch_size=2"]  # fmt: skip
+    model = ["--model.hidden_size=8", "--model.backbone_units=16", "--model.impl=python"]
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    cli(["fit", *data, *model, *quiet, "--trainer.max_epochs=1", f"--run_dir={tmp_path / 'fit'}"])
+    test = ["test", f"--config={tmp_path / 'fit' / 'config.yaml'}", *quiet,
+            f"--ckpt_path={tmp_path / 'fit' / 'checkpoints' / 'best.ckpt'}"]  # fmt: skip
+    one = cli([*test, f"--run_dir={tmp_path / 'one'}"]).trainer.callback_metrics
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", f"--run_dir={tmp_path}/two"]
+    subprocess.run([sys.executable, "-m", "cfc_forecast.cli", *test, *ddp], check=True, cwd=ROOT, timeout=300)
+    two = pl.read_csv(tmp_path / "two" / "metrics.csv").select(pl.col("^test/.*$")).drop_nulls().row(0, named=True)
+    assert two == pytest.approx(evaluated(one, "test"), rel=TOLERANCE, abs=TOLERANCE)
