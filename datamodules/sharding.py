@@ -20,11 +20,6 @@ def placeholder(index: int) -> int:
     return -1 - index
 
 
-def is_placeholder(index: int) -> bool:
-    """Whether a sampler index is a placeholder (negative)."""
-    return index < 0
-
-
 class EvalShardSampler(DistributedSampler):
     """Rank ``rank``'s share of an evaluation split of ``len(dataset)`` windows, in order, without padding.
 
