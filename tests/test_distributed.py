@@ -114,6 +114,8 @@ def check_fit_validate_test(tmp_path, devices: int, n_eval: int) -> None:
     assert_same(val, reference, "val")
     (test,) = trainer(devices).test(model, datamodule(n_eval), verbose=False)
     assert_same(test, reference, "test")
+    (after_fit,) = fit.test(model, datamodule(n_eval), verbose=False)  # the fit's own trainer, as --test_after_fit
+    assert_same(after_fit, reference, "test")
 
 
 # the reported case is 3 windows on 2 ranks (a padded sampler counts one twice); 1 window on 3 ranks leaves two
