@@ -88,6 +88,12 @@ class ForecastCLI(LightningCLI):
         )
         parser.add_argument("--monitor", type=str, default="val/loss", help="fit: the metric that picks best.ckpt.")
         parser.add_argument(
+            "--monitor_mode",
+            type=Literal["min", "max"],
+            default="min",
+            help="fit: whether best.ckpt holds the lowest ('min') or the highest ('max') value of --monitor.",
+        )
+        parser.add_argument(
             "--predict_windows",
             type=Literal["last", "test"],
             default="last",
@@ -120,7 +126,7 @@ class ForecastCLI(LightningCLI):
                     dirpath=self.run_dir / "checkpoints",
                     filename="best",
                     monitor=cfg.monitor,
-                    mode="min",
+                    mode=cfg.monitor_mode,
                     save_last=True,
                     auto_insert_metric_name=False,
                 )

@@ -4,7 +4,8 @@ It builds the network from plain values (``save_hyperparameters``, so a checkpoi
 addresses every value as ``model.<name>``), computes the masked loss, logs ``{stage}/loss`` and the masked metrics
 ``{stage}/mse``, ``{stage}/mae``, ``{stage}/mse_per_var``, ``{stage}/mae_per_var`` (with quantiles also
 ``{stage}/wql`` and ``{stage}/coverage``) in the data's scaled units, and returns forecasts in original units from
-``predict_step``.
+``predict_step``. Evaluation logs nothing per batch: ``{stage}/loss`` and the metrics are computed once per epoch
+from summed states (:mod:`cfc_forecast.metrics`), the same on one process and on any number of DDP ranks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cfc_forecast.heads import MLPActivation, build_head
 from cfc_forecast.inputs import ElapsedTime, Fill, InputEncoding
 from cfc_forecast.linear import LastValueSkip, LinearPath
 from cfc_forecast.losses import REDUCTIONS, LossName, Reduction, masked_loss, point_index
-from cfc_forecast.metrics import ForecastMetrics
+from cfc_forecast.metrics import ForecastMetrics, MaskedLoss
 from cfc_forecast.network import Forecaster, StaticInto
 from cfc_forecast.optim import OptimizerName, SchedulerName, configure
 from cfc_forecast.revin import RevIN
@@ -138,7 +139,9 @@ class ForecastModule(L.LightningModule):
         self.n_outputs = len(quantiles) if loss == "pinball" else 1
         self.point = point_index(quantiles if loss == "pinball" else None)
         self.net = self._build()
-        self.metrics = nn.ModuleDict({s: ForecastMetrics(n_targets, self.quantile_levels) for s in ("val", "test")})
+        q, stages = self.quantile_levels, ("val", "test")
+        self.metrics = nn.ModuleDict({s: ForecastMetrics(n_targets, q) for s in stages})
+        self.losses = nn.ModuleDict({s: MaskedLoss(n_targets, loss, q, huber_delta, loss_reduction) for s in stages})
 
     @property
     def quantile_levels(self) -> list[float] | None:
@@ -224,39 +227,35 @@ class ForecastModule(L.LightningModule):
             raise ValueError("this batch has no targets (a prediction batch?)")
         return batch.y, batch.y_mask
 
-    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         pred = self(batch)
         y, mask = self._truth(batch)
         h = self.hparams
         loss = masked_loss(pred, y, mask, h.loss, self.quantile_levels, h.huber_delta, h.loss_reduction)
-        train = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            batch_size=batch.batch_size,
-            on_step=train,
-            on_epoch=not train,
-            prog_bar=True,
-            sync_dist=not train,
-        )
-        if stage in self.metrics:
-            self.metrics[stage].update(pred.detach(), y, mask)
+        self.log("train/loss", loss, batch_size=batch.batch_size, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+    def _evaluation_step(self, batch: Batch, stage: str) -> None:
+        # only summed states here: {stage}/loss and the metrics are computed once per epoch from them
+        pred = self(batch).detach()
+        y, mask = self._truth(batch)
+        self.losses[stage].update(pred, y, mask)
+        self.metrics[stage].update(pred, y, mask)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        self._evaluation_step(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        self._evaluation_step(batch, "test")
 
     def _log_metrics(self, stage: str) -> None:
-        # compute() reduces the summed states over every process, so each rank logs the same numbers (as floats:
-        # Lightning would otherwise ask for a second, redundant reduction under DDP)
-        values = self.metrics[stage].compute()
-        self.log_dict({f"{stage}/{k}": float(v) for k, v in values.items()})
+        # compute() sums the states over every process (every rank calls it, a rank without windows of its own
+        # included: the DataModule gives it a placeholder batch), so each rank holds the same exact numbers. The
+        # max over identical values is that value: it tells Lightning they are synced, where a mean would round
+        sync = {"sync_dist": True, "reduce_fx": "max"}
+        self.log(f"{stage}/loss", self.losses[stage].compute(), prog_bar=True, **sync)
+        self.log_dict({f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}, **sync)
+        self.losses[stage].reset()
         self.metrics[stage].reset()
 
     def on_validation_epoch_end(self) -> None:

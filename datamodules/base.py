@@ -22,6 +22,7 @@ from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
 from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
 from datamodules.scaling import ScaleBy, ScaleMethod
+from datamodules.sharding import EvalShardSampler
 from datamodules.splits import seeded_series_split, split_plan, user_time
 from datamodules.timing import CalendarFeature, TimeUnit, check_unit, median_steps
 from datamodules.windows import window_spec
@@ -195,6 +196,9 @@ class SeriesDataModule(L.LightningDataModule):
             h.step_targets,
             self.first_dt_from_zero,
         )
+        # computed here, not when a checkpoint is saved: polars deadlocks in a process forked from one that used it
+        # (DDP's fork and notebook strategies), and the checkpoint is saved in those processes
+        self._median_step = float(np.median(median_steps(self._built.offsets, self._built.tensors.times.numpy())))
         sizes = {k: len(v) for k, v in self._built.windows.items()}
         log.info(
             "%s: %d series, windows %s, skipped %s", self._source(), len(table.series_ids), sizes, self._built.counts
@@ -308,7 +312,7 @@ class SeriesDataModule(L.LightningDataModule):
             "predict_queries": None if h.predict_queries is None else [float(q) for q in h.predict_queries],
             "first_dt_from_zero": self.first_dt_from_zero,
             # the typical spacing of the training series: a job warns when new data are spaced very differently
-            "median_step": float(np.median(median_steps(b.offsets, b.tensors.times.numpy()))),
+            "median_step": self._median_step,
             "scaler": {
                 "names": list(scaler.names),
                 "loc": scaler.loc.tolist(),
@@ -331,10 +335,16 @@ class SeriesDataModule(L.LightningDataModule):
 
     def _loader(self, split: Literal["train", "val", "test", "predict"]) -> DataLoader:
         ds, h = self.dataset(split), self.cfg
+        sampler = None
+        shards = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if split in ("val", "test") and shards and shards["num_replicas"] > 1:
+            # each window on one rank, none repeated: the metrics reduce to the single-process values exactly
+            sampler = EvalShardSampler(ds, shards["num_replicas"], shards["rank"])
         return DataLoader(
             ds,
             batch_size=h.batch_size,
             shuffle=split == "train",
+            sampler=sampler,
             collate_fn=ds.collate,
             num_workers=h.num_workers,
             pin_memory=h.pin_memory,

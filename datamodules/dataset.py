@@ -94,9 +94,15 @@ class WindowDataset(Dataset):
         return index
 
     def collate(self, indices: list[int]) -> Batch:
-        """Gather windows ``indices`` into one padded ``Batch``."""
+        """Gather windows ``indices`` into one padded ``Batch``.
+
+        A negative index ``-1 - i`` (:func:`datamodules.sharding.placeholder`) gives window ``i`` with every target
+        masked out: it counts in no loss or metric (what an evaluation rank without windows of its own runs).
+        """
         d = self.data
         w = torch.as_tensor(indices, dtype=torch.int64)
+        counted = w >= 0  # (B,)
+        w = torch.where(counted, w, -1 - w)
         in_lo, in_hi, tg_lo, tg_hi = self.bounds[:, w]
         series, origin = self.series[w], self.origin[w]
         rows, step_mask = _rows(in_lo, in_hi)  # (B, T)
@@ -118,7 +124,7 @@ class WindowDataset(Dataset):
             static=None if d.static is None else d.static[series],
         )
         if d.step_targets:
-            batch.y_step, batch.y_step_mask = _gather(d, rows, step_mask, d.target_cols)
+            batch.y_step, batch.y_step_mask = _gather(d, rows, step_mask & counted[:, None], d.target_cols)
         if self.queries is not None:
             batch.query_t = self.queries[w].float()
             batch.query_mask = self.query_mask[w]
@@ -130,7 +136,7 @@ class WindowDataset(Dataset):
             if d.future is not None:
                 batch.future = d.future[k_rows] * query_mask[..., None]
             if self.with_targets:
-                batch.y, batch.y_mask = _gather(d, k_rows, query_mask, d.target_cols)
+                batch.y, batch.y_mask = _gather(d, k_rows, query_mask & counted[:, None], d.target_cols)
         batch.check()
         return batch
 

@@ -265,7 +265,8 @@ def test_a_hopeless_trial_is_pruned_and_a_crashing_trial_fails_without_stopping_
     assert not trials[2].intermediate_values[0] <= first_epochs[-1]  # worse than both (or NaN)
     assert "quantiles" in trials[3].user_attrs["failure"]
     out = capsys.readouterr().out
-    assert "trial    2 PRUNED   pruned after 1 epoch(s)" in out and "trial    3 FAIL     failed: the fit exited" in out
+    assert "trial    2 PRUNED   pruned after 1 validation(s)" in out
+    assert "trial    3 FAIL     failed: the fit exited" in out
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ from cfc_forecast.cli import ForecastCLI
 from cfc_forecast.tune.space import Param, cli_args
 
 # keys the tuner sets for every trial; a study that sets them would fight it
-RESERVED = ("run_dir", "runs_root", "test_after_fit", "ckpt_path", "trainer.callbacks", "trainer.fast_dev_run")
+RESERVED = ("run_dir", "runs_root", "test_after_fit", "ckpt_path", "trainer.callbacks", "trainer.fast_dev_run",
+            "monitor", "monitor_mode")  # fmt: skip
 
 
 class _Built(Exception):

@@ -19,12 +19,12 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 CALLBACK = "cfc_forecast.tune.pruning.TrialPruning"
-COLUMNS = ("number", "state", "value", "epochs", "duration_s")
+COLUMNS = ("number", "state", "value", "validations", "duration_s")
 NOTE_WIDTH = 60  # the printed table cuts notes (failure reasons) here; trials.csv has them whole
 
 
 def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value, epochs, duration, the fit value of every key, worker, note."""
+    """One row per trial: number, state, value, validations, duration, the fit value of every key, worker, note."""
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         values = t.user_attrs.get("fit_values", {})
@@ -32,7 +32,7 @@ def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:
             "number": t.number,
             "state": t.state.name,
             "value": t.value if t.state == TrialState.COMPLETE else None,
-            "epochs": len(t.intermediate_values) or None,
+            "validations": len(t.intermediate_values) or None,
             "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
         }
         row.update({k: values.get(k) for k in keys})
@@ -46,7 +46,7 @@ def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    """The trials as a fixed-width table (number, state, value, epochs, duration, the tuned keys, a short note)."""
+    """The trials as a fixed-width table (number, state, value, validations, duration, the tuned keys, a short note)."""
     header = [*COLUMNS, *keys, "note"]
     cells = [[_cell(row.get(h))[:NOTE_WIDTH] for h in header] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
@@ -91,8 +91,9 @@ def best_config(study: optuna.Study, restore: dict[str, Any]) -> tuple[FrozenTri
             node = node.setdefault(p, {})
         node[leaf] = value
     metric = study.user_attrs.get("metric", "value")
-    head = (f"# Best trial {best.number} of study {study.study_name!r}: {metric} = {best.value:.6g} "
-            f"({len(best.intermediate_values)} epochs).\n# Refit: cfc-forecast fit --config <this file>\n")  # fmt: skip
+    n = len(best.intermediate_values)
+    head = (f"# Best trial {best.number} of study {study.study_name!r}: {metric} = {best.value:.6g} (its best.ckpt; "
+            f"{n} validations).\n# Refit: cfc-forecast fit --config <this file>\n")  # fmt: skip
     return best, head + yaml.safe_dump(config, sort_keys=False)
 
 
@@ -142,7 +143,7 @@ def progress_line(trial: FrozenTrial, best: FrozenTrial | None, left: int | None
     if trial.state == TrialState.COMPLETE:
         outcome = f"value {trial.value:.6g}"
     elif trial.state == TrialState.PRUNED:
-        outcome = f"pruned after {len(trial.intermediate_values)} epoch(s)"
+        outcome = f"pruned after {len(trial.intermediate_values)} validation(s)"
     else:
         outcome = f"failed: {trial.user_attrs.get('failure', 'interrupted')}"
     secs = trial.duration.total_seconds() if trial.duration else math.nan

@@ -28,7 +28,8 @@ class StudySpec:
         fit_config: the base fit config, or several composed in order (like repeated ``fit --config``); paths are
             relative to the working directory.
         space: flat dotted fit key -> distribution (see :mod:`cfc_forecast.tune.space`).
-        metric: the validation metric each trial reports every epoch; the study optimises its best epoch.
+        metric: the validation metric each trial reports after every validation; a trial's value is the score of the
+            checkpoint its fit keeps (``best.ckpt``, the best validation in ``direction``).
         direction: "minimize" or "maximize" the metric.
         n_trials: the study's total of finished trials (complete, pruned, or failed by their own error); a rerun
             of the same command tops the study up to it. None: until ``timeout``.
@@ -36,7 +37,9 @@ class StudySpec:
         fit_args: fixed fit keys for every trial, applied after the base configs (``{trainer.max_epochs: 20}``).
         enqueue: trials to run first, each {fit key: value} within the space (e.g. the base config's values).
         sampler: {"name": "tpe" | "random", "seed": int, ...: the sampler's keyword arguments}.
-        pruner: {"name": "median" | "successive_halving" | "hyperband" | "none", ...: its keyword arguments}.
+        pruner: {"name": "median" | "successive_halving" | "hyperband" | "none", ...: its keyword arguments}. Its
+            steps are validations (0, 1, ...), not epochs: ``n_warmup_steps``, ``min_resource`` and the like count
+            validations, two per epoch with ``trainer.val_check_interval: 0.5``.
         storage: a SQLAlchemy URL (``postgresql+psycopg2://user:pw@host/db`` to share a study between machines);
             default ``sqlite:///<study_dir>/study.db``.
         study_dir: where trials, tables, plots and the best config go; default ``runs/tune/<study_name>``.

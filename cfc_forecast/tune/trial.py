@@ -41,7 +41,8 @@ class TrialRunner:
 
     Args:
         space: the search space. configs: base fit configs. fit_args: the study's fixed fit keys.
-        metric, maximize: what the trial is scored on (its best epoch). study_dir: trials go to ``trials/<n>``.
+        metric, maximize: what the trial is scored on: the score of the checkpoint its fit keeps (``best.ckpt``, the
+            best validation in that direction). study_dir: trials go to ``trials/<n>``.
         env: the environment of the trial processes (storage, study, pruner, devices).
         stop: set when the workers must stop; the running fit is terminated and the trial failed (not counted).
         worker: this worker's name, recorded on its trials.
@@ -71,24 +72,28 @@ class TrialRunner:
             raise StopWorkers(message, trial.number)
         if rc != 0:
             return _failed(trial, f"the fit exited with status {rc}: {_last_error(run_dir / 'fit.log')}")
-        if frozen.system_attrs.get(pruning.PRUNED_KEY):
-            raise optuna.TrialPruned(f"pruned after {len(frozen.intermediate_values)} epoch(s)")
-        scores = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
-        if not scores:
+        if pruning.PRUNED_KEY in frozen.system_attrs:
+            raise optuna.TrialPruned(f"pruned after {len(frozen.intermediate_values)} validation(s)")
+        if not any(math.isfinite(v) for v in frozen.intermediate_values.values()):
             seen = list(frozen.intermediate_values.values())
-            return _failed(trial, f"no finite {self.metric} in any epoch (reported: {seen})")
+            return _failed(trial, f"no finite {self.metric} in any validation (reported: {seen})")
+        # the trial's value is the score of the checkpoint it keeps (best.ckpt), not a value picked from the reports
+        best = frozen.system_attrs.get(pruning.BEST_KEY)
+        if best is None:
+            return _failed(trial, f"the fit recorded no finite score of its best checkpoint on {self.metric}")
         config = run_dir / "config.yaml"
         if not config.is_file():
             return _failed(trial, f"the fit wrote no {config}")
-        trial.set_user_attr("epochs", len(frozen.intermediate_values))
+        trial.set_user_attr("validations", len(frozen.intermediate_values))
         # the resolved config travels with the trial, so the best config can be written on any machine of the study
         trial.set_user_attr("fit_config", config.read_text())
-        return max(scores) if self.maximize else min(scores)
+        return float(best)
 
     def command(self, values: dict[str, Any], run_dir: Path) -> list[str]:
         """The fit command line of a trial with ``values``."""
         callback = {"class_path": "cfc_forecast.tune.pruning.TrialPruning", "init_args": {"monitor": self.metric}}
-        monitor = [] if self.maximize else [f"--monitor={self.metric}"]  # best.ckpt: the epoch the study scores
+        # best.ckpt keeps the validation the study scores: its metric, in its direction
+        monitor = [f"--monitor={self.metric}", f"--monitor_mode={'max' if self.maximize else 'min'}"]
         return [
             sys.executable, "-m", "cfc_forecast.cli", "fit",
             *[a for c in self.configs for a in ("--config", str(c.resolve()))],
