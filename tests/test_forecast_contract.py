@@ -124,6 +124,8 @@ CASES = {
         "global", lambda f: pl.concat([f, shifted(f.filter(id="s0").head(3), "short")]), ["s0", "s1", "s2", "s3"], None,
     ),
     "one lookback per series": ("global", lambda f: f.group_by("id").tail(LOOKBACK), ["s0", "s1", "s2", "s3"], None),
+    # rows in any order, as fit takes them (a shuffled file, a series split over several files): sorted per series
+    "rows shuffled": ("global", lambda f: f.sample(fraction=1.0, shuffle=True, seed=3), ["s0", "s1", "s2", "s3"], None),
     "never-observed target": (
         "global",
         lambda f: pl.concat([f, shifted(f.filter(id="s2"), "blind").with_columns(y=None)]),

@@ -59,9 +59,10 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     observed = [
         (var.eq(v) & val.is_not_null()).any() if long else pl.col(v).is_not_null().any() for v in trained.variables
     ]
-    # in time order (rows out of order are a reason of their own), a wide row repeats a time stamp iff its time
-    # equals the previous row's; a long row repeats a (time, variable) pair
-    repeated = pl.struct(TIME, trained.variable_column).is_duplicated().any() if long else (t.diff() == 0).any()
+    # rows in any order, as in training (each series is sorted by time before windowing; a series split over
+    # several files is read whole): sorted, a wide row repeats a time stamp iff its time equals the previous row's;
+    # a long row repeats a (time, variable) pair
+    repeated = pl.struct(TIME, trained.variable_column).is_duplicated().any() if long else (t.sort().diff() == 0).any()
     duplicated = repeated if trained.duplicates == "error" else pl.lit(False)
     by_layout = [var.is_null().sum().alias("no_name")] if long else []
     per = (
@@ -71,7 +72,6 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
             pl.col(TIME).is_null().sum().alias("no_time"),
             pl.col("text").any(),
             pl.col("inf").any(),
-            (t.diff() < 0).any().alias("back"),
             duplicated.alias("dup"),
             *by_layout,
             *[o.alias(f"has/{v}") for o, v in zip(observed, trained.variables, strict=True)],
@@ -81,7 +81,6 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     has_target = [pl.col(f"has/{v}") for v in trained.targets]
     checks = [
         (pl.col("no_time") > 0, pl.format("{} empty or unparseable time stamps", pl.col("no_time"))),
-        (pl.col("back"), pl.lit("decreasing time stamps (rows out of time order)")),
         (pl.col("dup"), pl.lit("duplicate time stamps")),
         (pl.col("text"), pl.lit("non-numeric values")),
         (pl.col("inf"), pl.lit("infinite values")),
