@@ -45,6 +45,10 @@ class Batch:
         y_step_mask: (B, T, C) bool mask of ``y_step``, or None.
         static: (B, S) float32 scaled static covariates, or None.
         future: (B, K, Fk) float32 known-future covariates at the query times, or None.
+        t_abs: (B, T) float64 absolute input times in the time unit (0 at padded steps), or None.
+        query_t_abs: (B, K) float64 absolute query times in the time unit (0 at padded queries), or None. The
+            forecast's time stamps come from these: ``origin + query_t`` in float32 is off by up to a few tens of
+            microseconds (a forecast at 03:37 written as 03:37:00.000086), so it never joins the data's stamps.
     """
 
     x: Tensor
@@ -64,6 +68,8 @@ class Batch:
     y_step_mask: Tensor | None = None
     static: Tensor | None = None
     future: Tensor | None = None
+    t_abs: Tensor | None = None
+    query_t_abs: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -93,6 +99,8 @@ class Batch:
             "y_mask": (b, k, c),
             "y_step": (b, t, c),
             "y_step_mask": (b, t, c),
+            "t_abs": (b, t),
+            "query_t_abs": (b, k),
         }
         for name, shape in expected.items():
             value = getattr(self, name)

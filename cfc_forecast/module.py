@@ -273,10 +273,15 @@ class ForecastModule(L.LightningModule):
             ``mask`` (B, K) bool real queries; ``series`` (B,); ``origin`` (B,) absolute origin times.
         """
         values = batch.to_original_units(self(batch))
-        rel, mask = (batch.t, batch.step_mask) if self.head_name == "step" else (batch.query_t, batch.query_mask)
+        if self.head_name == "step":
+            rel, absolute, mask = batch.t, batch.t_abs, batch.step_mask
+        else:
+            rel, absolute, mask = batch.query_t, batch.query_t_abs, batch.query_mask
+        # the float64 absolute times where the batch has them: origin + a float32 offset is off by microseconds
+        time = absolute if absolute is not None else batch.origin[:, None] + rel.double()
         return {
             "prediction": values,
-            "time": batch.origin[:, None] + rel.double(),
+            "time": time,
             "mask": mask,
             "series": batch.series,
             "origin": batch.origin,

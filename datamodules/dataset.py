@@ -122,17 +122,20 @@ class WindowDataset(Dataset):
             target_loc=d.target_loc[g],
             target_scale=d.target_scale[g],
             static=None if d.static is None else d.static[series],
+            t_abs=torch.where(step_mask, d.times[rows], 0.0),
         )
         if d.step_targets:
             batch.y_step, batch.y_step_mask = _gather(d, rows, step_mask & counted[:, None], d.target_cols)
         if self.queries is not None:
             batch.query_t = self.queries[w].float()
             batch.query_mask = self.query_mask[w]
+            batch.query_t_abs = torch.where(batch.query_mask, origin[:, None] + self.queries[w].double(), 0.0)
             batch.future = None if self.query_future is None else self.query_future[w]
         else:
             k_rows, query_mask = _rows(tg_lo, tg_hi)  # (B, K)
             batch.query_t = torch.where(query_mask, (d.times[k_rows] - origin[:, None]).float(), 0.0)
             batch.query_mask = query_mask
+            batch.query_t_abs = torch.where(query_mask, d.times[k_rows], 0.0)
             if d.future is not None:
                 batch.future = d.future[k_rows] * query_mask[..., None]
             if self.with_targets:

@@ -7,6 +7,7 @@ each other (within ``TOL``: the paths batch the same windows, so they agree to f
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -214,3 +215,16 @@ def test_predict_needs_no_config_and_refuses_model_options(models, tmp_path, cap
     assert "needs a model with the continuous-time head" in capsys.readouterr().err
     assert main(["predict", "--ckpt_path", str(tmp_path / "nope.ckpt"), "--data.path", "x.csv"]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_forecast_time_stamps_are_the_data_s_own_to_the_microsecond(models):
+    # rows 37 min 13 s apart: the query offsets (k x the median spacing) are not exact in float32, and the forecast
+    # times must still be whole seconds and the origin one of the data's stamps
+    rows = models["train"].filter(id="s1").tail(12)
+    start = datetime(2026, 3, 1, 3, 37)
+    rows = rows.with_columns(t=pl.Series([start + i * timedelta(minutes=37, seconds=13) for i in range(12)]))
+    out = forecast_rows(models["global"], rows)
+    assert out.height == 3
+    assert out["origin_time"].unique().to_list() == [rows["t"].max()]
+    expected = [rows["t"].max() + k * (rows["t"][1] - rows["t"][0]) for k in (1, 2, 3)]
+    assert out["time"].to_list() == expected

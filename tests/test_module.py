@@ -120,7 +120,8 @@ def test_predict_output_is_the_hand_inverted_scaled_forecast(tiny_synthetic):
     b, k = map(int, torch.nonzero(batch.query_mask)[5])
     row = frame.filter(
         (pl.col("series") == tiny_synthetic.series_ids[int(batch.series[b])])
-        & (pl.col("time") == float(batch.origin[b] + batch.query_t[b, k].double()))
+        & (pl.col("origin_time") == float(batch.origin[b]))
+        & (pl.col("time") == float(batch.query_t_abs[b, k]))  # the target row's own time, in float64
         & (pl.col("variable") == "x2")
     )
     assert row.height == 1
