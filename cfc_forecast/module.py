@@ -277,8 +277,12 @@ class ForecastModule(L.LightningModule):
             rel, absolute, mask = batch.t, batch.t_abs, batch.step_mask
         else:
             rel, absolute, mask = batch.query_t, batch.query_t_abs, batch.query_mask
-        # the float64 absolute times where the batch has them: origin + a float32 offset is off by microseconds
-        time = absolute if absolute is not None else batch.origin[:, None] + rel.double()
+        time = batch.origin[:, None] + rel.double()  # off by microseconds: the offsets are float32
+        if absolute is not None:
+            # the batch's float64 times where they are these offsets' (a batch whose query_t was replaced by hand
+            # keeps stale absolute times: they are not used)
+            same = (absolute - time).abs() <= 1e-6 * (1.0 + rel.double().abs())
+            time = absolute.where(same, time)
         return {
             "prediction": values,
             "time": time,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning.pytorch as L
 import numpy as np
 import polars as pl
@@ -126,6 +128,19 @@ def test_predict_output_is_the_hand_inverted_scaled_forecast(tiny_synthetic):
     )
     assert row.height == 1
     assert row["prediction"][0] == pytest.approx(float(by_hand[b, k, 1]), rel=1e-12)
+
+
+def test_predict_times_are_the_float64_stamps_unless_query_t_was_replaced(tiny_synthetic):
+    model = model_for(tiny_synthetic).eval()
+    batch = _first_batch(tiny_synthetic, "test")
+    with torch.no_grad():
+        exact = model.predict_step(batch, 0)["time"]
+        moved = dataclasses.replace(batch, query_t=batch.query_t + 0.5)  # by hand: query_t_abs is now stale
+        by_hand = model.predict_step(moved, 0)["time"]
+    mask = batch.query_mask
+    torch.testing.assert_close(exact[mask], batch.query_t_abs[mask], rtol=0, atol=0)
+    expected = batch.origin[:, None] + moved.query_t.double()
+    torch.testing.assert_close(by_hand[mask], expected[mask], rtol=0, atol=0)
 
 
 def test_a_checkpoint_of_other_variables_is_refused(tiny_synthetic, tmp_path):
