@@ -107,7 +107,8 @@ class WindowDataset(Dataset):
         series, origin = self.series[w], self.origin[w]
         rows, step_mask = _rows(in_lo, in_hi)  # (B, T)
         x, x_mask = _gather(d, rows, step_mask, d.input_cols)
-        t = torch.where(step_mask, (d.times[rows] - origin[:, None]).float(), 0.0)
+        times = d.times[rows]  # (B, T) float64 absolute
+        t = torch.where(step_mask, (times - origin[:, None]).float(), 0.0)
         g = series if d.target_loc.shape[0] > 1 else torch.zeros_like(series)
         batch = Batch(
             x=x,
@@ -122,20 +123,22 @@ class WindowDataset(Dataset):
             target_loc=d.target_loc[g],
             target_scale=d.target_scale[g],
             static=None if d.static is None else d.static[series],
-            t_abs=torch.where(step_mask, d.times[rows], 0.0),
+            t_abs=torch.where(step_mask, times, 0.0),
         )
         if d.step_targets:
             batch.y_step, batch.y_step_mask = _gather(d, rows, step_mask & counted[:, None], d.target_cols)
         if self.queries is not None:
-            batch.query_t = self.queries[w].float()
+            queries = self.queries[w]  # (B, K) float64 relative
+            batch.query_t = queries.float()
             batch.query_mask = self.query_mask[w]
-            batch.query_t_abs = torch.where(batch.query_mask, origin[:, None] + self.queries[w].double(), 0.0)
+            batch.query_t_abs = torch.where(batch.query_mask, origin[:, None] + queries.double(), 0.0)
             batch.future = None if self.query_future is None else self.query_future[w]
         else:
             k_rows, query_mask = _rows(tg_lo, tg_hi)  # (B, K)
-            batch.query_t = torch.where(query_mask, (d.times[k_rows] - origin[:, None]).float(), 0.0)
+            k_times = d.times[k_rows]  # (B, K) float64 absolute
+            batch.query_t = torch.where(query_mask, (k_times - origin[:, None]).float(), 0.0)
             batch.query_mask = query_mask
-            batch.query_t_abs = torch.where(query_mask, d.times[k_rows], 0.0)
+            batch.query_t_abs = torch.where(query_mask, k_times, 0.0)
             if d.future is not None:
                 batch.future = d.future[k_rows] * query_mask[..., None]
             if self.with_targets:
