@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from cfc_forecast import __version__
+from cfc_forecast.errors import UserError, report
 from cfc_forecast.forecast.predict import main as predict_main
 from cfc_forecast.forecast.predict import wants_test_windows
 from cfc_forecast.module import ForecastModule
@@ -235,7 +236,10 @@ def main(args: list[str] | None = None) -> int:
         return forecast_main(argv[1:])
     if argv[:1] == ["predict"] and not wants_test_windows(argv):  # from a checkpoint alone
         return predict_main(argv[1:])
-    cli(args)  # None: LightningCLI reads sys.argv itself
+    try:
+        cli(args)  # None: LightningCLI reads sys.argv itself
+    except UserError as err:  # one line, no traceback (cfc_forecast.errors)
+        return report(argv[0] if argv and not argv[0].startswith("-") else None, err)
     return 0
 
 
