@@ -18,7 +18,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from datamodules.timing import TimeCodec, codec_for, to_datetime_or_number
+from cfc_forecast.errors import UserError
+from datamodules.timing import TimeCodec, codec_for, harmonise_zones, to_datetime_or_number
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,28 @@ def expand_paths(path: str | list[str]) -> list[Path]:
     return found
 
 
-def read_files(path: str | list[str]) -> pl.DataFrame:
-    """Read and concatenate CSV / Parquet files (by extension) into one frame."""
-    frames = []
-    for p in expand_paths(path):
+def read_files(path: str | list[str], time_column: str | None = None) -> pl.DataFrame:
+    """Read and concatenate CSV / Parquet files (by extension) into one frame; the ``time_column`` of files in
+    different time zones is converted to the first file's zone (``timing.harmonise_zones``).
+
+    Raises:
+        ValueError: no file, or an unknown file type. UserError: zone-aware and naive time stamps mixed.
+    """
+    frames, paths = [], expand_paths(path)
+    for p in paths:
         if p.suffix == ".parquet":
             frames.append(pl.read_parquet(p))
         elif p.suffix in (".csv", ".txt", ".gz"):
             frames.append(pl.read_csv(p, infer_schema_length=10_000))
         else:
             raise ValueError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
-    return pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+    if len(frames) == 1:
+        return frames[0]
+    if time_column is not None:
+        zone = harmonise_zones([f.schema for f in frames], time_column, [p.name for p in paths])
+        if zone is not None:
+            frames = [f.with_columns(pl.col(time_column).dt.convert_time_zone(zone)) for f in frames]
+    return pl.concat(frames, how="vertical_relaxed")
 
 
 def require_columns(frame: pl.DataFrame, columns: list[str], source: str, role: str) -> None:
@@ -153,7 +165,8 @@ def long_to_wide(
     frame = numeric_columns(frame.filter(pl.col(variable).is_in(variables)), [value], source)
     _count(counts, "rows with an empty value", int(frame[value].is_null().sum()), source)
     code = pl.col(variable).cast(pl.Enum(variables)).to_physical().cast(pl.Int64).alias("__v")
-    frame = frame.filter(pl.col(value).is_not_null()).select(*keys, code, value).sort(*keys, "__v")
+    # a stable sort: duplicates="first" / "last" mean the first / last row of a cell in the input's order
+    frame = frame.filter(pl.col(value).is_not_null()).select(*keys, code, value).sort(*keys, "__v", maintain_order=True)
     changed = pl.any_horizontal(pl.col(k).ne_missing(pl.col(k).shift()) for k in keys)
     frame = frame.with_columns(changed.fill_null(True).alias("__new"))
     new_row = frame["__new"].to_numpy()
@@ -179,6 +192,19 @@ def long_to_wide(
     return pl.concat([frame.filter(pl.Series(new_row)).select(keys), columns], how="horizontal")
 
 
+def _empty_cells(frame: pl.DataFrame, column: str, time_column: str, source: str) -> str:
+    n = frame[column].null_count()
+    if column == time_column and frame[column].dtype.is_numeric():
+        # often a column of measurements named as the time column: then the fix is another column, not filling it
+        return (
+            f"{source}: time column {column!r} holds numbers with {n} empty cells of {frame.height}; if it is not "
+            f"the time column, name the right one with --data.time_column (columns: {frame.columns}), else give "
+            "every row a time"
+        )
+    what = "time column" if column == time_column else "series id column"
+    return f"{source}: {what} {column!r} has {n} empty cells; fill them or drop those rows"
+
+
 def canonical_table(
     frame: pl.DataFrame,
     *,
@@ -192,10 +218,12 @@ def canonical_table(
     variable_column: str = "variable",
     value_column: str = "value",
     every_variable: bool = True,
+    time_format: str | None = None,
 ) -> Table:
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
 
     ``every_variable=False`` (rows to forecast, not to fit on) accepts a variable that is never observed.
+    ``time_format``: the format of text time stamps (default: inferred, ``timing.infer_time_format``).
 
     Raises:
         ValueError: empty input, missing columns, unparseable or null time stamps, null series ids,
@@ -208,8 +236,8 @@ def canonical_table(
     require_columns(frame, keys, source, "id/time columns")
     for c in keys:
         if frame[c].null_count():
-            raise ValueError(f"{source}: column {c!r} has {frame[c].null_count()} empty cells; fill or drop them")
-    frame = to_datetime_or_number(frame, time_column, source)
+            raise UserError(_empty_cells(frame, c, time_column, source))
+    frame, time_format = to_datetime_or_number(frame, time_column, source, time_format)
     counts: dict[str, int] = {}
     if layout == "long":
         frame = long_to_wide(
@@ -228,7 +256,7 @@ def canonical_table(
     never = [v for v in variables if frame[v].null_count() == frame.height] if every_variable else []
     if never or frame.height == 0:
         raise ValueError(f"{source}: variables {never or variables} have no observation at all; drop them")
-    codec = codec_for(frame, time_column, time_unit)
+    codec = codec_for(frame, time_column, time_unit, time_format)
     ids = frame[id_column] if id_column is not None else pl.Series("series", [0] * frame.height)
     series_ids = ids.unique().sort()
     frame = frame.select(

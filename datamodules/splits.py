@@ -12,7 +12,7 @@ import polars as pl
 
 from datamodules.build import SplitPlan
 from datamodules.io import TIME, Table
-from datamodules.timing import TimeCodec
+from datamodules.timing import user_time
 
 
 def seeded_series_split(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
@@ -27,18 +27,6 @@ def seeded_series_split(n: int, fractions: tuple[float, float, float], seed: int
     codes[perm[:n_test]] = 2
     codes[perm[n_test : n - n_val]] = 0
     return codes
-
-
-def user_time(value: str | float, codec: TimeCodec, name: str) -> float:
-    """A user-given time stamp (a string, in the data's time zone unless it says otherwise) or number as a float."""
-    if not codec.is_datetime:
-        return float(value)
-    stamp = pl.Series(name, [str(value)]).str.to_datetime(strict=False, time_unit="us")
-    if stamp.null_count():
-        raise ValueError(f"{name}={value!r} is not a date-time like '2017-06-26 00:00'")
-    if codec.time_zone is not None and stamp.dtype.time_zone is None:
-        stamp = stamp.dt.replace_time_zone(codec.time_zone)
-    return float(pl.select(codec.encode(pl.lit(stamp))).item())
 
 
 def split_plan(table: Table, cfg: Any, assign_series: Callable[[pl.Series], np.ndarray]) -> SplitPlan:
