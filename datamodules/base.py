@@ -18,13 +18,14 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
+from cfc_forecast.errors import UserError
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
-from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
+from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_table, read_files
 from datamodules.scaling import ScaleBy, ScaleMethod
 from datamodules.sharding import EvalShardSampler
 from datamodules.splits import seeded_series_split, split_plan
-from datamodules.timing import CalendarFeature, TimeUnit, check_numeric_times, check_unit, median_steps, user_time
+from datamodules.timing import CalendarFeature, TimeUnit, check_unit, median_steps, numeric_time_hint, user_time
 from datamodules.windows import window_spec
 
 log = logging.getLogger(__name__)
@@ -190,26 +191,35 @@ class SeriesDataModule(L.LightningDataModule):
         if self.spec.mode == "fixed":
             self.spec.origin = user_time(h.origin, table.codec, "origin")
         self._table, self._roles_used = table, roles
-        self._built = build(
-            table,
-            roles,
-            self.spec,
-            split_plan(table, self.cfg, self._assign_series),
-            h.scaling,
-            h.scale_by,
-            h.step_targets,
-            self.first_dt_from_zero,
-        )
+        hint = "" if table.codec.is_datetime else self._numeric_time_hint(table)
+        try:
+            self._built = build(
+                table,
+                roles,
+                self.spec,
+                split_plan(table, self.cfg, self._assign_series),
+                h.scaling,
+                h.scale_by,
+                h.step_targets,
+                self.first_dt_from_zero,
+            )
+        except ValueError as err:
+            if hint:  # times in another unit than declared are the likelier cause: name the fix
+                raise UserError(f"{err}; {hint}") from None
+            raise
         # computed here, not when a checkpoint is saved: polars deadlocks in a process forked from one that used it
         # (DDP's fork and notebook strategies), and the checkpoint is saved in those processes
         self._median_step = float(np.median(median_steps(self._built.offsets, self._built.tensors.times.numpy())))
-        if not table.codec.is_datetime:
-            check_numeric_times(self._built.tensors.times.numpy(), self._median_step, h.time_unit, self._source())
         sizes = {k: len(v) for k, v in self._built.windows.items()}
         log.info(
             "%s: %d series, windows %s, skipped %s", self._source(), len(table.series_ids), sizes, self._built.counts
         )
         return self._built
+
+    def _numeric_time_hint(self, table: Table) -> str:
+        series = table.frame[SERIES].to_numpy()
+        offsets = np.searchsorted(series, np.arange(len(table.series_ids) + 1))
+        return numeric_time_hint(table.frame[TIME].to_numpy(), offsets, self.cfg.time_unit, self._source())
 
     def setup(self, stage: str | None = None) -> None:
         self._ensure_built()

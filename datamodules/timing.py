@@ -430,16 +430,20 @@ def duration_days(value: str | float) -> int:
 
 
 # -- numeric times -------------------------------------------------------------------------------------------------
-def check_numeric_times(times: np.ndarray, step: float, unit: str, source: str) -> None:
-    """Warn when numeric times look like they are not in ``unit``: Unix epoch stamps, or a median spacing ``step``
-    far from one unit (e.g. ~3,600 units between rows with time_unit 'h')."""
-    if len(times) == 0 or unit == "step" or not np.isfinite(step) or step <= 0:
-        return
-    lo = float(np.nanmin(times))
-    epoch = 9e8 <= lo <= 4.2e9  # Unix seconds from 1998 to 2103
-    if epoch or not 1e-3 <= step <= 500:
-        hint = " (the values look like Unix epoch seconds: --data.time_unit s)" if epoch else ""
-        log.warning(
-            "%s: the numeric times are %g %s apart (median); if they are not in %r, set --data.time_unit%s",
-            source, step, unit, unit, hint,
-        )  # fmt: skip
+def numeric_time_hint(times: np.ndarray, offsets: np.ndarray, unit: str, source: str) -> str:
+    """For numeric times that look like they are not in ``unit`` (Unix epoch stamps, or a median spacing far from
+    one unit, e.g. ~3,600 units between rows with time_unit 'h'): a warning (logged) and the hint it gives, else "".
+
+    Args:
+        times: (N,) float64 times, sorted by series then time. offsets: (n_series + 1,) row offsets of the series.
+    """
+    if len(times) < 2 or unit == "step":
+        return ""
+    step = float(np.median(median_steps(offsets, times)))
+    epoch = 9e8 <= float(np.nanmin(times)) <= 4.2e9  # Unix seconds from 1998 to 2103
+    if not epoch and (not np.isfinite(step) or 1e-3 <= step <= 500):
+        return ""
+    fix = "--data.time_unit s (the values look like Unix epoch seconds)" if epoch else "--data.time_unit to their unit"
+    hint = f"the numeric times are {step:g} {unit} apart (median): if they are not in {unit!r}, set {fix}"
+    log.warning("%s: %s", source, hint)
+    return hint
