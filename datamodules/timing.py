@@ -430,9 +430,14 @@ def duration_days(value: str | float) -> int:
 
 
 # -- numeric times -------------------------------------------------------------------------------------------------
+_EPOCH = {"s": (9e8, 4.2e9), "ms": (9e11, 4.2e12)}  # Unix time stamps from 1998 to 2103
+_EPOCH_NAME = {"s": "seconds", "ms": "milliseconds"}
+
+
 def numeric_time_hint(times: np.ndarray, offsets: np.ndarray, unit: str, source: str) -> str:
-    """For numeric times that look like they are not in ``unit`` (Unix epoch stamps, or a median spacing far from
-    one unit, e.g. ~3,600 units between rows with time_unit 'h'): a warning (logged) and the hint it gives, else "".
+    """For numeric times that look like they are not in ``unit`` (Unix epoch stamps of another unit; a median
+    spacing of thousands of units that is over a month, e.g. ~3,600 between rows with time_unit 'h'; one under a
+    millisecond): a warning (logged) and the hint it gives, else "".
 
     Args:
         times: (N,) float64 times, sorted by series then time. offsets: (n_series + 1,) row offsets of the series.
@@ -440,10 +445,14 @@ def numeric_time_hint(times: np.ndarray, offsets: np.ndarray, unit: str, source:
     if len(times) < 2 or unit == "step":
         return ""
     step = float(np.median(median_steps(offsets, times)))
-    epoch = 9e8 <= float(np.nanmin(times)) <= 4.2e9  # Unix seconds from 1998 to 2103
-    if not epoch and (not np.isfinite(step) or 1e-3 <= step <= 500):
+    lo, seconds = float(np.nanmin(times)), step * UNIT_SECONDS[unit]
+    epoch = next((u for u, (a, b) in _EPOCH.items() if a <= lo <= b and u != unit), None)
+    if epoch is not None:
+        fix = f"--data.time_unit {epoch} (the values look like Unix epoch {_EPOCH_NAME[epoch]})"
+    elif (step >= 1000 and seconds > 30 * 86400) or 0 < seconds < 1e-3:
+        fix = "--data.time_unit to their unit"
+    else:
         return ""
-    fix = "--data.time_unit s (the values look like Unix epoch seconds)" if epoch else "--data.time_unit to their unit"
     hint = f"the numeric times are {step:g} {unit} apart (median): if they are not in {unit!r}, set {fix}"
     log.warning("%s: %s", source, hint)
     return hint
