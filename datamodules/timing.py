@@ -287,6 +287,11 @@ def infer_time_format(values: pl.Series, column: str, source: str) -> str:
     sample = text.head(10_000)
     best = max(FORMATS, key=lambda f: int(_fits(sample, f).sum()))
     bad = sample.filter(~_fits(sample, best))
+    if len(bad) == len(sample):
+        raise UserError(
+            f"{where} does not parse as date-times, e.g. {bad.head(3).to_list()}; write ISO 8601 stamps such as "
+            "'2021-02-01 00:00', name their format with --data.time_format, or give numbers with a time_unit"
+        )
     raise UserError(
         f"{where}: no one format reads every stamp; {len(bad)} do not fit the most common one ({best!r}), e.g. "
         f"{bad.head(3).to_list()}; use one format throughout, or name it with --data.time_format"
@@ -404,9 +409,16 @@ def calendar_offsets(origin: np.ndarray, days: np.ndarray, codec: TimeCodec) -> 
 _CLEAN = {"s": (1, 2, 5, 10, 15, 30), "min": (1, 2, 5, 10, 15, 30), "h": (1, 2, 3, 4, 6, 8, 12)}
 
 
-def clean_step(step: np.ndarray, codec: TimeCodec) -> np.ndarray:
-    """(n,) spacings rounded to a clean step: 1/2/5/10/15/30 seconds or minutes, 1/2/3/4/6/8/12 hours, whole days
-    (date-times only; numeric times are returned as they are)."""
+def clean_step(offsets: np.ndarray, times: np.ndarray, step: np.ndarray, codec: TimeCodec) -> np.ndarray:
+    """(n_series,) the step of each series' default query grid, from its median spacing ``step`` (n_series,).
+
+    A regular series (at least half of its spacings equal the median, within 1 ms) keeps its own spacing, to the
+    millisecond; the median of an irregular one is rounded to a clean step: 1/2/5/10/15/30 seconds or minutes,
+    1/2/3/4/6/8/12 hours, or whole days. Numeric times are returned as they are.
+
+    Args:
+        offsets: (n_series + 1,) row offsets. times: (N,) float64 times sorted by series, then time.
+    """
     if not codec.is_datetime:
         return step
     seconds = np.asarray(step, dtype=np.float64) * UNIT_SECONDS[codec.unit]
@@ -414,7 +426,15 @@ def clean_step(step: np.ndarray, codec: TimeCodec) -> np.ndarray:
     nearest = grid[np.argmin(np.abs(np.log(grid[None, :] / np.maximum(seconds[:, None], 1e-9))), axis=1)]
     days = np.maximum(np.round(seconds / 86400.0), 1.0) * 86400.0
     clean = np.where(seconds >= 86400.0, days, np.where(seconds >= 1.0, nearest, seconds))  # < 1 s: as measured
-    return clean / UNIT_SECONDS[codec.unit]
+    series = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[1:]
+    same = series == np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[:-1]
+    gaps = np.diff(times) * UNIT_SECONDS[codec.unit]
+    at_median = same & (np.abs(gaps - seconds[series]) <= 1e-3)
+    share = np.bincount(series[at_median], minlength=len(step)) / np.maximum(
+        np.bincount(series[same], minlength=len(step)), 1
+    )
+    exact = np.round(seconds * 1e3) / 1e3
+    return np.where(share >= 0.5, exact, clean) / UNIT_SECONDS[codec.unit]
 
 
 def duration_days(value: str | float) -> int:

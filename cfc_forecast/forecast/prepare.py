@@ -239,8 +239,8 @@ def _queries(
 ) -> tuple[Windows, np.ndarray, np.ndarray]:
     """(W, K) query times after each origin and their validity: the given ones, else the checkpoint's
     ``predict_queries``, else the trained horizon K (count windows) or the forecast span D, every step of the
-    series' own spacing: calendar days in the data's zone for a series with calendar spacing, else its median
-    spacing rounded to a clean step (``timing.calendar_days``, ``timing.clean_step``)."""
+    series' own spacing: calendar days in the data's zone for a series with calendar spacing, else its own spacing
+    (regular series) or its median spacing rounded to a clean step (``timing.calendar_days``, ``timing.clean_step``)."""
     given = options.query_times if options.query_times is not None else trained.predict_queries
     if given is not None:
         q = np.tile(np.asarray(given, dtype=np.float64), (len(w), 1))
@@ -260,7 +260,7 @@ def _queries(
     problems[1] = np.diff(offsets)[w.series] < 2
     k = np.arange(1, int(n.max(initial=1)) + 1)
     valid = k[None, :] <= n[:, None]
-    q = clean_step(step, codec)[w.series, None] * k[None, :]
+    q = clean_step(offsets, times, step, codec)[w.series, None] * k[None, :]
     days = calendar_days(offsets, times, codec, step)[w.series, None] * k[None, :]
     if days.any():
         q = np.where(days > 0, calendar_offsets(w.origin, days, codec), q)
