@@ -174,3 +174,21 @@ def test_query_times_in_days_are_calendar_days_in_predict_and_the_job(tmp_path):
     job = ["--ckpt_path", str(ckpt), "--input", str(tmp_path / "new.parquet"), "--progress=false"]
     assert job_main([*job, "--output", str(tmp_path / "job"), "--query_times=[30min, 6h, 1d]"]) == 0
     assert local(pl.read_parquet(tmp_path / "job" / "*.parquet")) == want
+
+
+def test_window_origins_every_day_keep_their_local_time_across_both_dst_changes():
+    for start, end in ((datetime(2026, 3, 25), datetime(2026, 4, 2)), (datetime(2026, 10, 21), datetime(2026, 10, 29))):
+        frame = local_series(start, end, "1h", n_series=1)
+        hourly = dict(id_column="id", time_column="t", targets=["y"], time_unit="h", observe="1d", forecast="6h",
+                      split_fractions=(1.0, 0.0, 0.0))  # fmt: skip
+        dm = SeriesDataModule.from_frame(frame, every="1d", **hourly)
+        dm.setup()
+        origins = dm.decode_times(dm._built.windows["train"].origin)
+        assert len(origins) == 7 and origins.dt.strftime("%H:%M").n_unique() == 1
+        # in UTC: one day of 23 h or of 25 h among them
+        gaps = np.diff(dm._built.windows["train"].origin)
+        assert sorted(set(gaps.tolist())) == ([23.0, 24.0] if start.month == 3 else [24.0, 25.0])
+        # an absolute spacing stays absolute
+        dm = SeriesDataModule.from_frame(frame, every="24h", **hourly)
+        dm.setup()
+        np.testing.assert_array_equal(np.diff(dm._built.windows["train"].origin), 24.0)
