@@ -300,8 +300,8 @@ def infer_time_format(values: pl.Series, column: str, source: str) -> str:
 
 # -- time stamps given as arguments -----------------------------------------------------------------------
 def user_time(value: str | float, codec: TimeCodec, name: str) -> float:
-    """A user-given time stamp (text, in the data's time zone unless it carries a UTC offset) or number, as a
-    float time of ``codec``.
+    """A user-given time stamp (text in the data's format or ISO 8601, in the data's time zone unless it carries a
+    UTC offset) or number, as a float time of ``codec``.
 
     Raises:
         UserError: not a date-time, or a local time the data's zone skips (spring forward) or repeats (fall back).
@@ -311,7 +311,10 @@ def user_time(value: str | float, codec: TimeCodec, name: str) -> float:
             return float(value)
         except (TypeError, ValueError):
             raise UserError(f"{name}={value!r}: this data's times are numbers; give a number") from None
-    stamp = pl.Series(name, [str(value)]).str.to_datetime(strict=False, time_unit="us")
+    text = pl.Series(name, [str(value)])
+    stamp = parse_stamps(text, codec.format) if codec.format else text.str.to_datetime(strict=False, time_unit="us")
+    if stamp.null_count():  # the data's own format first (a day/month date reads as in the data), then ISO 8601
+        stamp = text.str.to_datetime(strict=False, time_unit="us")
     if stamp.null_count():
         raise UserError(f"{name}={value!r} is not a date-time like '2017-06-26 00:00'")
     if codec.time_zone is not None and stamp.dtype.time_zone is None:

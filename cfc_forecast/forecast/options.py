@@ -27,7 +27,8 @@ def options_for(
     """
     from datamodules.timing import TimeCodec, duration_days, parse_duration, user_time
 
-    codec = TimeCodec(trained.time_unit, trained.time_is_datetime, getattr(time_dtype, "time_zone", None))
+    zone = getattr(time_dtype, "time_zone", None)
+    codec = TimeCodec(trained.time_unit, trained.time_is_datetime, zone, trained.time_format)
     queries = days = None
     try:
         if query_times:

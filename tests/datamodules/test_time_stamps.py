@@ -240,6 +240,8 @@ def test_the_format_inferred_in_training_is_the_one_every_later_reading_uses(tmp
     (tmp_path / "new.csv").write_text(day_first_csv(range(1, 6)))
     got = forecast_rows(tmp_path / "m.ckpt", str(tmp_path / "new.csv"))
     assert [str(t) for t in got["origin_time"].unique()] == ["2021-02-05 18:00:00"]  # 5 February, not 2 May
+    got = forecast_rows(tmp_path / "m.ckpt", str(tmp_path / "new.csv"), origins=["03/02/2021 00:00"])
+    assert [str(t) for t in got["origin_time"].unique()] == ["2021-02-03 00:00:00"]  # an origin in the data's format
     assert job_main(["--ckpt_path", str(tmp_path / "m.ckpt"), "--input", str(tmp_path / "new.csv"), "--output",
                      str(tmp_path / "job"), "--progress=false"]) == 0  # fmt: skip
     assert str(pl.read_parquet(tmp_path / "job" / "*.parquet")["origin_time"].max()) == "2021-02-05 18:00:00"
