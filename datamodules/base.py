@@ -25,7 +25,8 @@ from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_ta
 from datamodules.scaling import ScaleBy, ScaleMethod
 from datamodules.sharding import EvalShardSampler
 from datamodules.splits import seeded_series_split, split_plan
-from datamodules.timing import CalendarFeature, TimeUnit, check_unit, median_steps, numeric_time_hint, user_time
+from datamodules.stamps import numeric_time_hint, user_time
+from datamodules.timing import CalendarFeature, TimeUnit, check_unit, median_steps
 from datamodules.windows import window_spec
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import torch
 from datamodules.dataset import SeriesTensors
 from datamodules.io import SERIES, TIME, Table
 from datamodules.scaling import ScaleBy, ScaleMethod, Scaler, fit_scaler
-from datamodules.timing import TimeCodec, calendar_features, calendar_offsets
+from datamodules.stamps import calendar_offsets
+from datamodules.timing import TimeCodec, calendar_features
 from datamodules.windows import (
     Windows,
     WindowSpec,

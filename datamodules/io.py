@@ -19,7 +19,8 @@ import numpy as np
 import polars as pl
 
 from cfc_forecast.errors import UserError
-from datamodules.timing import TimeCodec, codec_for, harmonise_zones, to_datetime_or_number
+from datamodules.stamps import harmonise_zones, to_datetime_or_number
+from datamodules.timing import TimeCodec, codec_for
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def expand_paths(path: str | list[str]) -> list[Path]:
 
 def read_files(path: str | list[str], time_column: str | None = None) -> pl.DataFrame:
     """Read and concatenate CSV / Parquet files (by extension) into one frame; the ``time_column`` of files in
-    different time zones is converted to the first file's zone (``timing.harmonise_zones``).
+    different time zones is converted to the first file's zone (``stamps.harmonise_zones``).
 
     Raises:
         ValueError: no file, or an unknown file type. UserError: zone-aware and naive time stamps mixed.
@@ -223,7 +224,7 @@ def canonical_table(
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
 
     ``every_variable=False`` (rows to forecast, not to fit on) accepts a variable that is never observed.
-    ``time_format``: the format of text time stamps (default: inferred, ``timing.infer_time_format``).
+    ``time_format``: the format of text time stamps (default: inferred, ``stamps.infer_time_format``).
 
     Raises:
         ValueError: empty input, missing columns, unparseable or null time stamps, null series ids,

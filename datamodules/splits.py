@@ -12,7 +12,7 @@ import polars as pl
 
 from datamodules.build import SplitPlan
 from datamodules.io import TIME, Table
-from datamodules.timing import user_time
+from datamodules.stamps import user_time
 
 
 def seeded_series_split(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:

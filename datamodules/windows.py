@@ -139,7 +139,7 @@ def duration_windows(
     """Origins every ``spec.every`` from each series' first time + W while the forecast span fits.
 
     ``later(start, days)`` (both (W,)): the time from each start to the same wall-clock time ``days`` calendar days
-    later; given, origins every ``spec.every_days`` follow the calendar (``timing.calendar_offsets``).
+    later; given, origins every ``spec.every_days`` follow the calendar (``stamps.calendar_offsets``).
     """
     first, last = times[offsets[:-1]], times[offsets[1:] - 1]
     room = last - first - spec.observe - spec.forecast

@@ -17,7 +17,8 @@ import polars as pl
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.io import TIME
-from datamodules.timing import TimeCodec, infer_time_format, parse_stamps
+from datamodules.stamps import infer_time_format, parse_stamps
+from datamodules.timing import TimeCodec
 
 ID = "__id"
 

@@ -25,7 +25,8 @@ def options_for(
         JobError: an unparseable origin or duration, or options the model cannot honour (see
             ``check_trained_options``).
     """
-    from datamodules.timing import TimeCodec, duration_days, parse_duration, user_time
+    from datamodules.stamps import user_time
+    from datamodules.timing import TimeCodec, duration_days, parse_duration
 
     zone = getattr(time_dtype, "time_zone", None)
     codec = TimeCodec(trained.time_unit, trained.time_is_datetime, zone, trained.time_format)

@@ -21,14 +21,8 @@ from datamodules.build import _first_dt
 from datamodules.dataset import SeriesTensors, WindowDataset
 from datamodules.io import SERIES, TIME, Table, canonical_table
 from datamodules.scaling import Scaler
-from datamodules.timing import (
-    TimeCodec,
-    calendar_days,
-    calendar_features,
-    calendar_offsets,
-    clean_step,
-    median_steps,
-)
+from datamodules.stamps import calendar_days, calendar_offsets, clean_step
+from datamodules.timing import TimeCodec, calendar_features, median_steps
 from datamodules.windows import Windows
 
 
@@ -240,7 +234,7 @@ def _queries(
     """(W, K) query times after each origin and their validity: the given ones, else the checkpoint's
     ``predict_queries``, else the trained horizon K (count windows) or the forecast span D, every step of the
     series' own spacing: calendar days in the data's zone for a series with calendar spacing, else its own spacing
-    (regular series) or its median spacing rounded to a clean step (``timing.calendar_days``, ``timing.clean_step``)."""
+    (regular series) or its median spacing rounded to a clean step (``stamps.calendar_days``, ``stamps.clean_step``)."""
     given = options.query_times if options.query_times is not None else trained.predict_queries
     if given is not None:
         q = np.tile(np.asarray(given, dtype=np.float64), (len(w), 1))

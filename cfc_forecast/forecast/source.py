@@ -21,7 +21,7 @@ import polars as pl
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.io import expand_paths
-from datamodules.timing import harmonise_zones
+from datamodules.stamps import harmonise_zones
 
 CHUNK = "__chunk"
 ROW = "__row"

@@ -29,6 +29,15 @@ def built(stamps: list[str], **kw: object) -> SeriesDataModule:
     return dm
 
 
+def checkpoint(dm: SeriesDataModule, path) -> None:
+    """A tiny model fitted on ``dm`` for one batch, saved with the DataModule's state at ``path``."""
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model_for(dm, hidden_size=8, backbone_units=8, head="direct"), dm)
+    trainer.save_checkpoint(path)
+
+
 def decoded(dm: SeriesDataModule) -> list[str]:
     return [str(s) for s in dm.decode_times(dm._built.tensors.times.numpy()).to_list()]
 
@@ -114,7 +123,8 @@ def test_local_times_that_do_not_exist_or_exist_twice_are_refused_by_name(arg, v
 
 
 def test_a_repeated_local_time_with_its_offset_is_exact(tmp_path, capsys):
-    from datamodules.timing import TimeCodec, user_time
+    from datamodules.stamps import user_time
+    from datamodules.timing import TimeCodec
 
     codec = TimeCodec("h", True, "Europe/Berlin")
     first, second = (user_time(f"2021-10-31 02:30{o}", codec, "origin") for o in ("+02:00", "+01:00"))
@@ -128,11 +138,7 @@ def test_a_repeated_local_time_with_its_offset_is_exact(tmp_path, capsys):
     frame.with_columns(pl.lit("a").alias("id")).write_parquet(tmp_path / "berlin.parquet")
     dm = SeriesDataModule(str(tmp_path / "berlin.parquet"), id_column="id", time_column="t", lookback=24, horizon=6)
     dm.setup()
-    L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.fit(model_for(dm, hidden_size=8, backbone_units=8, head="direct"), dm)
-    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    checkpoint(dm, tmp_path / "m.ckpt")
     capsys.readouterr()
     job = ["--ckpt_path", str(tmp_path / "m.ckpt"), "--input", str(tmp_path / "berlin.parquet"), "--progress=false"]
     assert job_main([*job, "--output", str(tmp_path / "o"), "--origins=['2021-10-31 02:30']"]) == 2
@@ -179,12 +185,7 @@ def test_the_job_reads_files_in_two_zones_in_one_and_refuses_aware_with_naive(tm
     a, b, c = zone_files(tmp_path)
     dm = SeriesDataModule([a, c], time_column="t", lookback=24, horizon=6, batch_size=32)
     dm.setup()
-    L.seed_everything(0, verbose=False)
-    model = model_for(dm, hidden_size=8, backbone_units=8, head="direct")
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.fit(model, dm)
-    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    checkpoint(dm, tmp_path / "m.ckpt")
     job = ["--ckpt_path", str(tmp_path / "m.ckpt"), "--progress=false"]
     assert job_main([*job, f"--input=['{a}', '{c}']", "--output", str(tmp_path / "ok")]) == 0
     out = pl.read_parquet(tmp_path / "ok" / "*.parquet")
@@ -207,13 +208,13 @@ def test_a_numeric_column_with_empty_cells_as_time_column_names_the_option():
 def test_epoch_seconds_with_time_unit_h_are_named_with_the_fix(caplog):
     t = 1.6e9 + 3600.0 * np.arange(120)
     frame = pl.DataFrame({"t": t, "y": np.sin(np.arange(120) / 6)})
-    with caplog.at_level(logging.WARNING, logger="datamodules.timing"):
+    with caplog.at_level(logging.WARNING, logger="datamodules.stamps"):
         SeriesDataModule.from_frame(frame, time_column="t", lookback=16, horizon=4).setup()
     assert "3600 h apart" in caplog.text and "--data.time_unit s" in caplog.text
     with pytest.raises(UserError, match="no training window.*--data.time_unit s"):
         SeriesDataModule.from_frame(frame, time_column="t", observe="16h", forecast="4h").setup()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="datamodules.timing"):
+    with caplog.at_level(logging.WARNING, logger="datamodules.stamps"):
         SeriesDataModule.from_frame(frame, time_column="t", time_unit="s", lookback=16, horizon=4).setup()
     assert "apart" not in caplog.text
 
@@ -230,12 +231,7 @@ def test_the_format_inferred_in_training_is_the_one_every_later_reading_uses(tmp
                           lookback=8, horizon=2, stride=4, batch_size=32)  # fmt: skip
     dm.setup()
     assert dm.state_dict()["preprocessing"]["time_format"] == "%d/%m/%Y %H:%M"
-    L.seed_everything(0, verbose=False)
-    model = model_for(dm, hidden_size=8, backbone_units=8, head="direct")
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.fit(model, dm)
-    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    checkpoint(dm, tmp_path / "m.ckpt")
     # new rows whose days are all <= 12: alone they could be month/day; read as in training
     (tmp_path / "new.csv").write_text(day_first_csv(range(1, 6)))
     got = forecast_rows(tmp_path / "m.ckpt", str(tmp_path / "new.csv"))
