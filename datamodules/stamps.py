@@ -253,6 +253,8 @@ def calendar_days(offsets: np.ndarray, times: np.ndarray, codec: TimeCodec, step
     days = step * UNIT_SECONDS[codec.unit] / 86400.0
     whole = np.round(days)
     near = (whole >= 1) & (np.abs(days - whole) * 24.0 <= 1.0)
+    if not near.any():  # most series: no stamps to decode
+        return np.zeros(n, dtype=np.int64)
     stamps = codec.decode(times)
     series = np.repeat(np.arange(n), np.diff(offsets))
     clocks = pl.DataFrame({"s": series, "c": stamps.dt.time()}).group_by("s").agg(pl.col("c").n_unique())
