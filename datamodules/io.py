@@ -2,8 +2,8 @@
 
 The canonical table has one row per (series, time stamp): ``__series`` (UInt32 index into the sorted series ids),
 ``__t`` (float64 time in the declared unit), then one Float64 column per variable with nulls where missing. Every
-problem in the input is either a ``ValueError`` that names the source, the column and what to do, or a counted,
-logged skip (``Table.counts``) — never a silent drop.
+problem in the input is either a ``UserError`` (a ``ValueError``) that names the source, the column and what to do,
+or a counted, logged skip (``Table.counts``) — never a silent drop.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def expand_paths(path: str | list[str]) -> list[Path]:
         else:
             found += sorted(Path(g) for g in glob.glob(str(p), recursive=True))
     if not found:
-        raise ValueError(f"path {path!r} matches no CSV or Parquet file; give a file, a folder or a glob")
+        raise UserError(f"path {path!r} matches no CSV or Parquet file; give a file, a folder or a glob")
     return found
 
 
@@ -67,7 +67,7 @@ def read_files(path: str | list[str], time_column: str | None = None) -> pl.Data
     different time zones is converted to the first file's zone (``stamps.harmonise_zones``).
 
     Raises:
-        ValueError: no file, or an unknown file type. UserError: zone-aware and naive time stamps mixed.
+        UserError: no file, an unknown file type, or zone-aware and naive time stamps mixed.
     """
     frames, paths = [], expand_paths(path)
     for p in paths:
@@ -76,7 +76,7 @@ def read_files(path: str | list[str], time_column: str | None = None) -> pl.Data
         elif p.suffix in (".csv", ".txt", ".gz"):
             frames.append(pl.read_csv(p, infer_schema_length=10_000))
         else:
-            raise ValueError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
+            raise UserError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
     if len(frames) == 1:
         return frames[0]
     if time_column is not None:
@@ -87,12 +87,12 @@ def read_files(path: str | list[str], time_column: str | None = None) -> pl.Data
 
 
 def require_columns(frame: pl.DataFrame, columns: list[str], source: str, role: str) -> None:
-    """Raise a ``ValueError`` naming each missing column, its closest matches and the available ones."""
+    """Raise a ``UserError`` naming each missing column, its closest matches and the available ones."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         hints = {c: difflib.get_close_matches(c, frame.columns, n=2) for c in missing}
         hint = "; ".join(f"{c!r}: did you mean {h}?" for c, h in hints.items() if h)
-        raise ValueError(f"{source}: {role} {missing} not found. {hint} Available columns: {frame.columns}")
+        raise UserError(f"{source}: {role} {missing} not found. {hint} Available columns: {frame.columns}")
 
 
 def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.DataFrame:
@@ -103,13 +103,13 @@ def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.
         cast = col.cast(pl.Float64, strict=False)
         bad = col.filter(cast.is_null() & col.is_not_null())
         if len(bad):
-            raise ValueError(
+            raise UserError(
                 f"{source}: column {c!r} has {len(bad)} non-numeric values, e.g. {bad.head(3).to_list()}; "
                 "leave missing values empty"
             )
         n_inf = int(cast.is_infinite().sum())
         if n_inf:
-            raise ValueError(f"{source}: column {c!r} has {n_inf} infinite values; replace them by empty cells")
+            raise UserError(f"{source}: column {c!r} has {n_inf} infinite values; replace them by empty cells")
         exprs.append(cast.fill_nan(None).alias(c))
     return frame.with_columns(exprs)
 
@@ -131,7 +131,7 @@ def _raise_duplicates(frame: pl.DataFrame, keys: list[str], source: str) -> None
     dup = frame.group_by(keys).len().filter(pl.col("len") > 1)
     if dup.height:
         example = dup.sort(keys).head(3).drop("len").rows()
-        raise ValueError(
+        raise UserError(
             f"{source}: {dup.height} duplicate time stamps within a series (by {keys}), e.g. {example}; "
             "fix the data or pass duplicates='mean' / 'first' / 'last' to aggregate them"
         )
@@ -149,7 +149,7 @@ def long_to_wide(
     every_variable: bool = True,
 ) -> pl.DataFrame:
     """Spread a long frame (keys, variable, value) into one column per requested variable (``every_variable``:
-    each must occur at least once, else a ``ValueError``; rows to forecast may lack some).
+    each must occur at least once, else a ``UserError``; rows to forecast may lack some).
 
     One sort by (keys, variable), then numpy: cells are runs of equal (keys, variable), aggregated with
     ``bincount`` (mean) or their first / last row, and scattered into a (rows, variables) array.
@@ -161,7 +161,7 @@ def long_to_wide(
     absent = [v for v in variables if v not in present]
     if absent and every_variable:
         hints = {v: difflib.get_close_matches(v, sorted(present), n=2) for v in absent}
-        raise ValueError(f"{source}: variables {absent} never occur in column {variable!r} (close: {hints})")
+        raise UserError(f"{source}: variables {absent} never occur in column {variable!r} (close: {hints})")
     _count(counts, "rows of variables not used", int((~frame[variable].is_in(variables)).sum()), source)
     frame = numeric_columns(frame.filter(pl.col(variable).is_in(variables)), [value], source)
     _count(counts, "rows with an empty value", int(frame[value].is_null().sum()), source)
@@ -175,7 +175,7 @@ def long_to_wide(
     new_cell = new_row | np.concatenate([[True], var[1:] != var[:-1]])
     if duplicates == "error" and not new_cell.all():
         example = frame.filter(pl.Series(~new_cell)).head(3).select(*keys, "__v").rows()
-        raise ValueError(
+        raise UserError(
             f"{source}: {int((~new_cell).sum())} duplicate (series, time, variable) rows, e.g. {example} "
             f"(variable as its index in {variables}); pass duplicates='mean' / 'first' / 'last' to aggregate them"
         )
@@ -227,12 +227,12 @@ def canonical_table(
     ``time_format``: the format of text time stamps (default: inferred, ``stamps.infer_time_format``).
 
     Raises:
-        ValueError: empty input, missing columns, unparseable or null time stamps, null series ids,
+        UserError: empty input, missing columns, unparseable or null time stamps, null series ids,
             non-numeric or infinite values, duplicate time stamps (unless aggregated), or a variable with no
             observation at all (unless ``every_variable`` is False).
     """
     if frame.height == 0:
-        raise ValueError(f"{source}: the input has no rows")
+        raise UserError(f"{source}: the input has no rows")
     keys = [c for c in (id_column, time_column) if c is not None]
     require_columns(frame, keys, source, "id/time columns")
     for c in keys:
@@ -256,7 +256,7 @@ def canonical_table(
     frame = frame.filter(~empty)
     never = [v for v in variables if frame[v].null_count() == frame.height] if every_variable else []
     if never or frame.height == 0:
-        raise ValueError(f"{source}: variables {never or variables} have no observation at all; drop them")
+        raise UserError(f"{source}: variables {never or variables} have no observation at all; drop them")
     codec = codec_for(frame, time_column, time_unit, time_format)
     ids = frame[id_column] if id_column is not None else pl.Series("series", [0] * frame.height)
     series_ids = ids.unique().sort()

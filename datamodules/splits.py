@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cfc_forecast.errors import UserError
 from datamodules.build import SplitPlan
 from datamodules.io import TIME, Table
 from datamodules.stamps import user_time
@@ -33,14 +34,14 @@ def split_plan(table: Table, cfg: Any, assign_series: Callable[[pl.Series], np.n
     """The split plan of ``cfg`` (a ``SeriesDataModule``'s settings) on ``table``.
 
     Raises:
-        ValueError: cut-offs that do not increase or do not parse.
+        UserError: cut-offs that do not increase or do not parse.
     """
     if cfg.split_by == "series":
         return SplitPlan(codes=assign_series(table.series_ids), fit=cfg.scale_fit)
     if cfg.split_times is not None:
         cuts = [user_time(c, table.codec, "split_times") for c in cfg.split_times]
         if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
-            raise ValueError(f"split_times must increase, got {cfg.split_times}")
+            raise UserError(f"split_times must increase, got {cfg.split_times}")
     else:
         t, (f_train, f_val, _) = table.frame[TIME], cfg.split_fractions
         t0, span = float(t.min()), float(t.max()) - float(t.min())

@@ -34,9 +34,9 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]+)
 
 
 def check_unit(unit: str, name: str = "time_unit") -> str:
-    """Return ``unit`` if it is a known time unit, else raise a ``ValueError`` listing the valid ones."""
+    """Return ``unit`` if it is a known time unit, else raise a ``UserError`` listing the valid ones."""
     if unit not in UNIT_SECONDS:
-        raise ValueError(f"{name}={unit!r} is not a time unit; choose one of {sorted(UNIT_SECONDS)}")
+        raise UserError(f"{name}={unit!r} is not a time unit; choose one of {sorted(UNIT_SECONDS)}")
     return unit
 
 
@@ -52,7 +52,7 @@ def parse_duration(value: str | float | None, unit: str, name: str) -> float | N
         The duration in ``unit`` (a float >= 0), or None.
 
     Raises:
-        ValueError: unparseable, unknown unit or negative.
+        UserError: unparseable, unknown unit or negative.
     """
     if value is None:
         return None
@@ -61,12 +61,12 @@ def parse_duration(value: str | float | None, unit: str, name: str) -> float | N
     else:
         match = _DURATION.match(str(value))
         if match is None:
-            raise ValueError(f"{name}={value!r} is not a duration; write e.g. '6h', '2d', '30min' or a number")
+            raise UserError(f"{name}={value!r} is not a duration; write e.g. '6h', '2d', '30min' or a number")
         given = _ALIASES.get(match.group(2) or unit, match.group(2) or unit)
         check_unit(given, name)
         number = float(match.group(1)) * UNIT_SECONDS[given] / UNIT_SECONDS[unit]
     if not np.isfinite(number) or number < 0:
-        raise ValueError(f"{name}={value!r} must be a finite duration >= 0")
+        raise UserError(f"{name}={value!r} must be a finite duration >= 0")
     return number
 
 
@@ -128,7 +128,7 @@ def calendar_features(times: np.ndarray, codec: TimeCodec, names: list[str]) -> 
     if not names:
         return np.zeros((len(times), 0), dtype=np.float32)
     if not codec.is_datetime:
-        raise ValueError(f"calendar features {names} need a date-time time column; this data has numeric times")
+        raise UserError(f"calendar features {names} need a date-time time column; this data has numeric times")
     stamps = codec.decode(times)
     exprs = {
         "hour_of_day": (stamps.dt.hour() + stamps.dt.minute() / 60.0) / 23.0 - 0.5,
@@ -138,7 +138,7 @@ def calendar_features(times: np.ndarray, codec: TimeCodec, names: list[str]) -> 
     }
     unknown = [n for n in names if n not in exprs]
     if unknown:
-        raise ValueError(f"unknown calendar features {unknown}; choose from {sorted(exprs)}")
+        raise UserError(f"unknown calendar features {unknown}; choose from {sorted(exprs)}")
     return np.stack([exprs[n].to_numpy().astype(np.float32) for n in names], axis=1)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cfc_forecast.errors import UserError
 from datamodules.timing import duration_days, parse_duration
 
 WindowMode = Literal["count", "duration", "fixed"]
@@ -182,29 +183,29 @@ def window_spec(
     origin: float | None,
     step_targets: bool,
 ) -> WindowSpec:
-    """Resolve the windowing arguments into one mode, or raise a ``ValueError`` saying what to give."""
+    """Resolve the windowing arguments into one mode, or raise a ``UserError`` saying what to give."""
     if lookback is not None or horizon is not None:
         if origin is not None or observe is not None or forecast is not None or every is not None:
-            raise ValueError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
+            raise UserError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
         if lookback is None or horizon is None or lookback < 1 or horizon < 0 or stride < 1:
-            raise ValueError(
+            raise UserError(
                 f"count windows need lookback >= 1, horizon >= 0, stride >= 1; got "
                 f"lookback={lookback}, horizon={horizon}, stride={stride}"
             )
         if horizon == 0 and not step_targets:
-            raise ValueError("horizon=0 leaves nothing to forecast; set step_targets=True or horizon >= 1")
+            raise UserError("horizon=0 leaves nothing to forecast; set step_targets=True or horizon >= 1")
         return WindowSpec("count", lookback=lookback, horizon=horizon, stride=stride)
     w = parse_duration(observe, unit, "observe")
     d = parse_duration(forecast, unit, "forecast")
     if origin is not None:
         return WindowSpec("fixed", observe=w, forecast=d, origin=origin)
     if w is None or d is None:
-        raise ValueError(
+        raise UserError(
             "choose a windowing: lookback+horizon (count), observe+forecast[+every] (duration), "
             "or origin[+observe][+forecast] (one window per series)"
         )
     s = parse_duration(every, unit, "every") if every is not None else d
     if not s or s <= 0:
-        raise ValueError(f"every={every!r} must be a positive duration")
+        raise UserError(f"every={every!r} must be a positive duration")
     days = duration_days(every) if every is not None else 0
     return WindowSpec("duration", observe=w, forecast=d, every=s, every_days=days)
