@@ -69,7 +69,7 @@ _OFFSET = r"(Z|[+-]\d\d:?\d\d)\s*$"
 
 def parse_stamps(values: pl.Series, fmt: str) -> pl.Series:
     """Text time stamps read with one format (a stamp without its clock part counts as midnight when the format
-    has no UTC offset); stamps that do not fit become null.
+    has no UTC offset); stamps that do not fit become null, and so do years before 1000 read by ``%Y``.
 
     Args:
         values: (N,) String series. fmt: a chrono format such as ``"%Y-%m-%d %H:%M:%S%.f"``.
@@ -84,6 +84,8 @@ def parse_stamps(values: pl.Series, fmt: str) -> pl.Series:
     date = re.split(r"[ T]%H", fmt)[0]
     if date != fmt and "%#z" not in fmt and "%z" not in fmt:
         parsed = parsed.fill_null(values.str.to_datetime(date, strict=False, time_unit="us"))
+    if "%Y" in fmt:  # chrono's %Y also reads "21" (the year 21): a two-digit year does not fit a four-digit format
+        parsed = pl.select(pl.when(parsed.dt.year() >= 1000).then(parsed)).to_series().alias(values.name)
     return parsed
 
 

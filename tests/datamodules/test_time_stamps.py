@@ -62,6 +62,8 @@ def test_utc_offsets_across_a_dst_change_are_read_as_utc_one_hour_apart():
          "read as '%d/%m/%Y' or as '%m/%d/%Y'; say which with --data.time_format"),
         (["2021-01-01 00:00", "2021-01-01 01:00", "2021/01/01 02:00", "2021-01-01T03:00"], {},
          "no one format reads every stamp"),
+        (["01/02/21", "02/02/21", "03/02/21", "04/02/21"], {"time_unit": "d"},  # which century, which order?
+         "does not parse as date-times.*--data.time_format"),
     ],
 )  # fmt: skip
 def test_stamps_that_would_be_reinterpreted_are_refused_with_the_fix(stamps, kw, message):
@@ -88,6 +90,11 @@ def test_day_first_dates_with_an_explicit_format_or_an_unambiguous_day():
     dm = built(["12/02/2021", "13/02/2021", "14/02/2021", "15/02/2021"], time_unit="d")
     assert decoded(dm) == [f"2021-02-{d} 00:00:00" for d in range(12, 16)]
     assert dm._table.codec.format == "%d/%m/%Y"
+
+
+def test_two_digit_years_with_their_format():
+    dm = built(["01/02/21", "02/02/21", "03/02/21", "04/02/21"], time_unit="d", time_format="%d/%m/%y")
+    assert decoded(dm) == [f"2021-02-0{d} 00:00:00" for d in range(1, 5)]
 
 
 def test_midnight_written_as_a_date_and_optional_fractions_are_one_format():
