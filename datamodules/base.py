@@ -18,12 +18,14 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
+from cfc_forecast.errors import UserError
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
-from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
+from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_table, read_files
 from datamodules.scaling import ScaleBy, ScaleMethod
 from datamodules.sharding import EvalShardSampler
-from datamodules.splits import seeded_series_split, split_plan, user_time
+from datamodules.splits import seeded_series_split, split_plan
+from datamodules.stamps import numeric_time_hint, user_time
 from datamodules.timing import CalendarFeature, TimeUnit, check_unit, median_steps
 from datamodules.windows import window_spec
 
@@ -45,6 +47,8 @@ class SeriesDataModule(L.LightningDataModule):
         static: S per-series constant covariates. known_future: variables known ahead (given at query times).
         calendar: calendar features of the time stamps, added to the known-future covariates.
         time_unit: unit of all times and durations in a batch; for numeric time columns, the numbers' unit.
+        time_format: format of text time stamps, e.g. "%d/%m/%Y %H:%M" (default: the one format that reads them
+            all; refused when several read them differently). Saved in the checkpoint for every later reading.
         duplicates: several rows of one series at one time stamp: "error", or aggregate by mean/first/last.
         lookback: count windows: L input rows. horizon: count windows: K target rows. stride: rows between starts.
         observe: duration W before the origin ("2d", "6h" or a number in time_unit); None in fixed mode = all.
@@ -79,6 +83,7 @@ class SeriesDataModule(L.LightningDataModule):
         known_future: list[str] | None = None,
         calendar: list[CalendarFeature] | None = None,
         time_unit: TimeUnit = "h",
+        time_format: str | None = None,
         duplicates: Duplicates = "error",
         lookback: int | None = None,
         horizon: int | None = None,
@@ -136,7 +141,7 @@ class SeriesDataModule(L.LightningDataModule):
             return self._frame
         if self.cfg.path is None:
             raise ValueError("give a path (file, folder or glob) or build with SeriesDataModule.from_frame(frame)")
-        return read_files(self.cfg.path)
+        return read_files(self.cfg.path, self.cfg.time_column)
 
     def _source(self) -> str:
         return "frame" if self._frame is not None else str(self.cfg.path)
@@ -182,20 +187,27 @@ class SeriesDataModule(L.LightningDataModule):
             duplicates=h.duplicates,
             variable_column=h.variable_column,
             value_column=h.value_column,
+            time_format=h.time_format,
         )
         if self.spec.mode == "fixed":
             self.spec.origin = user_time(h.origin, table.codec, "origin")
         self._table, self._roles_used = table, roles
-        self._built = build(
-            table,
-            roles,
-            self.spec,
-            split_plan(table, self.cfg, self._assign_series),
-            h.scaling,
-            h.scale_by,
-            h.step_targets,
-            self.first_dt_from_zero,
-        )
+        hint = "" if table.codec.is_datetime else self._numeric_time_hint(table)
+        try:
+            self._built = build(
+                table,
+                roles,
+                self.spec,
+                split_plan(table, self.cfg, self._assign_series),
+                h.scaling,
+                h.scale_by,
+                h.step_targets,
+                self.first_dt_from_zero,
+            )
+        except ValueError as err:
+            if hint:  # times in another unit than declared are the likelier cause: name the fix
+                raise UserError(f"{err}; {hint}") from None
+            raise
         # computed here, not when a checkpoint is saved: polars deadlocks in a process forked from one that used it
         # (DDP's fork and notebook strategies), and the checkpoint is saved in those processes
         self._median_step = float(np.median(median_steps(self._built.offsets, self._built.tensors.times.numpy())))
@@ -204,6 +216,11 @@ class SeriesDataModule(L.LightningDataModule):
             "%s: %d series, windows %s, skipped %s", self._source(), len(table.series_ids), sizes, self._built.counts
         )
         return self._built
+
+    def _numeric_time_hint(self, table: Table) -> str:
+        series = table.frame[SERIES].to_numpy()
+        offsets = np.searchsorted(series, np.arange(len(table.series_ids) + 1))
+        return numeric_time_hint(table.frame[TIME].to_numpy(), offsets, self.cfg.time_unit, self._source())
 
     def setup(self, stage: str | None = None) -> None:
         self._ensure_built()
@@ -309,6 +326,8 @@ class SeriesDataModule(L.LightningDataModule):
             "time_zone": codec.time_zone,
             "window": {"mode": spec.mode, "lookback": spec.lookback, "horizon": spec.horizon,
                        "observe": spec.observe, "forecast": spec.forecast},  # fmt: skip
+            # absent from older checkpoints: their jobs let polars infer the format per chunk, as then
+            "time_format": codec.format,
             "predict_queries": None if h.predict_queries is None else [float(q) for q in h.predict_queries],
             "first_dt_from_zero": self.first_dt_from_zero,
             # the typical spacing of the training series: a job warns when new data are spaced very differently

@@ -13,7 +13,8 @@ import torch
 from datamodules.dataset import SeriesTensors
 from datamodules.io import SERIES, TIME, Table
 from datamodules.scaling import ScaleBy, ScaleMethod, Scaler, fit_scaler
-from datamodules.timing import calendar_features
+from datamodules.stamps import calendar_offsets
+from datamodules.timing import TimeCodec, calendar_features
 from datamodules.windows import (
     Windows,
     WindowSpec,
@@ -102,12 +103,18 @@ def static_matrix(frame: pl.DataFrame, static: list[str], n_series: int, ids: pl
     return out
 
 
-def make_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
-    """All windows of the chosen mode, before assigning them to splits."""
+def make_windows(
+    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec, codec: TimeCodec | None = None
+) -> Windows:
+    """All windows of the chosen mode, before assigning them to splits (``every`` in days: calendar days when
+    ``codec`` has a time zone)."""
     if spec.mode == "count":
         return count_windows(offsets, times, spec)
     if spec.mode == "duration":
-        return duration_windows(series, offsets, times, spec)
+        later = None
+        if codec is not None and codec.time_zone is not None:
+            later = lambda start, days: calendar_offsets(start, days[:, None], codec)[:, 0]  # noqa: E731
+        return duration_windows(series, offsets, times, spec, later)
     return fixed_windows(series, offsets, times, spec)
 
 
@@ -188,7 +195,7 @@ def build(
         static=_static(frame, roles, n_series, table, plan, scaling, fit_mask, counts),
         step_targets=step_targets,
     )
-    all_w = make_windows(series, offsets, times, spec)
+    all_w = make_windows(series, offsets, times, spec, table.codec)
     tg_rows = mask[:, tg_cols].any(axis=1)
     windows = split_windows(all_w, times, tg_rows, spec, plan, step_targets, counts, n_series)
     if len(windows["train"]) == 0:

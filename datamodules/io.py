@@ -2,8 +2,8 @@
 
 The canonical table has one row per (series, time stamp): ``__series`` (UInt32 index into the sorted series ids),
 ``__t`` (float64 time in the declared unit), then one Float64 column per variable with nulls where missing. Every
-problem in the input is either a ``ValueError`` that names the source, the column and what to do, or a counted,
-logged skip (``Table.counts``) — never a silent drop.
+problem in the input is either a ``UserError`` (a ``ValueError``) that names the source, the column and what to do,
+or a counted, logged skip (``Table.counts``) — never a silent drop.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from datamodules.timing import TimeCodec, codec_for, to_datetime_or_number
+from cfc_forecast.errors import UserError
+from datamodules.stamps import harmonise_zones, to_datetime_or_number
+from datamodules.timing import TimeCodec, codec_for
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +58,41 @@ def expand_paths(path: str | list[str]) -> list[Path]:
         else:
             found += sorted(Path(g) for g in glob.glob(str(p), recursive=True))
     if not found:
-        raise ValueError(f"path {path!r} matches no CSV or Parquet file; give a file, a folder or a glob")
+        raise UserError(f"path {path!r} matches no CSV or Parquet file; give a file, a folder or a glob")
     return found
 
 
-def read_files(path: str | list[str]) -> pl.DataFrame:
-    """Read and concatenate CSV / Parquet files (by extension) into one frame."""
-    frames = []
-    for p in expand_paths(path):
+def read_files(path: str | list[str], time_column: str | None = None) -> pl.DataFrame:
+    """Read and concatenate CSV / Parquet files (by extension) into one frame; the ``time_column`` of files in
+    different time zones is converted to the first file's zone (``stamps.harmonise_zones``).
+
+    Raises:
+        UserError: no file, an unknown file type, or zone-aware and naive time stamps mixed.
+    """
+    frames, paths = [], expand_paths(path)
+    for p in paths:
         if p.suffix == ".parquet":
             frames.append(pl.read_parquet(p))
         elif p.suffix in (".csv", ".txt", ".gz"):
             frames.append(pl.read_csv(p, infer_schema_length=10_000))
         else:
-            raise ValueError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
-    return pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+            raise UserError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
+    if len(frames) == 1:
+        return frames[0]
+    if time_column is not None:
+        zone = harmonise_zones([f.schema for f in frames], time_column, [p.name for p in paths])
+        if zone is not None:
+            frames = [f.with_columns(pl.col(time_column).dt.convert_time_zone(zone)) for f in frames]
+    return pl.concat(frames, how="vertical_relaxed")
 
 
 def require_columns(frame: pl.DataFrame, columns: list[str], source: str, role: str) -> None:
-    """Raise a ``ValueError`` naming each missing column, its closest matches and the available ones."""
+    """Raise a ``UserError`` naming each missing column, its closest matches and the available ones."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         hints = {c: difflib.get_close_matches(c, frame.columns, n=2) for c in missing}
         hint = "; ".join(f"{c!r}: did you mean {h}?" for c, h in hints.items() if h)
-        raise ValueError(f"{source}: {role} {missing} not found. {hint} Available columns: {frame.columns}")
+        raise UserError(f"{source}: {role} {missing} not found. {hint} Available columns: {frame.columns}")
 
 
 def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.DataFrame:
@@ -90,13 +103,13 @@ def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.
         cast = col.cast(pl.Float64, strict=False)
         bad = col.filter(cast.is_null() & col.is_not_null())
         if len(bad):
-            raise ValueError(
+            raise UserError(
                 f"{source}: column {c!r} has {len(bad)} non-numeric values, e.g. {bad.head(3).to_list()}; "
                 "leave missing values empty"
             )
         n_inf = int(cast.is_infinite().sum())
         if n_inf:
-            raise ValueError(f"{source}: column {c!r} has {n_inf} infinite values; replace them by empty cells")
+            raise UserError(f"{source}: column {c!r} has {n_inf} infinite values; replace them by empty cells")
         exprs.append(cast.fill_nan(None).alias(c))
     return frame.with_columns(exprs)
 
@@ -118,7 +131,7 @@ def _raise_duplicates(frame: pl.DataFrame, keys: list[str], source: str) -> None
     dup = frame.group_by(keys).len().filter(pl.col("len") > 1)
     if dup.height:
         example = dup.sort(keys).head(3).drop("len").rows()
-        raise ValueError(
+        raise UserError(
             f"{source}: {dup.height} duplicate time stamps within a series (by {keys}), e.g. {example}; "
             "fix the data or pass duplicates='mean' / 'first' / 'last' to aggregate them"
         )
@@ -136,7 +149,7 @@ def long_to_wide(
     every_variable: bool = True,
 ) -> pl.DataFrame:
     """Spread a long frame (keys, variable, value) into one column per requested variable (``every_variable``:
-    each must occur at least once, else a ``ValueError``; rows to forecast may lack some).
+    each must occur at least once, else a ``UserError``; rows to forecast may lack some).
 
     One sort by (keys, variable), then numpy: cells are runs of equal (keys, variable), aggregated with
     ``bincount`` (mean) or their first / last row, and scattered into a (rows, variables) array.
@@ -148,12 +161,13 @@ def long_to_wide(
     absent = [v for v in variables if v not in present]
     if absent and every_variable:
         hints = {v: difflib.get_close_matches(v, sorted(present), n=2) for v in absent}
-        raise ValueError(f"{source}: variables {absent} never occur in column {variable!r} (close: {hints})")
+        raise UserError(f"{source}: variables {absent} never occur in column {variable!r} (close: {hints})")
     _count(counts, "rows of variables not used", int((~frame[variable].is_in(variables)).sum()), source)
     frame = numeric_columns(frame.filter(pl.col(variable).is_in(variables)), [value], source)
     _count(counts, "rows with an empty value", int(frame[value].is_null().sum()), source)
     code = pl.col(variable).cast(pl.Enum(variables)).to_physical().cast(pl.Int64).alias("__v")
-    frame = frame.filter(pl.col(value).is_not_null()).select(*keys, code, value).sort(*keys, "__v")
+    # a stable sort: duplicates="first" / "last" mean the first / last row of a cell in the input's order
+    frame = frame.filter(pl.col(value).is_not_null()).select(*keys, code, value).sort(*keys, "__v", maintain_order=True)
     changed = pl.any_horizontal(pl.col(k).ne_missing(pl.col(k).shift()) for k in keys)
     frame = frame.with_columns(changed.fill_null(True).alias("__new"))
     new_row = frame["__new"].to_numpy()
@@ -161,7 +175,7 @@ def long_to_wide(
     new_cell = new_row | np.concatenate([[True], var[1:] != var[:-1]])
     if duplicates == "error" and not new_cell.all():
         example = frame.filter(pl.Series(~new_cell)).head(3).select(*keys, "__v").rows()
-        raise ValueError(
+        raise UserError(
             f"{source}: {int((~new_cell).sum())} duplicate (series, time, variable) rows, e.g. {example} "
             f"(variable as its index in {variables}); pass duplicates='mean' / 'first' / 'last' to aggregate them"
         )
@@ -179,6 +193,19 @@ def long_to_wide(
     return pl.concat([frame.filter(pl.Series(new_row)).select(keys), columns], how="horizontal")
 
 
+def _empty_cells(frame: pl.DataFrame, column: str, time_column: str, source: str) -> str:
+    n = frame[column].null_count()
+    if column == time_column and frame[column].dtype.is_numeric():
+        # often a column of measurements named as the time column: then the fix is another column, not filling it
+        return (
+            f"{source}: time column {column!r} holds numbers with {n} empty cells of {frame.height}; if it is not "
+            f"the time column, name the right one with --data.time_column (columns: {frame.columns}), else give "
+            "every row a time"
+        )
+    what = "time column" if column == time_column else "series id column"
+    return f"{source}: {what} {column!r} has {n} empty cells; fill them or drop those rows"
+
+
 def canonical_table(
     frame: pl.DataFrame,
     *,
@@ -192,24 +219,26 @@ def canonical_table(
     variable_column: str = "variable",
     value_column: str = "value",
     every_variable: bool = True,
+    time_format: str | None = None,
 ) -> Table:
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
 
     ``every_variable=False`` (rows to forecast, not to fit on) accepts a variable that is never observed.
+    ``time_format``: the format of text time stamps (default: inferred, ``stamps.infer_time_format``).
 
     Raises:
-        ValueError: empty input, missing columns, unparseable or null time stamps, null series ids,
+        UserError: empty input, missing columns, unparseable or null time stamps, null series ids,
             non-numeric or infinite values, duplicate time stamps (unless aggregated), or a variable with no
             observation at all (unless ``every_variable`` is False).
     """
     if frame.height == 0:
-        raise ValueError(f"{source}: the input has no rows")
+        raise UserError(f"{source}: the input has no rows")
     keys = [c for c in (id_column, time_column) if c is not None]
     require_columns(frame, keys, source, "id/time columns")
     for c in keys:
         if frame[c].null_count():
-            raise ValueError(f"{source}: column {c!r} has {frame[c].null_count()} empty cells; fill or drop them")
-    frame = to_datetime_or_number(frame, time_column, source)
+            raise UserError(_empty_cells(frame, c, time_column, source))
+    frame, time_format = to_datetime_or_number(frame, time_column, source, time_format)
     counts: dict[str, int] = {}
     if layout == "long":
         frame = long_to_wide(
@@ -227,8 +256,8 @@ def canonical_table(
     frame = frame.filter(~empty)
     never = [v for v in variables if frame[v].null_count() == frame.height] if every_variable else []
     if never or frame.height == 0:
-        raise ValueError(f"{source}: variables {never or variables} have no observation at all; drop them")
-    codec = codec_for(frame, time_column, time_unit)
+        raise UserError(f"{source}: variables {never or variables} have no observation at all; drop them")
+    codec = codec_for(frame, time_column, time_unit, time_format)
     ids = frame[id_column] if id_column is not None else pl.Series("series", [0] * frame.height)
     series_ids = ids.unique().sort()
     frame = frame.select(

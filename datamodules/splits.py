@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cfc_forecast.errors import UserError
 from datamodules.build import SplitPlan
 from datamodules.io import TIME, Table
-from datamodules.timing import TimeCodec
+from datamodules.stamps import user_time
 
 
 def seeded_series_split(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
@@ -29,30 +30,18 @@ def seeded_series_split(n: int, fractions: tuple[float, float, float], seed: int
     return codes
 
 
-def user_time(value: str | float, codec: TimeCodec, name: str) -> float:
-    """A user-given time stamp (a string, in the data's time zone unless it says otherwise) or number as a float."""
-    if not codec.is_datetime:
-        return float(value)
-    stamp = pl.Series(name, [str(value)]).str.to_datetime(strict=False, time_unit="us")
-    if stamp.null_count():
-        raise ValueError(f"{name}={value!r} is not a date-time like '2017-06-26 00:00'")
-    if codec.time_zone is not None and stamp.dtype.time_zone is None:
-        stamp = stamp.dt.replace_time_zone(codec.time_zone)
-    return float(pl.select(codec.encode(pl.lit(stamp))).item())
-
-
 def split_plan(table: Table, cfg: Any, assign_series: Callable[[pl.Series], np.ndarray]) -> SplitPlan:
     """The split plan of ``cfg`` (a ``SeriesDataModule``'s settings) on ``table``.
 
     Raises:
-        ValueError: cut-offs that do not increase or do not parse.
+        UserError: cut-offs that do not increase or do not parse.
     """
     if cfg.split_by == "series":
         return SplitPlan(codes=assign_series(table.series_ids), fit=cfg.scale_fit)
     if cfg.split_times is not None:
         cuts = [user_time(c, table.codec, "split_times") for c in cfg.split_times]
         if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
-            raise ValueError(f"split_times must increase, got {cfg.split_times}")
+            raise UserError(f"split_times must increase, got {cfg.split_times}")
     else:
         t, (f_train, f_val, _) = table.frame[TIME], cfg.split_fractions
         t0, span = float(t.min()), float(t.max()) - float(t.min())

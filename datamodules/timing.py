@@ -2,7 +2,8 @@
 
 Inside the DataModules every time is a float64 number in the declared time unit: for a datetime column, the time
 since the Unix epoch (UTC); for a numeric column, the number itself (the user declares its unit). ``TimeCodec``
-remembers which, so forecasts are written back with the data's own time stamps and time zone.
+remembers which, so forecasts are written back with the data's own time stamps and time zone. How time stamps are
+read and placed (formats, local times, zones, calendar spacing) is ``datamodules.stamps``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
+
+from cfc_forecast.errors import UserError
 
 TimeUnit = Literal["ms", "s", "min", "h", "d", "w", "step"]
 CalendarFeature = Literal["hour_of_day", "day_of_week", "day_of_month", "month_of_year"]
@@ -31,9 +34,9 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]+)
 
 
 def check_unit(unit: str, name: str = "time_unit") -> str:
-    """Return ``unit`` if it is a known time unit, else raise a ``ValueError`` listing the valid ones."""
+    """Return ``unit`` if it is a known time unit, else raise a ``UserError`` listing the valid ones."""
     if unit not in UNIT_SECONDS:
-        raise ValueError(f"{name}={unit!r} is not a time unit; choose one of {sorted(UNIT_SECONDS)}")
+        raise UserError(f"{name}={unit!r} is not a time unit; choose one of {sorted(UNIT_SECONDS)}")
     return unit
 
 
@@ -49,7 +52,7 @@ def parse_duration(value: str | float | None, unit: str, name: str) -> float | N
         The duration in ``unit`` (a float >= 0), or None.
 
     Raises:
-        ValueError: unparseable, unknown unit or negative.
+        UserError: unparseable, unknown unit or negative.
     """
     if value is None:
         return None
@@ -58,12 +61,12 @@ def parse_duration(value: str | float | None, unit: str, name: str) -> float | N
     else:
         match = _DURATION.match(str(value))
         if match is None:
-            raise ValueError(f"{name}={value!r} is not a duration; write e.g. '6h', '2d', '30min' or a number")
+            raise UserError(f"{name}={value!r} is not a duration; write e.g. '6h', '2d', '30min' or a number")
         given = _ALIASES.get(match.group(2) or unit, match.group(2) or unit)
         check_unit(given, name)
         number = float(match.group(1)) * UNIT_SECONDS[given] / UNIT_SECONDS[unit]
     if not np.isfinite(number) or number < 0:
-        raise ValueError(f"{name}={value!r} must be a finite duration >= 0")
+        raise UserError(f"{name}={value!r} must be a finite duration >= 0")
     return number
 
 
@@ -75,11 +78,13 @@ class TimeCodec:
         unit: the float times' unit.
         is_datetime: True when the source column held date-times (floats count from the Unix epoch, UTC).
         time_zone: the source column's time zone, or None for naive date-times or numbers.
+        format: the format text time stamps were parsed with (``infer_time_format``), None when they were not text.
     """
 
     unit: str
     is_datetime: bool
     time_zone: str | None = None
+    format: str | None = None  # the chrono format text stamps were read with (None: not text)
 
     def encode(self, column: pl.Expr) -> pl.Expr:
         """Expression turning a datetime or numeric column into float64 times in ``unit``."""
@@ -99,39 +104,13 @@ class TimeCodec:
         return stamps
 
 
-def to_datetime_or_number(frame: pl.DataFrame, column: str, source: str) -> pl.DataFrame:
-    """Parse a string time column as date-times; leave datetime and numeric columns as they are.
-
-    Raises:
-        ValueError: naming ``source``, the column and the first values that do not parse.
-    """
-    dtype = frame.schema[column]
-    if dtype.is_numeric() or dtype == pl.Datetime or isinstance(dtype, pl.Datetime):
-        return frame
-    if dtype == pl.Date:
-        return frame.with_columns(pl.col(column).cast(pl.Datetime("us")))
-    if dtype != pl.String:
-        raise ValueError(f"{source}: time column {column!r} has type {dtype}; expected date-times or numbers")
-    try:
-        parsed = frame[column].str.to_datetime(strict=False, time_unit="us")
-    except pl.exceptions.PolarsError as err:
-        raise ValueError(f"{source}: time column {column!r} does not parse as date-times ({err})") from None
-    bad = frame[column].filter(parsed.is_null() & frame[column].is_not_null())
-    if len(bad):
-        raise ValueError(
-            f"{source}: {len(bad)} time stamps in column {column!r} do not parse as date-times, "
-            f"e.g. {bad.head(3).to_list()}; use one ISO 8601 format throughout (or numbers with a time_unit)"
-        )
-    return frame.with_columns(parsed.alias(column))
-
-
-def codec_for(frame: pl.DataFrame, column: str, unit: str) -> TimeCodec:
+def codec_for(frame: pl.DataFrame, column: str, unit: str, time_format: str | None = None) -> TimeCodec:
     """The codec of a parsed time column (datetime or numeric)."""
     dtype = frame.schema[column]
     if isinstance(dtype, pl.Datetime):
         if unit == "step":
-            raise ValueError(f"time column {column!r} holds date-times: choose a time_unit such as 'h', not 'step'")
-        return TimeCodec(unit=unit, is_datetime=True, time_zone=dtype.time_zone)
+            raise UserError(f"time column {column!r} holds date-times: choose a time_unit such as 'h', not 'step'")
+        return TimeCodec(unit=unit, is_datetime=True, time_zone=dtype.time_zone, format=time_format)
     return TimeCodec(unit=unit, is_datetime=False)
 
 
@@ -149,7 +128,7 @@ def calendar_features(times: np.ndarray, codec: TimeCodec, names: list[str]) -> 
     if not names:
         return np.zeros((len(times), 0), dtype=np.float32)
     if not codec.is_datetime:
-        raise ValueError(f"calendar features {names} need a date-time time column; this data has numeric times")
+        raise UserError(f"calendar features {names} need a date-time time column; this data has numeric times")
     stamps = codec.decode(times)
     exprs = {
         "hour_of_day": (stamps.dt.hour() + stamps.dt.minute() / 60.0) / 23.0 - 0.5,
@@ -159,7 +138,7 @@ def calendar_features(times: np.ndarray, codec: TimeCodec, names: list[str]) -> 
     }
     unknown = [n for n in names if n not in exprs]
     if unknown:
-        raise ValueError(f"unknown calendar features {unknown}; choose from {sorted(exprs)}")
+        raise UserError(f"unknown calendar features {unknown}; choose from {sorted(exprs)}")
     return np.stack([exprs[n].to_numpy().astype(np.float32) for n in names], axis=1)
 
 
@@ -173,3 +152,15 @@ def median_steps(offsets: np.ndarray, times: np.ndarray) -> np.ndarray:
     per[medians["s"].to_numpy()] = medians["d"].to_numpy()
     overall = np.nanmedian(per) if np.isfinite(per).any() else 1.0
     return np.where(np.isfinite(per) & (per > 0), per, overall)
+
+
+def duration_days(value: str | float) -> int:
+    """Whole calendar days of a duration written in days or weeks (``"1d"``, ``"2w"``), else 0."""
+    if isinstance(value, (int, float)):
+        return 0
+    match = _DURATION.match(str(value))
+    if match is None:
+        return 0
+    unit = _ALIASES.get(match.group(2) or "", match.group(2) or "")
+    number = float(match.group(1)) * (7 if unit == "w" else 1)
+    return int(number) if unit in ("d", "w") and number == int(number) and number > 0 else 0

@@ -5,7 +5,8 @@ A window is ``(series, in_lo, in_hi, tg_lo, tg_hi, origin)``: inputs are rows ``
 
 - ``count``: lookback L rows, horizon K rows, starts every ``stride`` rows from each series' first row; the
   origin is the last input's time (regular data, the ETT protocol).
-- ``duration``: origins every S from ``first time + W``; inputs ``[o - W, o)``, targets ``[o, o + D]``.
+- ``duration``: origins every S from ``first time + W``; inputs ``[o - W, o)``, targets ``[o, o + D]``. An S in
+  days or weeks ("1d") is calendar days for zone-aware time stamps: the origins keep their wall-clock time.
 - ``fixed``: one window per series at origin ``o``; inputs ``[o - W, o)`` (all earlier ones when W is None),
   targets ``[o, o + D]`` (all later ones when D is None) — the PhysioNet protocol.
 
@@ -15,12 +16,14 @@ windows, ``[o, o + D]`` for the others); its inputs may reach back into the prev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from datamodules.timing import parse_duration
+from cfc_forecast.errors import UserError
+from datamodules.timing import duration_days, parse_duration
 
 WindowMode = Literal["count", "duration", "fixed"]
 
@@ -37,6 +40,7 @@ class WindowSpec:
     forecast: float | None = None
     every: float | None = None
     origin: float | None = None
+    every_days: int = 0  # ``every`` in whole days or weeks: calendar days for zone-aware time stamps
 
 
 @dataclass
@@ -126,14 +130,28 @@ def span_windows(
     return Windows(owner, in_lo, in_hi, in_hi, tg_hi, origin)
 
 
-def duration_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
-    """Origins every ``spec.every`` from each series' first time + W while the forecast span fits."""
+def duration_windows(
+    series: np.ndarray,
+    offsets: np.ndarray,
+    times: np.ndarray,
+    spec: WindowSpec,
+    later: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> Windows:
+    """Origins every ``spec.every`` from each series' first time + W while the forecast span fits.
+
+    ``later(start, days)`` (both (W,)): the time from each start to the same wall-clock time ``days`` calendar days
+    later; given, origins every ``spec.every_days`` follow the calendar (``stamps.calendar_offsets``).
+    """
     first, last = times[offsets[:-1]], times[offsets[1:] - 1]
     room = last - first - spec.observe - spec.forecast
     n = np.where(room >= 0, np.floor(np.maximum(room, 0) / spec.every).astype(np.int64) + 1, 0)
     owner, rank = _ragged(n)
-    origin = first[owner] + spec.observe + rank * spec.every
-    return span_windows(series, offsets, times, owner, origin, spec)
+    start = first[owner] + spec.observe
+    if later is None or not spec.every_days:
+        return span_windows(series, offsets, times, owner, start + rank * spec.every, spec)
+    origin = start + later(start, rank * spec.every_days)  # 23 or 25 h per day across a DST change
+    fits = origin + spec.forecast <= last[owner]
+    return span_windows(series, offsets, times, owner[fits], origin[fits], spec)
 
 
 def fixed_windows(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, spec: WindowSpec) -> Windows:
@@ -165,28 +183,29 @@ def window_spec(
     origin: float | None,
     step_targets: bool,
 ) -> WindowSpec:
-    """Resolve the windowing arguments into one mode, or raise a ``ValueError`` saying what to give."""
+    """Resolve the windowing arguments into one mode, or raise a ``UserError`` saying what to give."""
     if lookback is not None or horizon is not None:
         if origin is not None or observe is not None or forecast is not None or every is not None:
-            raise ValueError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
+            raise UserError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
         if lookback is None or horizon is None or lookback < 1 or horizon < 0 or stride < 1:
-            raise ValueError(
+            raise UserError(
                 f"count windows need lookback >= 1, horizon >= 0, stride >= 1; got "
                 f"lookback={lookback}, horizon={horizon}, stride={stride}"
             )
         if horizon == 0 and not step_targets:
-            raise ValueError("horizon=0 leaves nothing to forecast; set step_targets=True or horizon >= 1")
+            raise UserError("horizon=0 leaves nothing to forecast; set step_targets=True or horizon >= 1")
         return WindowSpec("count", lookback=lookback, horizon=horizon, stride=stride)
     w = parse_duration(observe, unit, "observe")
     d = parse_duration(forecast, unit, "forecast")
     if origin is not None:
         return WindowSpec("fixed", observe=w, forecast=d, origin=origin)
     if w is None or d is None:
-        raise ValueError(
+        raise UserError(
             "choose a windowing: lookback+horizon (count), observe+forecast[+every] (duration), "
             "or origin[+observe][+forecast] (one window per series)"
         )
     s = parse_duration(every, unit, "every") if every is not None else d
     if not s or s <= 0:
-        raise ValueError(f"every={every!r} must be a positive duration")
-    return WindowSpec("duration", observe=w, forecast=d, every=s)
+        raise UserError(f"every={every!r} must be a positive duration")
+    days = duration_days(every) if every is not None else 0
+    return WindowSpec("duration", observe=w, forecast=d, every=s, every_days=days)

@@ -14,26 +14,43 @@ from __future__ import annotations
 
 import polars as pl
 
-from cfc_forecast.forecast.trained import Trained
+from cfc_forecast.errors import UserError
+from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.io import TIME
+from datamodules.stamps import infer_time_format, parse_stamps
 from datamodules.timing import TimeCodec
 
 ID = "__id"
 
 
 def parse_time(frame: pl.DataFrame, trained: Trained) -> tuple[pl.DataFrame, TimeCodec]:
-    """The time column as date-times (unparseable stamps become empty) or numbers, and its codec."""
+    """The time column as date-times (unparseable stamps become empty) or numbers, and its codec.
+
+    Text stamps are read with the format inferred in training (``Trained.time_format``); when the training data's
+    stamps were not text, the one format of this input is inferred as in training; checkpoints older than the
+    stored format let polars infer it, as they did.
+
+    Raises:
+        JobError: text stamps that no one format reads, or that several read differently.
+    """
     col = frame[trained.time_column]
     if not trained.time_is_datetime:
         return frame.with_columns(col.cast(pl.Float64)), TimeCodec(trained.time_unit, False)
-    if col.dtype == pl.String:
+    fmt = trained.time_format
+    if col.dtype == pl.String and (fmt is not None or trained.time_format_saved):
+        try:
+            fmt = fmt or infer_time_format(col, trained.time_column, "input")
+        except UserError as err:
+            raise JobError(str(err)) from None
+        col = parse_stamps(col, fmt)
+    elif col.dtype == pl.String:
         try:
             col = col.str.to_datetime(strict=False, time_unit="us")
         except pl.exceptions.PolarsError:  # no format fits the first values: every stamp counts as unparseable
             col = pl.Series(col.name, [None] * len(col), pl.Datetime("us"))
     elif col.dtype == pl.Date:
         col = col.cast(pl.Datetime("us"))
-    return frame.with_columns(col), TimeCodec(trained.time_unit, True, col.dtype.time_zone)
+    return frame.with_columns(col), TimeCodec(trained.time_unit, True, col.dtype.time_zone, fmt)
 
 
 def flag_values(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:

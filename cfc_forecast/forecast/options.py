@@ -18,28 +18,34 @@ def options_for(
     flag: str = "--",
 ) -> Options:
     """Forecasting options in the model's terms: origins as float times (time stamps in the data's time zone, or
-    numbers), query times as durations in the time unit ("6h", or numbers).
+    numbers), query times as durations in the time unit ("6h", or numbers; "1d" / "2w" are calendar days and
+    weeks for zone-aware time stamps).
 
     Raises:
         JobError: an unparseable origin or duration, or options the model cannot honour (see
             ``check_trained_options``).
     """
-    from datamodules.splits import user_time
-    from datamodules.timing import TimeCodec, parse_duration
+    from datamodules.stamps import user_time
+    from datamodules.timing import TimeCodec, duration_days, parse_duration
 
-    codec = TimeCodec(trained.time_unit, trained.time_is_datetime, getattr(time_dtype, "time_zone", None))
+    zone = getattr(time_dtype, "time_zone", None)
+    codec = TimeCodec(trained.time_unit, trained.time_is_datetime, zone, trained.time_format)
+    queries = days = None
     try:
-        queries = (
-            sorted({parse_duration(q, trained.time_unit, f"{flag}query_times") for q in query_times})
-            if query_times
-            else None
-        )
+        if query_times:
+            # days and weeks are calendar ones in a time zone (the same wall-clock time, 23 or 25 h across DST)
+            calendar = codec.time_zone is not None
+            given = {parse_duration(q, trained.time_unit, f"{flag}query_times"): q for q in query_times}
+            queries = sorted(given)
+            days = [duration_days(given[q]) if calendar else 0 for q in queries]
         when = sorted({user_time(o, codec, f"{flag}origins") for o in origins}) if origins is not None else None
     except ValueError as err:
         raise JobError(str(err)) from None
     if min_rows is not None and min_rows < 1:
         raise JobError(f"{flag}min_rows must be >= 1, got {min_rows}")
-    options = Options(origins=when, query_times=queries, min_rows=min_rows)
+    options = Options(
+        origins=when, query_times=queries, min_rows=min_rows, query_days=days if any(days or []) else None
+    )
     check_trained_options(trained, options, flag)
     return options
 

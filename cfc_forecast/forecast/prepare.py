@@ -21,6 +21,7 @@ from datamodules.build import _first_dt
 from datamodules.dataset import SeriesTensors, WindowDataset
 from datamodules.io import SERIES, TIME, Table, canonical_table
 from datamodules.scaling import Scaler
+from datamodules.stamps import calendar_days, calendar_offsets, clean_step
 from datamodules.timing import TimeCodec, calendar_features, median_steps
 from datamodules.windows import Windows
 
@@ -29,11 +30,12 @@ from datamodules.windows import Windows
 class Options:
     """How to forecast: ``origins`` (absolute float times; None = from each series' end), ``query_times`` (after
     the origin, time units; None = the checkpoint's rule), ``min_rows`` (rows a series needs; None = the model's
-    context)."""
+    context), ``query_days`` (per query time, the calendar days it stands for in a zone-aware series, else 0)."""
 
     origins: list[float] | None = None
     query_times: list[float] | None = None
     min_rows: int | None = None
+    query_days: list[int] | None = None  # per query time: calendar days in the data's zone (0: absolute)
 
 
 @dataclass
@@ -154,7 +156,7 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
     )
     w, problems = _origin_windows(series, offsets, times, trained, options)
     step = median_steps(offsets, times)
-    w, q, valid = _queries(w, step, offsets, trained, options, problems)
+    w, q, valid = _queries(w, step, offsets, times, codec, trained, options, problems)
     keep = ~problems.any(axis=0)
     reasons = _window_reasons(problems, w, codec, options, trained)
     skipped = pl.DataFrame(
@@ -219,13 +221,26 @@ def _origin_windows(
     return w, np.stack([before < need, np.zeros(len(w), dtype=bool), w.in_hi <= w.in_lo])
 
 
-def _queries(w: Windows, step: np.ndarray, offsets: np.ndarray, trained: Trained, options: Options, problems):
+def _queries(
+    w: Windows,
+    step: np.ndarray,
+    offsets: np.ndarray,
+    times: np.ndarray,
+    codec: TimeCodec,
+    trained: Trained,
+    options: Options,
+    problems: np.ndarray,
+) -> tuple[Windows, np.ndarray, np.ndarray]:
     """(W, K) query times after each origin and their validity: the given ones, else the checkpoint's
-    ``predict_queries``, else the trained horizon K (count windows) or the forecast span D, at the series' own
-    median spacing."""
+    ``predict_queries``, else the trained horizon K (count windows) or the forecast span D, every step of the
+    series' own spacing: calendar days in the data's zone for a series with calendar spacing, else its own spacing
+    (regular series) or its median spacing rounded to a clean step (``stamps.calendar_days``, ``stamps.clean_step``)."""
     given = options.query_times if options.query_times is not None else trained.predict_queries
     if given is not None:
         q = np.tile(np.asarray(given, dtype=np.float64), (len(w), 1))
+        if options.query_times is not None and options.query_days is not None and len(w):
+            days = np.tile(np.asarray(options.query_days, dtype=np.int64), (len(w), 1))
+            q = np.where(days > 0, calendar_offsets(w.origin, days, codec), q)
         return w, q, np.ones_like(q, dtype=bool)
     spec = trained.spec
     if spec.mode == "count":
@@ -239,7 +254,11 @@ def _queries(w: Windows, step: np.ndarray, offsets: np.ndarray, trained: Trained
     problems[1] = np.diff(offsets)[w.series] < 2
     k = np.arange(1, int(n.max(initial=1)) + 1)
     valid = k[None, :] <= n[:, None]
-    return w, np.where(valid, step[w.series, None] * k[None, :], 0.0), valid
+    q = clean_step(offsets, times, step, codec)[w.series, None] * k[None, :]
+    days = calendar_days(offsets, times, codec, step)[w.series, None] * k[None, :]
+    if days.any():
+        q = np.where(days > 0, calendar_offsets(w.origin, days, codec), q)
+    return w, np.where(valid, q, 0.0), valid
 
 
 def _window_reasons(problems: np.ndarray, w: Windows, codec: TimeCodec, options: Options, trained: Trained):

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cfc_forecast.errors import UserError
 from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.io import expand_paths
+from datamodules.stamps import harmonise_zones
 
 CHUNK = "__chunk"
 ROW = "__row"
@@ -48,7 +50,7 @@ def scan(files: list[Path], trained: Trained) -> tuple[pl.LazyFrame, list[str], 
     Raises:
         JobError: a file lacks a column or has a time column of the wrong kind (the file is named).
     """
-    frames, notes, schemas = [], [], set()
+    frames, notes, schemas, per_file = [], [], set(), []
     for path in files:
         lf = pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_csv(path, infer_schema_length=10_000)
         try:
@@ -60,6 +62,14 @@ def scan(files: list[Path], trained: Trained) -> tuple[pl.LazyFrame, list[str], 
         notes += [f"{path.name}: {n}" for n in check_schema(schema, trained, str(path))]
         frames.append(lf.select(trained.columns))
         schemas.add(tuple((c, str(schema[c])) for c in trained.columns))
+        per_file.append(schema)
+    try:  # files in several time zones are read in one (the first file's); aware mixed with naive is refused
+        zone = harmonise_zones(per_file, trained.time_column, [p.name for p in files])
+    except UserError as err:
+        raise JobError(f"--input: {err}") from None
+    if zone is not None:
+        frames = [f.with_columns(pl.col(trained.time_column).dt.convert_time_zone(zone)) for f in frames]
+        schemas = {"several zones"} | schemas  # not one plain scan: each file is converted on its own
     sliceable = all(p.suffix == ".parquet" for p in files) and len(schemas) == 1
     if sliceable:  # one scan over every file seeks to a row range through the files' metadata (row index in the
         # scan itself: a projection before it would stop the slice from reaching the reader)

@@ -44,6 +44,8 @@ class Trained:
         scaler_ids: the training series of the per-series rows (None when global).
         head: the model's head ("direct", "continuous" or "step").
         quantiles: the model's quantile levels, or None.
+        time_format: the format the training data's text time stamps were read with (None: they were not text).
+        time_format_saved: False for checkpoints older than ``time_format`` (their stamps are parsed as then).
     """
 
     inputs: list[str]
@@ -67,6 +69,8 @@ class Trained:
     scaler_ids: list[Any] | None
     head: str
     quantiles: list[float] | None
+    time_format: str | None = None
+    time_format_saved: bool = False
 
     @property
     def columns(self) -> list[str]:
@@ -172,6 +176,8 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
         scaler_ids=scaler["series_ids"],
         head=head,
         quantiles=list(hp["quantiles"]) if hp.get("loss") == "pinball" else None,
+        time_format=state.get("time_format"),
+        time_format_saved="time_format" in state,
     )
 
 
