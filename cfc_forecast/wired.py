@@ -1,0 +1,211 @@
+"""A CfC with a sparse wiring (Neural Circuit Policies, Lechner et al. 2020) over a whole sequence.
+
+The semantics of ncps 1.0.1's wired CfC (``ncps.torch.CfC(input_size, wiring)``), written from scratch: one CfC cell
+per wiring layer, without backbone, run layer after layer at every step; layer l reads the new state of layer l - 1
+(the inputs, for the first layer) and its own previous state. The wiring's 0/1 mask multiplies the input half of the
+ff1 and ff2 heads (not the time heads t_a, t_b), freshly at every forward, so a masked weight gets no gradient. The
+output is the last layer's state: the motor neurons of an NCP.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cfc_forecast.cell import CfCCell, HeadActivation, Mode
+from cfc_forecast.checks import check_sequence_inputs, check_state
+from cfc_forecast.memory import LSTMMemoryCell
+from cfc_forecast.wiring import Wiring, from_ncps
+
+State = Tensor | tuple[Tensor, Tensor]
+
+
+class WiredCfCEncoder(nn.Module):
+    """A closed-form continuous-time network with sparse, layered connectivity, over a whole sequence.
+
+    Per step, for the layers l = 0..L-1 with states h_l (B, n_l) and inputs u_0 = x_t, u_l = h_{l-1}' (the new state
+    of the layer before), each layer is one :class:`~cfc_forecast.cell.CfCCell` step without backbone::
+
+        ff1, ff2, t_a, t_b = split([W_u ⊙ M_l, W_h] concat[u_l, h_l] + b)    # M_l masks the ff1 and ff2 rows only
+        h_l' = the cell's equation in ``mode`` with dt
+
+    The state is the concatenation of the layers' states in layer order (NCP: inter, command, motor), as in ncps.
+
+    Args:
+        input_size: F, features per step (the wiring's sensory neurons).
+        wiring: a :class:`~cfc_forecast.wiring.Wiring`, or an ncps 1.0.1 wiring object (``AutoNCP``, ``NCP``,
+            ``FullyConnected``, a hand-built ``Wiring``), built for ``input_size`` if it is not yet. The masks are
+            buffers of the layers (``layers.<l>.mask``), so a state dict carries its wiring.
+        mode: ``"default"``, ``"no_gate"`` or ``"pure"`` (see :class:`~cfc_forecast.cell.CfCCell`).
+        head_activation: of the ff1 / ff2 heads; ncps uses tanh.
+        mixed_memory: an LSTM memory cell over the whole state, wired as ncps wires it: it runs first on (x_t, h) and
+            the layers read its output as their previous state. The state becomes (h, c), both (B, N).
+        forget_bias: the memory cell's forget-gate bias (ncps: 1.0).
+        check_values: check x for NaN and dt for negative or non-finite values on every call.
+
+    Raises:
+        ValueError: an ncps wiring built for another input size, or a wiring whose first mask does not read F inputs.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        wiring: Wiring | Any,
+        *,
+        mode: Mode = "default",
+        head_activation: HeadActivation = "tanh",
+        mixed_memory: bool = False,
+        forget_bias: float = 1.0,
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(wiring, Wiring):
+            wiring = from_ncps(wiring, input_size)
+        if wiring.input_size != input_size:
+            raise ValueError(f"the wiring reads {wiring.input_size} inputs, the encoder was given {input_size}")
+        self.input_size, self.hidden_size = input_size, wiring.units
+        self.layer_sizes, self.output_size = list(wiring.layer_sizes), wiring.output_size
+        self.mode, self.mixed_memory, self.check_values = mode, mixed_memory, check_values
+        self.layers = nn.ModuleList()
+        for m in wiring.masks:  # (n_l, in_l)
+            cell = CfCCell(m.shape[1], m.shape[0], mode=mode, backbone_layers=0, head_activation=head_activation)
+            cell.register_buffer("mask", m.clone())
+            self.layers.append(cell)
+        self.memory = LSTMMemoryCell(input_size, self.hidden_size, forget_bias) if mixed_memory else None
+
+    @property
+    def wiring(self) -> Wiring:
+        """The wiring in the layers' mask buffers (after loading a state dict, the loaded one)."""
+        return Wiring(self.input_size, tuple(cell.mask.detach().cpu().float() for cell in self.layers))
+
+    def readout(self, state: Tensor) -> Tensor:
+        """The output neurons (the last layer, NCP: the motor neurons) of a state: (..., N) -> (..., M)."""
+        return state[..., self.hidden_size - self.output_size :]
+
+    def _weights(self, cell: CfCCell) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(W_u ⊙ mask, b, W_h) of one layer: the masked input half of the fused heads, their bias, the state half."""
+        w = cell.heads.weight  # (n_heads * n, in + n)
+        masked = 1 if cell.mode == "pure" else 2  # ff1 (and ff2); the time heads t_a, t_b stay dense
+        mask = torch.cat([cell.mask] * masked + [torch.ones_like(cell.mask)] * (cell.n_heads - masked))
+        return w[:, : cell.input_size] * mask, cell.heads.bias, w[:, cell.input_size :]
+
+    def forward(
+        self,
+        x: Tensor,
+        dt: Tensor | None = None,
+        mask: Tensor | None = None,
+        state: State | None = None,
+    ) -> tuple[Tensor, State]:
+        """Encode a batch of sequences.
+
+        Args:
+            x: inputs (B, T, F); no NaN.
+            dt: elapsed time before each step, (B, T) or (B, T, 1), >= 0; default 1.0 everywhere.
+            mask: (B, T) bool, True at real steps; a padded step carries the state over. Default: all real.
+            state: initial state (B, N), or (h, c) with mixed memory; default zeros.
+
+        Returns:
+            ``(outputs, last_state)``: the output neurons after every step (B, T, M) (ncps's output sequence) and
+            the final state, (B, N) or (h, c), so a sequence fed in chunks gives what it gives whole.
+
+        Raises:
+            ValueError: on wrong ranks or sizes, a dt of the wrong shape, negative or non-finite dt, NaN in x.
+        """
+        dt, mask = check_sequence_inputs(x, dt, mask, self.input_size, self.check_values)
+        h, c = self._initial_state(state, x)
+        weights = [self._weights(cell) for cell in self.layers]
+        w_x, b, _ = weights[0]
+        # unbind once: indexing x[:, t] in the loop would cost a full-size zero gradient per step
+        xs = nn.functional.linear(x, w_x, b).unbind(1)  # T x (B, n_heads * n_0): the first layer's input half
+        ms = self.memory.input_map(x).unbind(1) if self.memory is not None else None  # T x (B, 4N)
+        dts = dt.unbind(1)  # T x (B, 1)
+        masks = mask.unbind(1) if mask is not None else None  # T x (B, 1)
+        states = []
+        for t in range(x.shape[1]):
+            h_in, c_new = (h, c) if ms is None else self.memory.step(ms[t], h, c)
+            new, out = [], None
+            for i, (cell, (w_x, b, w_h), h_l) in enumerate(zip(self.layers, weights, h_in.split(self.layer_sizes, 1),
+                                                                strict=True)):  # fmt: skip
+                proj = xs[t] if i == 0 else nn.functional.linear(out, w_x, b)  # (B, n_heads * n_l)
+                out = cell.step(proj, h_l, dts[t], None, w_h)  # (B, n_l)
+                new.append(out)
+            h_new = torch.cat(new, dim=1)  # (B, N)
+            if masks is not None:  # padding carries the state over
+                h_new = torch.where(masks[t], h_new, h)
+                c_new = c_new if c is None else torch.where(masks[t], c_new, c)
+            h, c = h_new, c_new
+            states.append(h)
+        outputs = self.readout(torch.stack(states, dim=1))  # (B, T, M)
+        return outputs, (h if c is None else (h, c))
+
+    def _initial_state(self, state: State | None, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        batch, n = x.shape[0], self.hidden_size
+        if state is None:
+            zeros = x.new_zeros(batch, n)
+            return zeros, (zeros if self.memory is not None else None)
+        if self.memory is not None:
+            if not isinstance(state, tuple | list) or len(state) != 2:
+                raise ValueError("state must be a pair (h, c) of (B, N) tensors when mixed_memory=True")
+            check_state(state[0], batch, n, "state[0] (h)")
+            check_state(state[1], batch, n, "state[1] (c)")
+            return state[0], state[1]
+        if isinstance(state, tuple | list):
+            raise ValueError("state must be one (B, N) tensor when mixed_memory=False, got a tuple")
+        check_state(state, batch, n)
+        return state, None
+
+    def load_ncps_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        """Load the weights of a wired ``ncps.torch.CfC(input_size, wiring)`` (ncps 1.0.1, no ``proj_size``).
+
+        Any wiring, mode and mixed memory. The masks come with the weights (ncps keeps them in the state dict as
+        ``sparsity_mask``) and replace this encoder's: afterwards it computes what the ncps model computes, for the
+        same inputs and elapsed times, even when it was built with another wiring of the same layer sizes.
+
+        Raises:
+            ValueError: when the state dict does not fit this encoder (layer sizes, mode, mixed memory, an unwired
+                or projected model), naming what differs.
+        """
+        sd = {k.removeprefix("rnn_cell."): v for k, v in state_dict.items()}
+        if any(k.startswith("fc.") for k in sd):
+            raise ValueError("projected ncps models (proj_size) are not supported")
+        ids = sorted({int(m.group(1)) for k in sd if (m := re.match(r"layer_(\d+)\.", k))})
+        if not ids:
+            raise ValueError("not a wired ncps CfC (no layer_<l> weights): load it into a CfCEncoder")
+        sizes = [sd[f"layer_{i}.ff1.weight"].shape[0] for i in ids]
+        if sizes != self.layer_sizes:
+            raise ValueError(f"the ncps model's layers have {sizes} neurons, this encoder's {self.layer_sizes}")
+        is_pure = "layer_0.w_tau" in sd
+        if is_pure != (self.mode == "pure"):
+            raise ValueError(f"the ncps model is {'pure' if is_pure else 'gated'}, this encoder {self.mode!r}")
+        has_memory = any(k.startswith("lstm.") for k in sd)
+        if has_memory != self.mixed_memory:
+            raise ValueError(f"mixed memory: ncps model {has_memory}, this encoder {self.mixed_memory}")
+        if has_memory and self.memory.forget_bias != 1.0:
+            raise ValueError("ncps mixed memory needs forget_bias=1.0")
+        names = ["ff1"] if is_pure else ["ff1", "ff2", "time_a", "time_b"]
+        ours: dict[str, Tensor] = {}
+        for j, (i, cell) in enumerate(zip(ids, self.layers, strict=True)):
+            mask = sd[f"layer_{i}.sparsity_mask"]  # (n, in + n): the wiring, then ncps's dense within-layer block
+            if mask.shape != (cell.hidden_size, cell.input_size + cell.hidden_size):
+                raise ValueError(f"ncps layer_{i} reads {mask.shape[1] - cell.hidden_size} inputs, ours "
+                                 f"{cell.input_size}: check input_size")  # fmt: skip
+            if not bool((mask[:, cell.input_size :] == 1).all()):
+                raise ValueError(f"ncps layer_{i} masks its own recurrent weights, which ncps 1.0.1 never does")
+            prefix = f"layers.{j}."
+            ours[prefix + "mask"] = mask[:, : cell.input_size]
+            ours[prefix + "heads.weight"] = torch.cat([sd[f"layer_{i}.{n}.weight"] for n in names])
+            ours[prefix + "heads.bias"] = torch.cat([sd[f"layer_{i}.{n}.bias"] for n in names])
+            if is_pure:
+                ours[prefix + "A"], ours[prefix + "w_tau"] = sd[f"layer_{i}.A"], sd[f"layer_{i}.w_tau"]
+        if has_memory:
+            for name in ("input_map.weight", "input_map.bias", "recurrent_map.weight"):
+                ours[f"memory.{name}"] = sd[f"lstm.{name}"]
+        own = self.state_dict()
+        for key, value in ours.items():
+            if value.shape != own[key].shape:
+                raise ValueError(f"ncps weight for {key} has shape {tuple(value.shape)}, this encoder expects "
+                                 f"{tuple(own[key].shape)}: check input_size")  # fmt: skip
+        self.load_state_dict(ours, strict=True)
