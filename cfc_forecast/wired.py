@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from cfc_forecast.cell import CfCCell, HeadActivation, Mode
 from cfc_forecast.checks import check_sequence_inputs, check_state
+from cfc_forecast.errors import UserError
 from cfc_forecast.memory import LSTMMemoryCell
-from cfc_forecast.wiring import Wiring, from_ncps
+from cfc_forecast.wiring import Wiring, WiringName, from_ncps, make_wiring
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -209,3 +210,42 @@ class WiredCfCEncoder(nn.Module):
                 raise ValueError(f"ncps weight for {key} has shape {tuple(value.shape)}, this encoder expects "
                                  f"{tuple(own[key].shape)}: check input_size")  # fmt: skip
         self.load_state_dict(ours, strict=True)
+
+
+def build_wired_encoder(
+    input_size: int,
+    wiring: WiringName,
+    units: int,
+    outputs: int | None = None,
+    seed: int = 22222,
+    sparsity: float = 0.5,
+    ncp_sizes: dict[str, int] | None = None,
+    *,
+    mode: Mode = "default",
+    head_activation: HeadActivation = "tanh",
+    mixed_memory: bool = False,
+    memory_wiring: str = "ncps",
+    forget_bias: float = 1.0,
+    impl: str = "auto",
+) -> WiredCfCEncoder:
+    """A :class:`WiredCfCEncoder` from the forecaster's plain values (see :func:`~cfc_forecast.wiring.make_wiring`).
+
+    The wired loop is the pure-PyTorch one: ``impl="auto"`` and ``"python"`` run it, ``"native"`` is refused rather
+    than silently not honoured.
+
+    Raises:
+        UserError: ``impl="native"``, ``memory_wiring="paper"`` (its LSTM output would replace the sensory inputs the
+            wiring is drawn for), or a wiring that cannot be built (see :func:`~cfc_forecast.wiring.make_wiring`).
+    """
+    if impl == "native":
+        raise UserError("the native CfC loop does not run wired CfCs: set impl to auto or python with a wiring")
+    if mixed_memory and memory_wiring != "ncps":
+        raise UserError(f"a wired CfC takes mixed memory as ncps wires it: memory_wiring='ncps', got {memory_wiring!r}")
+    return WiredCfCEncoder(
+        input_size,
+        make_wiring(wiring, input_size, units, outputs, seed, sparsity, ncp_sizes),
+        mode=mode,
+        head_activation=head_activation,
+        mixed_memory=mixed_memory,
+        forget_bias=forget_bias,
+    )

@@ -29,7 +29,7 @@ NCP_KEYS = ("inter_neurons", "command_neurons", "motor_neurons", "sensory_fanout
             "recurrent_command_synapses", "motor_fanin")  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no truth value: compare the masks
 class Wiring:
     """Layered sparse connectivity of a wired CfC.
 
