@@ -232,12 +232,14 @@ def test_the_forecaster_head_reads_the_motor_neurons(tiny_synthetic):
     assert model.net.encoder.layer_sizes == [5, 4, 3] and model(batch).shape[:2] == batch.x.shape[:2]
 
 
-def test_a_wired_model_trains_from_its_config_and_its_checkpoint_forecasts_alone(tmp_path):
+def test_a_wired_model_trains_from_its_config_and_its_checkpoint_forecasts_alone(tmp_path, monkeypatch):
     from pathlib import Path
 
     from cfc_forecast.cli import cli
     from cfc_forecast.module import ForecastModule
     from tests.test_cli import TINY_DATA
+
+    monkeypatch.setattr("sys.argv", ["cfc-forecast"])  # the CLI runs on its args, not pytest's
 
     config = Path(__file__).resolve().parents[1] / "configs" / "wired.yaml"
     sizes = ["--model.wiring_units=12", "--model.wiring_outputs=3", "--model.mixed_memory=true",
@@ -254,3 +256,17 @@ def test_a_wired_model_trains_from_its_config_and_its_checkpoint_forecasts_alone
     batch = next(iter(fit.datamodule.val_dataloader()))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(batch), live(batch), rtol=0, atol=0)
+
+
+def test_an_impossible_wiring_from_the_command_line_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from cfc_forecast.cli import main
+    from tests.test_cli import TINY_DATA
+
+    monkeypatch.setattr("sys.argv", ["cfc-forecast"])
+    config = Path(__file__).resolve().parents[1] / "configs" / "wired.yaml"
+    args = ["fit", f"--config={config}", *TINY_DATA, "--model.wiring_outputs=70", f"--runs_root={tmp_path}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cfc-forecast fit: error: auto_ncp needs outputs < units - 2, got units=64, outputs=70"]
