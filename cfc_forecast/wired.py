@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from cfc_forecast.cell import CfCCell, HeadActivation, Mode
-from cfc_forecast.checks import check_sequence_inputs, check_state
+from cfc_forecast.checks import check_sequence_inputs, initial_state, load_converted
 from cfc_forecast.errors import UserError
 from cfc_forecast.memory import LSTMMemoryCell
 from cfc_forecast.wiring import Wiring, WiringName, from_ncps, make_wiring
@@ -116,7 +116,7 @@ class WiredCfCEncoder(nn.Module):
             ValueError: on wrong ranks or sizes, a dt of the wrong shape, negative or non-finite dt, NaN in x.
         """
         dt, mask = check_sequence_inputs(x, dt, mask, self.input_size, self.check_values)
-        h, c = self._initial_state(state, x)
+        h, c = initial_state(state, x, self.hidden_size, self.memory is not None)
         weights = [self._weights(cell) for cell in self.layers]
         w_x, b, _ = weights[0]
         # unbind once: indexing x[:, t] in the loop would cost a full-size zero gradient per step
@@ -141,22 +141,6 @@ class WiredCfCEncoder(nn.Module):
             states.append(h)
         outputs = self.readout(torch.stack(states, dim=1))  # (B, T, M)
         return outputs, (h if c is None else (h, c))
-
-    def _initial_state(self, state: State | None, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        batch, n = x.shape[0], self.hidden_size
-        if state is None:
-            zeros = x.new_zeros(batch, n)
-            return zeros, (zeros if self.memory is not None else None)
-        if self.memory is not None:
-            if not isinstance(state, tuple | list) or len(state) != 2:
-                raise ValueError("state must be a pair (h, c) of (B, N) tensors when mixed_memory=True")
-            check_state(state[0], batch, n, "state[0] (h)")
-            check_state(state[1], batch, n, "state[1] (c)")
-            return state[0], state[1]
-        if isinstance(state, tuple | list):
-            raise ValueError("state must be one (B, N) tensor when mixed_memory=False, got a tuple")
-        check_state(state, batch, n)
-        return state, None
 
     def load_ncps_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         """Load the weights of a wired ``ncps.torch.CfC(input_size, wiring)`` (ncps 1.0.1, no ``proj_size``).
@@ -204,12 +188,7 @@ class WiredCfCEncoder(nn.Module):
         if has_memory:
             for name in ("input_map.weight", "input_map.bias", "recurrent_map.weight"):
                 ours[f"memory.{name}"] = sd[f"lstm.{name}"]
-        own = self.state_dict()
-        for key, value in ours.items():
-            if value.shape != own[key].shape:
-                raise ValueError(f"ncps weight for {key} has shape {tuple(value.shape)}, this encoder expects "
-                                 f"{tuple(own[key].shape)}: check input_size")  # fmt: skip
-        self.load_state_dict(ours, strict=True)
+        load_converted(self, ours, "input_size")
 
 
 def build_wired_encoder(
