@@ -38,7 +38,8 @@ CONFIGS = {"small": (64, 96), "large": (256, 1024)}
 F, H, UNITS = 7, 64, 128
 RESULTS = Path(__file__).parent / "results" / "speed.json"
 BASELINE = "ncps 1.0.1 CfC"
-WIRED = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (pure-PyTorch loop)"
+WIRED = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (native loop, layer after layer)"
+WIRED_PYTHON = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (pure-PyTorch loop)"
 WIRED_NCPS = "ncps 1.0.1 CfC, AutoNCP(64, 16)"
 
 
@@ -97,9 +98,12 @@ def models(batch: int, steps: int, with_extras: bool) -> dict[str, tuple[nn.Modu
         table["ncps 1.0.1 LTC (ODE solver, 6 unfolds)"] = (ltc, lambda x, dt: ltc(x, timespans=dt)[1])
         # the wired CfC: same wiring (masks) and weights on both sides; the output is the 16 motor neurons
         ref_w = CfC(F, AutoNCP(H, 16, seed=0))
-        ours_w = WiredCfCEncoder(F, AutoNCP(H, 16, seed=0), check_values=False)
+        ours_w = WiredCfCEncoder(F, AutoNCP(H, 16, seed=0), impl="native", check_values=False)
         ours_w.load_ncps_state_dict(ref_w.state_dict())
         table[WIRED] = (ours_w, lambda x, dt: ours_w(x, dt)[0][:, -1])
+        py_w = WiredCfCEncoder(F, AutoNCP(H, 16, seed=0), impl="python", check_values=False)
+        py_w.load_ncps_state_dict(ref_w.state_dict())
+        table[WIRED_PYTHON] = (py_w, lambda x, dt: py_w(x, dt)[0][:, -1])
         table[WIRED_NCPS] = (ref_w, lambda x, dt: ref_w(x)[0][:, -1])
     return table
 

@@ -56,10 +56,11 @@ class ForecastModule(L.LightningModule):
             memory_wiring, forget_bias: the CfC options (see :class:`~cfc_forecast.encoder.CfCEncoder`).
         wiring: a sparse Neural Circuit Policy wiring of the CfC (Lechner et al. 2020; :mod:`cfc_forecast.wiring`):
             "auto_ncp", "ncp" (sizes from ``wiring_ncp``), "fully_connected", or None (the unwired CfC with its
-            backbone). A wired CfC has no backbone (``backbone_*`` are not used), runs the pure-PyTorch loop and
-            takes mixed memory wired as ncps wires it. The head reads the motor neurons (the last layer): they are
-            the circuit's output in the NCP design, and a head reading every neuron would bypass the sparse
-            command -> motor synapses. For "fully_connected" the one layer is every neuron.
+            backbone). A wired CfC has no backbone (``backbone_*`` are not used); it runs the native loop layer after
+            layer (``impl``), or with mixed memory (wired as ncps wires it) the pure-PyTorch loop. The head reads the
+            motor neurons (the last layer): they are the circuit's output in the NCP design, and a head reading every
+            neuron would bypass the sparse command -> motor synapses. For "fully_connected" the one layer is every
+            neuron.
         wiring_units: N, all neurons of auto_ncp / fully_connected; None: ``hidden_size``.
         wiring_outputs: M, the motor neurons of auto_ncp (the head's input width); None: 30% of the neurons.
         wiring_seed: the random seed of the synapses (auto_ncp, ncp); the masks are also saved in the checkpoint.

@@ -5,12 +5,16 @@ per wiring layer, without backbone, run layer after layer at every step; layer l
 (the inputs, for the first layer) and its own previous state. The wiring's 0/1 mask multiplies the input half of the
 ff1 and ff2 heads (not the time heads t_a, t_b), freshly at every forward, so a masked weight gets no gradient. The
 output is the last layer's state: the motor neurons of an NCP.
+
+Since a layer reads only its own past and the layer before's present, the stack is a stacked RNN: without mixed
+memory the layers can run one after the other, each over the whole sequence, in the native loop. Mixed memory reads
+the whole state at every step and couples the layers: it runs the pure-PyTorch loop, step by step.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +23,7 @@ from cfc_forecast.cell import CfCCell, HeadActivation, Mode
 from cfc_forecast.checks import check_sequence_inputs, initial_state, load_converted
 from cfc_forecast.errors import UserError
 from cfc_forecast.memory import LSTMMemoryCell
+from cfc_forecast.native import native_available, run_native
 from cfc_forecast.wiring import Wiring, WiringName, from_ncps, make_wiring
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -45,10 +50,13 @@ class WiredCfCEncoder(nn.Module):
         mixed_memory: an LSTM memory cell over the whole state, wired as ncps wires it: it runs first on (x_t, h) and
             the layers read its output as their previous state. The state becomes (h, c), both (B, N).
         forget_bias: the memory cell's forget-gate bias (ncps: 1.0).
+        impl: ``"auto"``: the native loop, one layer after the other, when it builds and there is no mixed memory,
+            else the pure-PyTorch loop; ``"native"`` insists on the native loop; ``"python"`` forces the other.
         check_values: check x for NaN and dt for negative or non-finite values on every call.
 
     Raises:
-        ValueError: an ncps wiring built for another input size, or a wiring whose first mask does not read F inputs.
+        ValueError: an ncps wiring built for another input size, a wiring whose first mask does not read F inputs,
+            an unknown ``impl``, or ``impl="native"`` with mixed memory.
     """
 
     def __init__(
@@ -60,16 +68,21 @@ class WiredCfCEncoder(nn.Module):
         head_activation: HeadActivation = "tanh",
         mixed_memory: bool = False,
         forget_bias: float = 1.0,
+        impl: Literal["auto", "native", "python"] = "auto",
         check_values: bool = True,
     ) -> None:
         super().__init__()
+        if impl not in ("auto", "native", "python"):
+            raise ValueError(f"unknown impl {impl!r}; choose one of ['auto', 'native', 'python']")
+        if impl == "native" and mixed_memory:
+            raise ValueError("impl='native' runs wired CfCs without mixed memory only (it couples their layers)")
         if not isinstance(wiring, Wiring):
             wiring = from_ncps(wiring, input_size)
         if wiring.input_size != input_size:
             raise ValueError(f"the wiring reads {wiring.input_size} inputs, the encoder was given {input_size}")
         self.input_size, self.hidden_size = input_size, wiring.units
         self.layer_sizes, self.output_size = list(wiring.layer_sizes), wiring.output_size
-        self.mode, self.mixed_memory, self.check_values = mode, mixed_memory, check_values
+        self.mode, self.mixed_memory, self.impl, self.check_values = mode, mixed_memory, impl, check_values
         self.layers = nn.ModuleList()
         for m in wiring.masks:  # (n_l, in_l)
             cell = CfCCell(m.shape[1], m.shape[0], mode=mode, backbone_layers=0, head_activation=head_activation)
@@ -86,12 +99,26 @@ class WiredCfCEncoder(nn.Module):
         """The output neurons (the last layer, NCP: the motor neurons) of a state: (..., N) -> (..., M)."""
         return state[..., self.hidden_size - self.output_size :]
 
+    def uses_native(self) -> bool:
+        """Whether ``forward`` runs the native loop (builds it on first call)."""
+        if self.impl == "python" or self.memory is not None:
+            return False
+        if native_available():
+            return True
+        if self.impl == "native":
+            raise RuntimeError("impl='native' but the native CfC loop could not be built (see the warning)")
+        return False
+
+    @staticmethod
+    def _head_mask(cell: CfCCell) -> Tensor:
+        """The synapses on the input half of the fused heads, (n_heads * n, in): ff1 (and ff2) masked, t_a, t_b not."""
+        masked = 1 if cell.mode == "pure" else 2
+        return torch.cat([cell.mask] * masked + [torch.ones_like(cell.mask)] * (cell.n_heads - masked))
+
     def _weights(self, cell: CfCCell) -> tuple[Tensor, Tensor | None, Tensor]:
         """(W_u ⊙ mask, b, W_h) of one layer: the masked input half of the fused heads, their bias, the state half."""
         w = cell.heads.weight  # (n_heads * n, in + n)
-        masked = 1 if cell.mode == "pure" else 2  # ff1 (and ff2); the time heads t_a, t_b stay dense
-        mask = torch.cat([cell.mask] * masked + [torch.ones_like(cell.mask)] * (cell.n_heads - masked))
-        return w[:, : cell.input_size] * mask, cell.heads.bias, w[:, cell.input_size :]
+        return w[:, : cell.input_size] * self._head_mask(cell), cell.heads.bias, w[:, cell.input_size :]
 
     def forward(
         self,
@@ -117,6 +144,13 @@ class WiredCfCEncoder(nn.Module):
         """
         dt, mask = check_sequence_inputs(x, dt, mask, self.input_size, self.check_values)
         h, c = initial_state(state, x, self.hidden_size, self.memory is not None)
+        if self.uses_native():  # layer after layer, each over the whole sequence
+            inputs, last = x, []
+            for cell, h_l in zip(self.layers, h.split(self.layer_sizes, 1), strict=True):
+                synapses = self._head_mask(cell)
+                inputs, _ = run_native(cell, inputs, h_l, dt, mask, None, input_mask=synapses)  # (B, T, n_l)
+                last.append(inputs[:, -1])  # padding carries the state over, so the last step holds the last state
+            return inputs, torch.cat(last, dim=1)
         weights = [self._weights(cell) for cell in self.layers]
         w_x, b, _ = weights[0]
         # unbind once: indexing x[:, t] in the loop would cost a full-size zero gradient per step
@@ -205,19 +239,17 @@ def build_wired_encoder(
     mixed_memory: bool = False,
     memory_wiring: str = "ncps",
     forget_bias: float = 1.0,
-    impl: str = "auto",
+    impl: Literal["auto", "native", "python"] = "auto",
 ) -> WiredCfCEncoder:
     """A :class:`WiredCfCEncoder` from the forecaster's plain values (see :func:`~cfc_forecast.wiring.make_wiring`).
 
-    The wired loop is the pure-PyTorch one: ``impl="auto"`` and ``"python"`` run it, ``"native"`` is refused rather
-    than silently not honoured.
-
     Raises:
-        UserError: ``impl="native"``, ``memory_wiring="paper"`` (its LSTM output would replace the sensory inputs the
-            wiring is drawn for), or a wiring that cannot be built (see :func:`~cfc_forecast.wiring.make_wiring`).
+        UserError: ``impl="native"`` with mixed memory (which runs the pure-PyTorch loop only),
+            ``memory_wiring="paper"`` (its LSTM output would replace the sensory inputs the wiring is drawn for), or a
+            wiring that cannot be built (see :func:`~cfc_forecast.wiring.make_wiring`).
     """
-    if impl == "native":
-        raise UserError("the native CfC loop does not run wired CfCs: set impl to auto or python with a wiring")
+    if impl == "native" and mixed_memory:
+        raise UserError("a wired CfC with mixed memory runs the pure-PyTorch loop only: set impl to auto or python")
     if mixed_memory and memory_wiring != "ncps":
         raise UserError(f"a wired CfC takes mixed memory as ncps wires it: memory_wiring='ncps', got {memory_wiring!r}")
     return WiredCfCEncoder(
@@ -227,4 +259,5 @@ def build_wired_encoder(
         head_activation=head_activation,
         mixed_memory=mixed_memory,
         forget_bias=forget_bias,
+        impl=impl,
     )

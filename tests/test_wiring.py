@@ -37,9 +37,9 @@ KINDS = {
 }
 
 
-def pair(kind, mode, mixed, dtype=torch.float32):
-    ref = ncps_torch.CfC(F, KINDS[kind](), mode=mode, mixed_memory=mixed).to(dtype)
-    ours = WiredCfCEncoder(F, KINDS[kind](), mode=mode, mixed_memory=mixed).to(dtype)
+def pair(kind, mode, mixed, impl="auto"):
+    ref = ncps_torch.CfC(F, KINDS[kind](), mode=mode, mixed_memory=mixed)
+    ours = WiredCfCEncoder(F, KINDS[kind](), mode=mode, mixed_memory=mixed, impl=impl)
     ours.load_ncps_state_dict(ref.state_dict())
     return ref, ours
 
@@ -98,7 +98,19 @@ def test_masks_are_the_absolute_adjacency_between_consecutive_layers():
 @pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_outputs_equal_ncps_and_gradients_too(kind, mode, mixed):
-    ref, ours = pair(kind, mode, mixed)
+    check_against_ncps(kind, mode, mixed, "python")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
+def test_the_native_loop_layer_after_layer_equals_ncps_too(kind, mode, impl):
+    # without mixed memory the layers form a stacked RNN: the native loop runs them one after the other
+    check_against_ncps(kind, mode, False, impl)
+
+
+def check_against_ncps(kind, mode, mixed, impl):
+    ref, ours = pair(kind, mode, mixed, impl)
+    assert ours.uses_native() == (impl == "native")
     x, dt = torch.randn(B, T, F), torch.rand(B, T) * 2 + 0.1
     y_ref, h_ref = run_ncps(ref, x, dt, mixed)
     y, last = ours(x, dt)
@@ -140,24 +152,28 @@ def test_ncps_forward_itself_agrees_where_its_time_slicing_is_right():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
-def test_batch_equals_one_by_one_chunked_equals_whole_and_padding_keeps_the_state():
-    enc = WiredCfCEncoder(F, auto_ncp(F, 12, 3, seed=1), mixed_memory=True).double()
+@pytest.mark.parametrize("mixed", [True, False], ids=["mixed-python-loop", "auto-native-loop"])
+def test_batch_equals_one_by_one_chunked_equals_whole_and_padding_keeps_the_state(mixed):
+    enc = WiredCfCEncoder(F, auto_ncp(F, 12, 3, seed=1), mixed_memory=mixed).double()
+    h_of = (lambda s: s[0]) if mixed else (lambda s: s)  # noqa: E731
     n = enc.hidden_size  # B == N with per-sample dt: ncps's broadcasting trap (CFC.md)
     x, dt = torch.randn(n, T, F, dtype=torch.float64), torch.rand(n, T, dtype=torch.float64) * 3
-    y, (h, c) = enc(x, dt)
+    y, s = enc(x, dt)
     for i in (0, 5, n - 1):
-        yi, (hi, _) = enc(x[i : i + 1], dt[i : i + 1])
+        yi, si = enc(x[i : i + 1], dt[i : i + 1])
         torch.testing.assert_close(yi[0], y[i], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(hi[0], h[i], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(h_of(si)[0], h_of(s)[i], rtol=1e-10, atol=1e-12)
     y1, s1 = enc(x[:, :3], dt[:, :3])
-    y2, (h2, c2) = enc(x[:, 3:], dt[:, 3:], state=s1)
+    y2, s2 = enc(x[:, 3:], dt[:, 3:], state=s1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(h2, h, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_of(s2), h_of(s), rtol=1e-10, atol=1e-12)
     mask = torch.ones(n, T, dtype=torch.bool)
-    mask[:, -2:] = False
-    yp, (hp, _) = enc(x, dt, mask)
-    torch.testing.assert_close(hp, enc(x[:, :-2], dt[:, :-2])[1][0], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(yp[:, -1], enc.readout(hp), rtol=0, atol=0)
+    mask[: n // 2, -2:] = False  # half the rows padded at the end
+    yp, sp = enc(x, dt, mask)
+    h_short = h_of(enc(x[: n // 2, :-2], dt[: n // 2, :-2])[1])
+    torch.testing.assert_close(h_of(sp)[: n // 2], h_short, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_of(sp)[n // 2 :], h_of(s)[n // 2 :], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(yp[:, -1], enc.readout(h_of(sp)), rtol=0, atol=0)
 
 
 def test_the_state_dict_carries_the_wiring():
@@ -197,7 +213,10 @@ def test_mismatched_ncps_weights_are_a_clear_error(ref_kw, ours_kw, match):
         ({"wiring": "auto_ncp", "units": 6, "outputs": 4}, "outputs < units - 2"),
         ({"wiring": "ncp", "units": 12}, "needs wiring_ncp with exactly the keys"),
         ({"wiring": "spiral", "units": 12}, "unknown wiring 'spiral'"),
-        ({"wiring": "auto_ncp", "units": 12, "impl": "native"}, "native CfC loop does not run wired"),
+        (
+            {"wiring": "auto_ncp", "units": 12, "impl": "native", "mixed_memory": True},
+            "runs the pure-PyTorch loop only",
+        ),
         ({"wiring": "auto_ncp", "units": 12, "mixed_memory": True, "memory_wiring": "paper"}, "memory_wiring='ncps'"),
     ],
 )
