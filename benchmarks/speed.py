@@ -1,13 +1,17 @@
 """Speed of the CfC encoder against the reference implementations, measured side by side in one process.
 
 Protocol (../shared/BENCHMARKS.md): batch 64, 96 steps, 7 features, 64 hidden units, backbone 1 x 128,
-lecun_tanh, mode default, CPU with 2 threads; at this size also mixed memory (ncps wiring) and ncps's LTC.
+lecun_tanh, mode default, CPU with 2 threads; at this size also mixed memory (ncps wiring), ncps's LTC, and the wired
+CfC (an AutoNCP wiring of 64 neurons, 16 motor neurons, seed 0; no backbone) against ncps's wired CfC, whose speed-up
+column compares it with that ncps model. ncps's wired CfC runs without timespans (dt = 1): its forward slices them to
+(B,), which does not broadcast against its layers' widths; ours reads the (B, T) elapsed times.
 A training step is zero_grad + forward + MSE on the last state + backward; forward-only runs under
 ``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up, the implementations taking turns in blocks. Our
 encoder runs with the weights of the ncps model. Also run: batch 256 with 1,024 steps.
 
     python benchmarks/speed.py                  # both configurations, prints the README table
     python benchmarks/speed.py --configs small  # only 64 x 96
+    python benchmarks/speed.py --configs small --only AutoNCP  # only the wired rows
 
 Results are appended to benchmarks/results/speed.json.
 """
@@ -28,10 +32,15 @@ from torch import nn
 
 import cfc_forecast
 from cfc_forecast import CfCEncoder, native_available
+from cfc_forecast.wired import WiredCfCEncoder
 
 CONFIGS = {"small": (64, 96), "large": (256, 1024)}
 F, H, UNITS = 7, 64, 128
 RESULTS = Path(__file__).parent / "results" / "speed.json"
+BASELINE = "ncps 1.0.1 CfC"
+WIRED = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (native loop, layer after layer)"
+WIRED_PYTHON = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (pure-PyTorch loop)"
+WIRED_NCPS = "ncps 1.0.1 CfC, AutoNCP(64, 16)"
 
 
 def interleaved_medians(
@@ -61,6 +70,7 @@ def interleaved_medians(
 def models(batch: int, steps: int, with_extras: bool) -> dict[str, tuple[nn.Module, Callable]]:
     """name -> (module, forward(x, dt) -> last state (B, H))."""
     from ncps.torch import LTC, CfC
+    from ncps.wirings import AutoNCP
 
     ref = CfC(F, H, backbone_units=UNITS, backbone_layers=1)
     ours = CfCEncoder(F, H, backbone_units=UNITS, backbone_layers=1, impl="native", check_values=False)
@@ -86,20 +96,32 @@ def models(batch: int, steps: int, with_extras: bool) -> dict[str, tuple[nn.Modu
         )
         ltc = LTC(F, H)
         table["ncps 1.0.1 LTC (ODE solver, 6 unfolds)"] = (ltc, lambda x, dt: ltc(x, timespans=dt)[1])
+        # the wired CfC: same wiring (masks) and weights on both sides; the output is the 16 motor neurons
+        ref_w = CfC(F, AutoNCP(H, 16, seed=0))
+        ours_w = WiredCfCEncoder(F, AutoNCP(H, 16, seed=0), impl="native", check_values=False)
+        ours_w.load_ncps_state_dict(ref_w.state_dict())
+        table[WIRED] = (ours_w, lambda x, dt: ours_w(x, dt)[0][:, -1])
+        py_w = WiredCfCEncoder(F, AutoNCP(H, 16, seed=0), impl="python", check_values=False)
+        py_w.load_ncps_state_dict(ref_w.state_dict())
+        table[WIRED_PYTHON] = (py_w, lambda x, dt: py_w(x, dt)[0][:, -1])
+        table[WIRED_NCPS] = (ref_w, lambda x, dt: ref_w(x)[0][:, -1])
     return table
 
 
-def measure(batch: int, steps: int, reps: int, with_extras: bool) -> list[dict]:
+def measure(batch: int, steps: int, reps: int, with_extras: bool, only: str | None = None) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randn(batch, steps, F)
     dt = torch.rand(batch, steps) + 0.5
     target = torch.randn(batch, H)
     train_steps, forwards = {}, {}
     for name, (module, forward) in models(batch, steps, with_extras).items():
+        if only and only not in name:
+            continue
 
         def train_step(module=module, forward=forward):
             module.zero_grad(set_to_none=True)
-            nn.functional.mse_loss(forward(x, dt), target).backward()
+            out = forward(x, dt)  # (B, H), or (B, 16) motor neurons of the wired CfC
+            nn.functional.mse_loss(out, target[:, : out.shape[1]]).backward()
 
         def forward_only(forward=forward):
             with torch.no_grad():
@@ -117,8 +139,12 @@ def measure(batch: int, steps: int, reps: int, with_extras: bool) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    base = {(r["batch"], r["steps"]): r for r in rows if r["implementation"] == "ncps 1.0.1 CfC"}
-    lstm = {(r["batch"], r["steps"]): r for r in rows if r["implementation"] == "torch.nn.LSTM"}
+    """The README table: speed-ups against ncps's CfC (the wired rows: against ncps's wired CfC) and the LSTM."""
+    by = {(r["batch"], r["steps"], r["implementation"]): r for r in rows}
+
+    def ratio(a: dict | None, b: dict | None, key: str) -> str:
+        return f"{a[key] / b[key]:.2f}x" if a and b else "–"
+
     lines = [
         "| batch x steps | implementation | training step (ms) | forward (ms) | train speed-up vs ncps CfC "
         "| forward speed-up vs ncps CfC | train time / LSTM's |",
@@ -126,11 +152,11 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         key = (r["batch"], r["steps"])
-        ref, ls = base[key], lstm[key]
+        ref = by.get((*key, WIRED_NCPS if "AutoNCP" in r["implementation"] else BASELINE))
+        lstm = by.get((*key, "torch.nn.LSTM"))
         lines.append(
             f"| {r['batch']} x {r['steps']} | {r['implementation']} | {r['train_ms']:.1f} | {r['forward_ms']:.1f} "
-            f"| {ref['train_ms'] / r['train_ms']:.2f}x | {ref['forward_ms'] / r['forward_ms']:.2f}x "
-            f"| {r['train_ms'] / ls['train_ms']:.2f}x |"
+            f"| {ratio(ref, r, 'train_ms')} | {ratio(ref, r, 'forward_ms')} | {ratio(r, lstm, 'train_ms')} |"
         )
     return "\n".join(lines)
 
@@ -140,7 +166,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "large"])
     parser.add_argument("--reps", type=int, default=25, help="timed repetitions per row (>= 20)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-extras", action="store_true", help="skip ncps LTC (seconds per step) and mixed memory")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip ncps LTC (seconds per step), mixed memory and the wired CfC")  # fmt: skip
+    parser.add_argument("--only", help="only the rows whose implementation contains this text, e.g. AutoNCP")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not native_available():
@@ -149,8 +177,10 @@ def main() -> None:
     for cfg in args.configs:
         batch, steps = CONFIGS[cfg]
         print(f"batch {batch}, {steps} steps:", flush=True)
-        # LTC at 256 x 1024 needs minutes per step and tens of GB: it and mixed memory run at the small size only
-        rows += measure(batch, steps, max(20, args.reps), with_extras=not args.no_extras and cfg == "small")
+        # LTC at 256 x 1024 needs minutes per step and tens of GB: it, mixed memory and the wired CfC run at the
+        # small size only
+        extras = not args.no_extras and cfg == "small"
+        rows += measure(batch, steps, max(20, args.reps), extras, args.only)
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

@@ -94,3 +94,35 @@ def check_state(state: Tensor, batch: int, hidden_size: int, name: str = "state"
     check_tensor(name, state, f"({batch}, {hidden_size})", (2,))
     if state.shape != (batch, hidden_size):
         raise ValueError(f"{name} must have shape ({batch}, {hidden_size}), got {_shape(state)}")
+
+
+def initial_state(state: object, x: Tensor, hidden_size: int, paired: bool) -> tuple[Tensor, Tensor | None]:
+    """An encoder's initial ``(h, c)`` from its ``state`` argument: zeros when None; ``c`` is None unless ``paired``
+    (mixed memory, where ``state`` must be the pair (h, c)). Every tensor (B, H), B from ``x`` (B, T, F)."""
+    batch = x.shape[0]
+    if state is None:
+        zeros = x.new_zeros(batch, hidden_size)
+        return zeros, (zeros if paired else None)
+    if paired:
+        if not isinstance(state, tuple | list) or len(state) != 2:
+            raise ValueError("state must be a pair (h, c) of (B, H) tensors when mixed_memory=True")
+        check_state(state[0], batch, hidden_size, "state[0] (h)")
+        check_state(state[1], batch, hidden_size, "state[1] (c)")
+        return state[0], state[1]
+    if isinstance(state, tuple | list):
+        raise ValueError("state must be one (B, H) tensor when mixed_memory=False, got a tuple")
+    check_state(state, batch, hidden_size)
+    return state, None
+
+
+def load_converted(module: torch.nn.Module, weights: dict[str, Tensor], hint: str) -> None:
+    """Load weights converted from another implementation (all of ``module``'s), naming the first whose shape
+    differs and what to check (``hint``)."""
+    own = module.state_dict()
+    for key, value in weights.items():
+        if value.shape != own[key].shape:
+            raise ValueError(
+                f"ncps weight for {key} has shape {tuple(value.shape)}, this encoder expects "
+                f"{tuple(own[key].shape)}: check {hint}"
+            )
+    module.load_state_dict(weights, strict=True)

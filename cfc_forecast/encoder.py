@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from cfc_forecast.cell import Activation, CfCCell, HeadActivation, Mode
-from cfc_forecast.checks import check_sequence_inputs, check_state
+from cfc_forecast.checks import check_sequence_inputs, initial_state, load_converted
 from cfc_forecast.memory import LSTMMemoryCell
 from cfc_forecast.native import native_available, run_native
 
@@ -145,20 +145,7 @@ class CfCEncoder(nn.Module):
         return torch.stack(states, dim=1), h, c
 
     def _initial_state(self, state: State | None, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        batch, hidden = x.shape[0], self.hidden_size
-        if state is None:
-            zeros = x.new_zeros(batch, hidden)
-            return zeros, (zeros if self.memory is not None else None)
-        if self.memory is not None:
-            if not isinstance(state, tuple | list) or len(state) != 2:
-                raise ValueError("state must be a pair (h, c) of (B, H) tensors when mixed_memory=True")
-            check_state(state[0], batch, hidden, "state[0] (h)")
-            check_state(state[1], batch, hidden, "state[1] (c)")
-            return state[0], state[1]
-        if isinstance(state, tuple | list):
-            raise ValueError("state must be one (B, H) tensor when mixed_memory=False, got a tuple")
-        check_state(state, batch, hidden)
-        return state, None
+        return initial_state(state, x, self.hidden_size, self.memory is not None)
 
     def _dropout_masks(self, x: Tensor) -> Tensor | None:
         """Keep masks for every backbone layer and step, (L, B, T, U) scaled by 1 / (1 - p)."""
@@ -209,11 +196,4 @@ class CfCEncoder(nn.Module):
         if has_memory:
             for name in ("input_map.weight", "input_map.bias", "recurrent_map.weight"):
                 ours[f"memory.{name}"] = sd[f"lstm.{name}"]
-        own = self.state_dict()
-        for key, value in ours.items():
-            if value.shape != own[key].shape:
-                raise ValueError(
-                    f"ncps weight for {key} has shape {tuple(value.shape)}, this encoder expects "
-                    f"{tuple(own[key].shape)}: check input_size, hidden_size and backbone_units"
-                )
-        self.load_state_dict(ours, strict=True)
+        load_converted(self, ours, "input_size, hidden_size and backbone_units")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from cfc_forecast.batch import Batch
 from cfc_forecast.cell import Activation, HeadActivation, Mode
 from cfc_forecast.encoder import CfCEncoder
+from cfc_forecast.errors import UserError
 from cfc_forecast.heads import MLPActivation, build_head
 from cfc_forecast.inputs import ElapsedTime, Fill, InputEncoding
 from cfc_forecast.linear import LastValueSkip, LinearPath
@@ -27,6 +28,8 @@ from cfc_forecast.network import Forecaster, StaticInto
 from cfc_forecast.optim import OptimizerName, SchedulerName, configure
 from cfc_forecast.revin import RevIN
 from cfc_forecast.rnn import RNNEncoder
+from cfc_forecast.wired import WiredCfCEncoder, build_wired_encoder
+from cfc_forecast.wiring import WiringName
 
 EncoderName = Literal["cfc", "lstm", "gru"]
 HeadChoice = Literal["auto", "direct", "continuous", "step"]
@@ -51,6 +54,19 @@ class ForecastModule(L.LightningModule):
         hidden_size: H, state units.
         mode, backbone_units, backbone_layers, backbone_dropout, activation, head_activation, mixed_memory,
             memory_wiring, forget_bias: the CfC options (see :class:`~cfc_forecast.encoder.CfCEncoder`).
+        wiring: a sparse Neural Circuit Policy wiring of the CfC (Lechner et al. 2020; :mod:`cfc_forecast.wiring`):
+            "auto_ncp", "ncp" (sizes from ``wiring_ncp``), "fully_connected", or None (the unwired CfC with its
+            backbone). A wired CfC has no backbone (``backbone_*`` are not used); it runs the native loop layer after
+            layer (``impl``), or with mixed memory (wired as ncps wires it) the pure-PyTorch loop. The head reads the
+            motor neurons (the last layer): they are the circuit's output in the NCP design, and a head reading every
+            neuron would bypass the sparse command -> motor synapses. For "fully_connected" the one layer is every
+            neuron.
+        wiring_units: N, all neurons of auto_ncp / fully_connected; None: ``hidden_size``.
+        wiring_outputs: M, the motor neurons of auto_ncp (the head's input width); None: 30% of the neurons.
+        wiring_seed: the random seed of the synapses (auto_ncp, ncp); the masks are also saved in the checkpoint.
+        wiring_sparsity: auto_ncp's sparsity in [0.1, 1.0]. wiring_ncp: the sizes of "ncp" (the arguments of
+            :func:`cfc_forecast.wiring.ncp`: inter_neurons, command_neurons, motor_neurons, sensory_fanout,
+            inter_fanout, recurrent_command_synapses, motor_fanin).
         rnn_layers: stacked layers of the LSTM / GRU baselines.
         fill: missing inputs: "locf" carries each feature's last observation forward, "zeros" leaves 0.
         append_mask: append the observation mask to the inputs (the CfC paper's recipe).
@@ -104,6 +120,12 @@ class ForecastModule(L.LightningModule):
         mixed_memory: bool = False,
         memory_wiring: Literal["ncps", "paper"] = "ncps",
         forget_bias: float = 1.0,
+        wiring: WiringName | None = None,
+        wiring_units: int | None = None,
+        wiring_outputs: int | None = None,
+        wiring_seed: int = 22222,
+        wiring_sparsity: float = 0.5,
+        wiring_ncp: dict[str, int] | None = None,
         rnn_layers: int = 1,
         fill: Fill = "locf",
         append_mask: bool = True,
@@ -163,7 +185,15 @@ class ForecastModule(L.LightningModule):
         channels = self._targets_in_inputs("channel_independent", every=True) if h.channel_independent else None
         inputs = InputEncoding(h.n_inputs - len(channels) + 1 if channels else h.n_inputs, h.fill, h.append_mask,
                                h.append_delta)  # fmt: skip
-        if h.encoder == "cfc":
+        if h.wiring is not None and h.encoder != "cfc":
+            raise UserError(f"wiring={h.wiring!r} needs encoder='cfc', got encoder={h.encoder!r}")
+        if h.wiring is not None:
+            encoder = build_wired_encoder(
+                inputs.size, h.wiring, h.wiring_units or h.hidden_size, h.wiring_outputs, h.wiring_seed,
+                h.wiring_sparsity, h.wiring_ncp, mode=h.mode, head_activation=h.head_activation,
+                mixed_memory=h.mixed_memory, memory_wiring=h.memory_wiring, forget_bias=h.forget_bias, impl=h.impl,
+            )  # fmt: skip
+        elif h.encoder == "cfc":
             encoder = CfCEncoder(
                 inputs.size,
                 h.hidden_size,
@@ -184,7 +214,7 @@ class ForecastModule(L.LightningModule):
             raise ValueError(f"unknown encoder {h.encoder!r}; choose one of ['cfc', 'gru', 'lstm']")
         head = build_head(
             self.head_name,
-            h.hidden_size,
+            encoder.output_size if isinstance(encoder, WiredCfCEncoder) else h.hidden_size,  # wired: motor neurons
             1 if channels else h.n_targets,
             self.n_outputs,
             h.horizon,

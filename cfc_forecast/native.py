@@ -145,8 +145,11 @@ class _Spec:
     forget_bias: float = 1.0
 
 
-def fold_weights(cell: CfCCell) -> tuple[dict, _Spec]:
+def fold_weights(cell: CfCCell, input_mask: Tensor | None = None) -> tuple[dict, _Spec]:
     """The loop's weights, with lecun_tanh's constants folded in so the loop only needs tanh.
+
+    ``input_mask`` (N1, F), 0/1, multiplies the input half of the first layer: a wired cell's synapses
+    (:class:`~cfc_forecast.wired.WiredCfCEncoder`).
 
     lecun(p) = c * tanh(a * p): the slope a scales the layer that produces p, the scale c the layer that reads
     it. Rounding differs from the unfolded form by a few ulps; the values are the same function.
@@ -155,6 +158,8 @@ def fold_weights(cell: CfCCell) -> tuple[dict, _Spec]:
     n_layers, hidden, n_in = cell.backbone_layers, cell.hidden_size, cell.input_size
     first = cell.first_layer
     w_x, b_x, w_rec = first.weight[:, :n_in], first.bias, first.weight[:, n_in:]  # (N1, F), (N1,), (N1, H)
+    if input_mask is not None:
+        w_x = w_x * input_mask
     later = list(cell.backbone)[1:]  # (slicing the ModuleList would build a new module on every call)
     layer_w = [layer.weight for layer in later]
     layer_b = [layer.bias for layer in later]
@@ -244,6 +249,7 @@ def run_native(
     memory: LSTMMemoryCell | None = None,
     c0: Tensor | None = None,
     wiring: str = "ncps",
+    input_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run ``cell`` (and the mixed-memory LSTM ``memory``) over a sequence with the native loop.
 
@@ -257,12 +263,13 @@ def run_native(
         memory: the LSTM memory cell of a mixed-memory encoder, or None.
         c0: the memory's initial cell state (B, H), with ``memory``.
         wiring: ``"ncps"`` or ``"paper"``, see :class:`~cfc_forecast.encoder.CfCEncoder`.
+        input_mask: (N1, F) 0/1 synapses on the input half of the first layer, or None (see :func:`fold_weights`).
 
     Returns:
         The states (B, T, H) and, with memory, the cell states (B, T, H): views of the loop's feature-major
         (T, H, B) results.
     """
-    w, spec = fold_weights(cell)
+    w, spec = fold_weights(cell, input_mask)
     inference = not torch.is_grad_enabled() or not any(
         t.requires_grad
         for t in (x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters()))

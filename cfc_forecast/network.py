@@ -45,7 +45,8 @@ class Forecaster(nn.Module):
     Args:
         inputs: builds the per-step features (missing values, masks, times since observed).
         clock: maps elapsed times in the data's unit to the model's time scale.
-        encoder: a :class:`CfCEncoder` or :class:`~cfc_forecast.rnn.RNNEncoder` over the features.
+        encoder: a :class:`CfCEncoder`, :class:`~cfc_forecast.wired.WiredCfCEncoder` or
+            :class:`~cfc_forecast.rnn.RNNEncoder` over the features (a wired one hands the head its motor neurons).
         head: one of the heads in :mod:`cfc_forecast.heads`.
         n_static: S, static covariates (0: none expected).
         static_into: where they go: "state" maps them into the encoder's initial state, "head" hands them to the
@@ -118,6 +119,8 @@ class Forecaster(nn.Module):
                 state = (state, torch.zeros_like(state))
         states, last = self.encoder(feats, dt, seq.step_mask, state)  # (B', T, H), (B', H) or (h, c)
         last = last[0] if isinstance(last, tuple) else last
+        if hasattr(self.encoder, "readout"):  # a wired CfC's output: its motor neurons, what ``states`` holds
+            last = self.encoder.readout(last)  # (B', M)
         # elapsed time from the last observation to each query: the continuous-time head's step length
         last_step = (seq.step_mask.sum(1) - 1).clamp(min=0)  # (B',)
         t_last = seq.t.gather(1, last_step[:, None])  # (B', 1)

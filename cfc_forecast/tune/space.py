@@ -7,6 +7,7 @@ A study file writes one entry per fit key, in optuna's own terms::
     model.lr:              {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
     model.backbone_dropout: {type: float, low: 0.0, high: 0.3, step: 0.05}
     model.mode:            {type: categorical, choices: [default, no_gate, pure]}
+    model.wiring:          {type: categorical, choices: [null, auto_ncp]}    # null: the dense CfC
     model.head_hidden_sizes: {type: list, min_length: 0, max_length: 2, item: {type: int, low: 32, high: 256}}
 
 A ``list`` key is tuned as a depth plus widths: optuna samples ``<key>.length`` and then ``<key>[0]``,
