@@ -128,8 +128,8 @@ class OutputFolder:
         foreign = [p.name for p in self.path.iterdir() if p.name not in ours] if self.path.is_dir() else []
         if foreign:
             raise JobError(
-                f"--output {str(self.path)!r} is not empty ({', '.join(sorted(foreign)[:3])}) and holds no "
-                f"{MANIFEST}; give an empty or new folder"
+                f"--output {str(self.path)!r} is not empty and holds no {MANIFEST} (it holds "
+                f"{', '.join(sorted(foreign)[:3])}); give an empty or new folder"
             )
         return None
 
