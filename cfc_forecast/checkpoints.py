@@ -15,10 +15,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             "load only checkpoints written by cfc-forecast fit"
         ) from None
     except OSError as err:
-        raise StorageError(f"{path}: the checkpoint could not be read ({err.strerror or err})") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        if err.errno in (errno.EACCES, errno.EIO, errno.EPERM):
+            raise StorageError(f"{path}: the checkpoint could not be read ({err.strerror or err})") from err
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated: {err}); use another one") from None
+    except Exception as err:  # noqa: BLE001 - whatever the unpickler trips on, the file is not a checkpoint
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or not written by torch: {first}); use another one"

@@ -30,6 +30,7 @@ import polars as pl
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
+from cfc_forecast.errors import UserError, report
 from cfc_forecast.forecast.rows import Forecasts, forecast_report
 from cfc_forecast.forecast.store import atomic_write, reason_kind
 from cfc_forecast.forecast.trained import JobError
@@ -173,6 +174,8 @@ def main(argv: list[str]) -> int:
     except ArgumentError as err:  # a parse error: one line, as every user error
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except UserError as err:  # e.g. a file system that refuses a write: exit status 3
+        return report("predict", err)
     finally:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)
