@@ -3,8 +3,11 @@
 The DataModule is chosen by ``class_path`` (any ``SeriesDataModule`` subclass, e.g. ``SyntheticDataModule``); the
 sizes the model needs are linked from it once it is built. Every run gets its own directory
 ``<runs_root>/<YYYYmmdd-HHMMSS>-<subcommand>`` (or ``--run_dir``) with ``config.yaml`` (the resolved config),
-``run.json`` (seed and versions) and ``metrics.csv``; fit adds ``checkpoints/best.ckpt`` and ``last.ckpt``, and
-with ``--test_after_fit`` ``test_metrics.json`` (beside the baselines); test adds ``test_forecasts.png``.
+``run.json`` (seed, versions, the history of the commands run in it) and ``metrics.csv`` (appended to); fit adds
+``checkpoints/best.ckpt`` and ``last.ckpt`` (every epoch's end), and with ``--test_after_fit`` ``test_metrics.json``
+(beside the baselines); test adds ``test_forecasts.png``. One process at a time works in a run folder (``.lock``).
+``fit --resume RUN`` continues a run (``cfc_forecast.resume``); checkpoints are written and read through
+``cfc_forecast.checkpoints`` (atomic saves, ``weights_only=True`` loads, RNG state).
 
 ``predict`` forecasts from a checkpoint alone (``cfc_forecast.forecast.predict``: no split, nothing fitted on the
 data being forecast); only ``predict --predict_windows=test`` runs here: it forecasts the test windows of the
@@ -185,6 +188,12 @@ class ForecastCLI(LightningCLI):
             self.created_run_dir = rank0
         if rank0:  # the processes DDP re-executes work in rank 0's folder, under its lock
             self.lock = FolderLock(self.run_dir, "run")
+            kept = sorted(p.name for p in (self.run_dir / "checkpoints").glob("*.ckpt"))
+            if self.subcommand == "fit" and not cfg.ckpt_path and kept:
+                raise UserError(
+                    f"--run_dir {str(self.run_dir)!r} holds the checkpoints of another fit ({', '.join(kept)}); "
+                    f"continue it with --resume {self.run_dir}, or give another --run_dir"
+                )
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
         self.save_config_kwargs["event"] = {"config_files": config_files(cfg), **self.event}
         callbacks: list[Any] = [RngState()]
