@@ -228,3 +228,15 @@ def test_test_without_test_windows_fails_instead_of_printing_nothing(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "the test split has no windows" in err and "0 with a target observed" in err
     assert not (tmp_path / "t_empty").exists()
+
+
+def test_step_checkpoints_protect_work_within_an_epoch(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cfc_forecast.cli", "fit", *FIT, f"--run_dir={run}", "--trainer.max_epochs=2",
+           "--save_every_n_steps=1", f"--trainer.callbacks+={KILLER}"]  # fmt: skip
+    env = {**os.environ, KILL_ENV: "0", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300).returncode == -signal.SIGKILL
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")  # killed at the second batch of the first epoch
+    assert (last["epoch"], last["global_step"]) == (0, 1)
+    resumed = cli(["fit", "--resume", str(run)])
+    assert resumed.trainer.current_epoch == 2
