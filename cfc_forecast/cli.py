@@ -161,6 +161,8 @@ class ForecastCLI(LightningCLI):
         # only the values neither a config file nor the command line gives. The data-derived values are links, set
         # from the data at instantiation (and checked against the checkpoint in ForecastModule.on_load_checkpoint).
         sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("resume"):  # cli() turns a --resume on the command line into its values
+            raise UserError(f"resume: {self.config[sub].resume} in a config file; give --resume on the command line")
         if not sub or not self.config[sub].get("ckpt_path"):
             return
         cfg = self.config[sub]

@@ -240,3 +240,11 @@ def test_step_checkpoints_protect_work_within_an_epoch(tmp_path):
     assert (last["epoch"], last["global_step"]) == (0, 1)
     resumed = cli(["fit", "--resume", str(run)])
     assert resumed.trainer.current_epoch == 2
+
+
+def test_resume_names_what_is_missing(tmp_path, capsys):
+    assert main(["fit", "--resume", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nowhere/config.yaml does not exist" in err
+    assert main(["test", "--resume", str(tmp_path)]) == 2
+    assert "--resume continues a fit" in capsys.readouterr().err
