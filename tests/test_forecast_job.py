@@ -366,3 +366,23 @@ def test_a_second_job_on_a_folder_in_use_is_refused_and_writes_nothing(trained, 
     (other / "notes.txt").write_text("mine")
     assert run_job(trained, other) == 2
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_a_work_folder_that_cannot_be_removed_is_noted_and_removed_by_a_rerun(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    real = shutil.rmtree
+
+    def busy(path, *args, **kwargs):
+        if Path(path).name == ".work" and not kwargs.get("ignore_errors"):
+            raise OSError(16, "Device or resource busy")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", busy)
+    out = tmp_path / "out"
+    assert run_job(trained, out) == 0
+    assert "could not be removed (Device or resource busy); rerun to remove it" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["summary"]["notes"][-1].endswith("rerun to remove it")
+    monkeypatch.undo()
+    assert (out / ".work").exists() and run_job(trained, out) == 0
+    assert not (out / ".work").exists()

@@ -28,7 +28,6 @@ from typing import Any
 import polars as pl
 
 from cfc_forecast.checkpoints import atomic_write
-from cfc_forecast.errors import StorageError
 from cfc_forecast.forecast.trained import JobError
 from cfc_forecast.runs import FolderLock
 
@@ -159,7 +158,8 @@ class OutputFolder:
         write_json(self.records / f"{k:06d}.json", record)
 
     def finish(self, summary: dict[str, Any], skipped: pl.DataFrame) -> None:
-        """Write the skipped-series report and the finished manifest; remove the work folder."""
+        """Write the skipped-series report and the finished manifest; remove the work folder (where that fails, a
+        note in the summary and the manifest says so: the forecasts are complete, a rerun removes it)."""
         atomic_write(self.path / SKIPPED, skipped.write_csv)
         manifest = json.loads((self.path / MANIFEST).read_text())
         manifest.update(finished=True, summary=summary)
@@ -167,7 +167,8 @@ class OutputFolder:
         try:
             shutil.rmtree(self.work)
         except OSError as err:
-            raise StorageError(f"{self.work} could not be removed ({err.strerror or err})") from err
+            summary["notes"].append(f"{self.work} could not be removed ({err.strerror or err}); rerun to remove it")
+            write_json(self.path / MANIFEST, manifest)
 
 
 def reason_kind(reason: str) -> str:
