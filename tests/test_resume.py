@@ -248,3 +248,18 @@ def test_resume_names_what_is_missing(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "nowhere/config.yaml does not exist" in err
     assert main(["test", "--resume", str(tmp_path)]) == 2
     assert "--resume continues a fit" in capsys.readouterr().err
+
+
+def test_predict_into_a_run_folder_in_use_is_refused(one_epoch, tmp_path, capsys):
+    run = tmp_path / "p"
+    held = FolderLock(run)  # this process works in it (a lock is per open file: a second open is refused too)
+    try:
+        ckpt = one_epoch / "checkpoints" / "last.ckpt"
+        args = ["predict", f"--config={one_epoch / 'config.yaml'}", f"--ckpt_path={ckpt}", f"--run_dir={run}"]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"another run (pid {os.getpid()}, started " in err and len(err.splitlines()) == 1
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        held.release()
+    assert main(args) == 0 and (run / "predictions.parquet").is_file()
