@@ -276,6 +276,7 @@ class ForecastCLI(LightningCLI):
         path = self.config.predict.get("ckpt_path")
         if not path:
             raise ValueError("predict --predict_windows=test needs --ckpt_path (the trained model)")
+        check_splits(self.datamodule, ("test",))  # the windows it forecasts
         saved = _saved_scaler(load_checkpoint(path))
         built = self.datamodule._ensure_built().scaler
         same = saved is not None and np.shape(saved["loc"]) == built.loc.shape

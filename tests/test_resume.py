@@ -228,6 +228,10 @@ def test_test_without_test_windows_fails_instead_of_printing_nothing(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "the test split has no windows" in err and "0 with a target observed" in err
     assert not (tmp_path / "t_empty").exists()
+    args = ["predict", *args[1:4], f"--run_dir={tmp_path / 'p_empty'}", "--predict_windows=test"]
+    assert main(args) == 2
+    assert "the test split has no windows" in capsys.readouterr().err
+    assert not (tmp_path / "p_empty").exists()
 
 
 def test_step_checkpoints_protect_work_within_an_epoch(tmp_path):
