@@ -94,7 +94,7 @@ def test_a_resume_is_recorded_and_keeps_the_earlier_config(killed_and_resumed):
     assert "resumed_from" not in history[0]
     assert history[1]["resumed_from"]["epoch"] == 1 and history[1]["resumed_from"]["path"].endswith("last.ckpt")
     assert (run / "config.1.yaml").is_file() and (run / "config.yaml").is_file()
-    assert not (run / ".lock").read_text() or json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+    assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()  # the last process that worked in it
 
 
 @pytest.fixture(scope="module")
