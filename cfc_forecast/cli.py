@@ -3,8 +3,11 @@
 The DataModule is chosen by ``class_path`` (any ``SeriesDataModule`` subclass, e.g. ``SyntheticDataModule``); the
 sizes the model needs are linked from it once it is built. Every run gets its own directory
 ``<runs_root>/<YYYYmmdd-HHMMSS>-<subcommand>`` (or ``--run_dir``) with ``config.yaml`` (the resolved config),
-``run.json`` (seed and versions) and ``metrics.csv``; fit adds ``checkpoints/best.ckpt`` and ``last.ckpt``, and
-with ``--test_after_fit`` ``test_metrics.json`` (beside the baselines); test adds ``test_forecasts.png``.
+``run.json`` (seed, versions, the history of the commands run in it) and ``metrics.csv`` (appended to); fit adds
+``checkpoints/best.ckpt`` and ``last.ckpt`` (every epoch's end), and with ``--test_after_fit`` ``test_metrics.json``
+(beside the baselines); test adds ``test_forecasts.png``. One process at a time works in a run folder (``.lock``).
+``fit --resume RUN`` continues a run (``cfc_forecast.resume``); checkpoints are written and read through
+``cfc_forecast.checkpoints`` (atomic saves, ``weights_only=True`` loads, RNG state).
 
 ``predict`` forecasts from a checkpoint alone (``cfc_forecast.forecast.predict``: no split, nothing fitted on the
 data being forecast); only ``predict --predict_windows=test`` runs here: it forecasts the test windows of the
@@ -14,6 +17,7 @@ training data, so it builds the split from the config, and refuses data whose sc
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -23,17 +27,28 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from cfc_forecast import __version__
+from cfc_forecast.checkpoints import AtomicCheckpointIO, RngState, load_checkpoint
 from cfc_forecast.errors import UserError, report
 from cfc_forecast.forecast.predict import main as predict_main
 from cfc_forecast.forecast.predict import wants_test_windows
 from cfc_forecast.module import ForecastModule
 from cfc_forecast.native import native_available, native_status
 from cfc_forecast.plot import ForecastPlot
-from cfc_forecast.runs import RUN_DIR_ENV, compare_with_baselines, new_run_dir, record_run
+from cfc_forecast.preflight import check_splits
+from cfc_forecast.resume import ApplyChanges, config_files, resolve_last, resume_argv, review_changes
+from cfc_forecast.runs import (
+    RUN_DIR_ENV,
+    AppendingCSVLogger,
+    FolderLock,
+    compare_with_baselines,
+    has_results,
+    keep_previous_config,
+    new_run_dir,
+    record_run,
+)
 from cfc_forecast.writer import ParquetForecastWriter
 from datamodules import SeriesDataModule
 
@@ -53,11 +68,21 @@ LINKS = {
 
 
 class RunRecord(SaveConfigCallback):
-    """Saves the resolved config to the run directory, and ``run.json`` with the seed and versions."""
+    """Saves the resolved config to the run directory (an earlier one is kept as ``config.<n>.yaml``), and adds this
+    command to ``run.json`` (seed, versions, what a fit resumed from and the values it changed)."""
+
+    def __init__(self, *args: Any, event: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.event = event or {}
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if not self.already_saved and trainer.is_global_zero:
+            keep_previous_config(Path(trainer.default_root_dir), self.config_filename)
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         # rank 0 only: trainer.log_dir would broadcast and hang the other ranks; the CLI set default_root_dir
-        record_run(Path(trainer.default_root_dir), self.config.get("seed_everything"), stage)
+        record_run(Path(trainer.default_root_dir), self.config.get("seed_everything"), stage, self.event)
 
 
 class ForecastCLI(LightningCLI):
@@ -65,16 +90,30 @@ class ForecastCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.run_dir: Path | None = None
-        super().__init__(
-            ForecastModule,
-            SeriesDataModule,
-            subclass_mode_data=True,
-            save_config_callback=RunRecord,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            args=args,
-            run=run,
-        )
+        self.args = sys.argv[1:] if args is None else list(args)
+        self.lock: FolderLock | None = None
+        self.created_run_dir = False
+        self.event: dict[str, Any] = {}
+        try:
+            super().__init__(
+                ForecastModule,
+                SeriesDataModule,
+                subclass_mode_data=True,
+                save_config_callback=RunRecord,
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,
+                args=args,
+                run=run,
+            )
+        except BaseException:
+            # a failed command leaves no run folder of its own that holds nothing (a fit's checkpoints stay)
+            made = self.created_run_dir and self.run_dir is not None and self.run_dir.is_dir()
+            if made and not has_results(self.run_dir):
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS.items():
@@ -86,6 +125,20 @@ class ForecastCLI(LightningCLI):
             type=bool,
             default=False,
             help="fit: test the best checkpoint and print the baselines beside it.",
+        )
+        parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="fit: continue the run in this folder from its last.ckpt, with its config.yaml (values given here "
+            "win; architecture values may not change). Same as --ckpt_path last --run_dir RUN.",
+        )
+        parser.add_argument(
+            "--save_every_n_steps",
+            type=int,
+            default=0,
+            help="fit: also write last.ckpt every N training steps (0: only at each epoch's end, where a resume is "
+            "exact; a resume from within an epoch protects the work but does not replay it exactly).",
         )
         parser.add_argument("--monitor", type=str, default="val/loss", help="fit: the metric that picks best.ckpt.")
         parser.add_argument(
@@ -103,35 +156,75 @@ class ForecastCLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning reads the model's hyperparameters back from --ckpt_path; the data-derived ones are links, set
-        # from the data at instantiation (and checked against the checkpoint in ForecastModule.on_load_checkpoint)
-        path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if not path or not Path(path).is_file():
+        # The model's values come from, lowest first: the signature's defaults, the checkpoint (--ckpt_path), the
+        # config files, the command line. Lightning's own parse puts the checkpoint over everything; here it fills
+        # only the values neither a config file nor the command line gives. The data-derived values are links, set
+        # from the data at instantiation (and checked against the checkpoint in ForecastModule.on_load_checkpoint).
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("resume"):  # cli() turns a --resume on the command line into its values
+            raise UserError(f"resume: {self.config[sub].resume} in a config file; give --resume on the command line")
+        if not sub or not self.config[sub].get("ckpt_path"):
             return
-        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        cfg = self.config[sub]
+        if cfg.ckpt_path == "last":
+            cfg.ckpt_path, run_dir = resolve_last(cfg, sub)
+            if sub == "fit":
+                cfg.run_dir = str(run_dir)
+        ckpt = load_checkpoint(cfg.ckpt_path)
         hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if k not in LINKS.values()}
-        hparams.pop("_instantiator", None)
-        hparams.pop("_class_path", None)
-        if hparams:
-            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        given = self.parser.parse_args(self.args, defaults=False)[sub].get("model") or {}
+        fill = {k: v for k, v in hparams.items() if k not in given}
+        if fill:
+            self.config = self.parser.parse_object({sub: {"model": fill}}, self.config)
+        self.event = review_changes(ckpt, hparams, self.config[sub], sub)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
-        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(cfg.runs_root, self.subcommand)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rank0 = os.environ.get("LOCAL_RANK", "0") == "0"
+        if cfg.run_dir:
+            self.run_dir = Path(cfg.run_dir)
+            self.created_run_dir = not self.run_dir.exists()
+        else:
+            self.run_dir = new_run_dir(cfg.runs_root, self.subcommand)
+            self.created_run_dir = rank0
+        if rank0:  # the processes DDP re-executes work in rank 0's folder, under its lock
+            self.lock = FolderLock(self.run_dir, "run")
+            kept = sorted(p.name for p in (self.run_dir / "checkpoints").glob("*.ckpt"))
+            if self.subcommand == "fit" and not cfg.ckpt_path and kept:
+                raise UserError(
+                    f"--run_dir {str(self.run_dir)!r} holds the checkpoints of another fit ({', '.join(kept)}); "
+                    f"continue it with --resume {self.run_dir}, or give another --run_dir"
+                )
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
-        callbacks = []
+        self.save_config_kwargs["event"] = {"config_files": config_files(cfg), **self.event}
+        callbacks: list[Any] = [RngState()]
         if self.subcommand == "fit":
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=self.run_dir / "checkpoints",
+            checkpoints = self.run_dir / "checkpoints"
+            callbacks += [
+                ModelCheckpoint(  # the first ModelCheckpoint: trainer.checkpoint_callback, what after_fit tests
+                    dirpath=checkpoints,
                     filename="best",
                     monitor=cfg.monitor,
                     mode=cfg.monitor_mode,
-                    save_last=True,
                     auto_insert_metric_name=False,
+                    enable_version_counter=False,
+                ),
+                # last.ckpt at every epoch's end (Lightning's save_last rewrites it only when best.ckpt changes)
+                ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, enable_version_counter=False),
+            ]
+            if cfg.save_every_n_steps:  # protects work within long epochs; a resume from one is not exact
+                callbacks.append(
+                    ModelCheckpoint(
+                        dirpath=checkpoints,
+                        filename="last",
+                        monitor=None,
+                        enable_version_counter=False,
+                        every_n_train_steps=cfg.save_every_n_steps,
+                    )
                 )
-            )
+            if self.event.get("changed"):
+                callbacks.append(ApplyChanges(self.event["changed"]))
         if self.subcommand == "test" or (self.subcommand == "fit" and cfg.test_after_fit):
             callbacks.append(ForecastPlot())
         if self.subcommand == "predict":
@@ -142,21 +235,28 @@ class ForecastCLI(LightningCLI):
         # the run directory and its CSV log are set here, not in the config, so a saved config.yaml reused for
         # another run (predict --config runs/<run>/config.yaml) writes into that run's own directory
         kwargs.setdefault("default_root_dir", str(self.run_dir))
-        if self._get(self.config_init, "trainer", default={}).get("logger") in (None, True):
-            kwargs.setdefault("logger", CSVLogger(save_dir=str(self.run_dir), name="", version=""))
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True):
+            # appends to an existing metrics.csv: a resumed fit keeps the epochs before the kill
+            kwargs.setdefault("logger", AppendingCSVLogger(save_dir=str(self.run_dir), name="", version=""))
+        if not trainer_cfg.get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
-        # a window spec the data cannot fill (a horizon longer than the series, a split too short) leaves a split
-        # without windows: say so before any training instead of fitting on nothing
-        dm = self.datamodule
-        if hasattr(dm, "dataset"):
-            for split in ("train", "val"):
-                if len(dm.dataset(split)) == 0:
-                    raise ValueError(
-                        f"the {split} split has no windows: the window lengths (lookback + horizon, or observe + "
-                        f"forecast) do not fit the data's {split} part; skipped: {getattr(dm, 'counts', {})}"
-                    )
+        # every split the command will use is checked before any training (a window spec the data cannot fill
+        # leaves a split without windows): which split, how many rows it holds, what to change
+        check_splits(self.datamodule, ("train", "val", "test") if self.config.fit.test_after_fit else ("train", "val"))
+        if self.event.get("resumed_from"):
+            r = self.event["resumed_from"]
+            changed = "".join(f"; {k}: {a!r} -> {b!r}" for k, (a, b) in self.event.get("changed", {}).items())
+            rank_zero_info(f"resuming {self.run_dir} from {r['path']} (epoch {r['epoch']}, step {r['step']}){changed}")
+
+    def before_validate(self) -> None:
+        check_splits(self.datamodule, ("val",))
+
+    def before_test(self) -> None:
+        check_splits(self.datamodule, ("test",))
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit:
@@ -176,7 +276,8 @@ class ForecastCLI(LightningCLI):
         path = self.config.predict.get("ckpt_path")
         if not path:
             raise ValueError("predict --predict_windows=test needs --ckpt_path (the trained model)")
-        saved = _saved_scaler(torch.load(path, weights_only=True, map_location="cpu"))
+        check_splits(self.datamodule, ("test",))  # the windows it forecasts
+        saved = _saved_scaler(load_checkpoint(path))
         built = self.datamodule._ensure_built().scaler
         same = saved is not None and np.shape(saved["loc"]) == built.loc.shape
         if not same or not (np.allclose(saved["loc"], built.loc) and np.allclose(saved["scale"], built.scale)):
@@ -208,8 +309,11 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
         if status:
             raise SystemExit(status)
         return None
+    rewritten = resume_argv(argv)
+    if rewritten != argv and args is None:  # the console script: the DDP launcher re-executes sys.argv
+        sys.argv[1:] = rewritten
     try:
-        return ForecastCLI(args=args, run=run)
+        return ForecastCLI(args=None if args is None else rewritten, run=run)
     finally:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)

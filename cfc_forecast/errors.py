@@ -30,3 +30,9 @@ def report(command: str | None, err: BaseException, status: int | None = None) -
     if status is not None:
         return status
     return int(getattr(err, "status", 2))
+
+
+class StorageError(UserError):
+    """The file system refused a read or write (disk full, permission denied, I/O error): exit status 3."""
+
+    status: int = 3

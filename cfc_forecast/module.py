@@ -328,6 +328,31 @@ class ForecastModule(L.LightningModule):
             self, h.optimizer, h.lr, h.weight_decay, h.scheduler, epochs, int(trainer.estimated_stepping_batches)
         )
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Any,
+        map_location: Any = None,
+        hparams_file: str | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> ForecastModule:
+        """Lightning's ``load_from_checkpoint``, always with ``weights_only=True`` (whatever torch's default or
+        ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` say: a crafted file cannot run code).
+
+        Raises:
+            CheckpointError: a missing, empty, truncated or foreign file, or ``weights_only=False`` asked for.
+        """
+        from cfc_forecast.checkpoints import CheckpointError, load_checkpoint
+
+        if weights_only is False:
+            raise CheckpointError("cfc-forecast checkpoints hold tensors and plain values: load with weights_only=True")
+        load_checkpoint(checkpoint_path)  # the one-line errors for a file that is not a checkpoint
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+        )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint trained on other variables than this model was built for (before its weights load)."""
         saved = checkpoint.get("hyper_parameters", {})

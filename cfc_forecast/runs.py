@@ -1,7 +1,15 @@
-"""Run directories and what a run records in them: versions and seed, test metrics beside the baselines."""
+"""Run directories and what a run records in them: versions and seed, history, test metrics beside the baselines.
+
+A run folder keeps its history: ``run.json`` lists every command run in it (``history``: argv, start time, the
+checkpoint a fit resumed from and the values it changed), ``metrics.csv`` is appended to (:class:`AppendingCSVLogger`),
+and an earlier ``config.yaml`` is kept as ``config.<n>.yaml`` (``n``: its entry in the history). One process at a
+time works in a folder: :class:`FolderLock` holds ``flock`` on ``<dir>/.lock`` (the kernel releases it when the
+process dies, even by SIGKILL).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -11,8 +19,12 @@ from typing import Any
 
 import lightning
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 import cfc_forecast
+from cfc_forecast.checkpoints import atomic_write
+from cfc_forecast.errors import UserError
 
 RUN_DIR_ENV = "CFC_FORECAST_RUN_DIR"  # rank 0 passes its run directory to the processes DDP re-executes
 
@@ -40,21 +52,117 @@ def unique_dir(stem: Path) -> Path:
             path = stem.with_name(f"{stem.name}-{n}")
 
 
-def record_run(run_dir: Path, seed: Any, subcommand: str) -> None:
-    """Write ``run.json``: seed, versions of Python, torch, lightning and cfc-forecast, the command line."""
+class FolderLock:
+    """``flock`` on ``<folder>/.lock`` for as long as this process works in ``folder`` (run or job folder).
+
+    Args:
+        folder: the folder (created if missing). what: "run" or "job", for the message.
+
+    Raises:
+        UserError: another process holds the folder (its pid and start time are in the message).
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "run") -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 4096, 0).decode(errors="replace")
+            self.release()
+            try:
+                info = json.loads(holder)
+            except ValueError:
+                info = {}
+            raise UserError(
+                f"another {what} (pid {info.get('pid', '?')}, started {info.get('started', '?')}) holds "
+                f"{self.folder}; wait for it to end, or give another folder"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps({"pid": os.getpid(), "started": _now()}).encode(), 0)
+
+    def release(self) -> None:
+        """Release the lock (closing the file releases it; so does the process's end)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def record_run(run_dir: Path, seed: Any, subcommand: str, event: dict[str, Any] | None = None) -> None:
+    """Add this command to ``run.json``: seed, versions of Python, torch, lightning and cfc-forecast, the command
+    line; ``event`` (what a fit resumed from, the values it changed) goes into its ``history`` entry. The entries of
+    earlier commands in the folder are kept."""
+    path = run_dir / "run.json"
+    entry = {"subcommand": subcommand, "started": _now(), "argv": sys.argv, **(event or {})}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = {}
+    history = info.get("history", [])
     info = {
-        "subcommand": subcommand,
-        "seed": seed,
+        "subcommand": info.get("subcommand", subcommand),
+        "seed": info.get("seed", seed),
         "versions": {
             "cfc_forecast": cfc_forecast.__version__,
             "torch": torch.__version__,
             "lightning": lightning.__version__,
             "python": sys.version.split()[0],
         },
-        "argv": sys.argv,
+        "argv": info.get("argv", sys.argv),
+        "history": [*history, {**entry, "seed": seed}],
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(info, indent=2, default=str) + "\n"))
+
+
+def keep_previous_config(run_dir: Path, name: str = "config.yaml") -> None:
+    """Rename an existing ``config.yaml`` to ``config.<n>.yaml`` (``n``: the history entry that wrote it)."""
+    path = run_dir / name
+    if not path.is_file():
+        return
+    try:
+        n = len(json.loads((run_dir / "run.json").read_text()).get("history", []))
+    except (OSError, ValueError):
+        n = 0
+    target = run_dir / f"config.{max(n, 1)}.yaml"
+    while target.exists():
+        n += 1
+        target = run_dir / f"config.{n}.yaml"
+    os.replace(path, target)
+
+
+def has_results(run_dir: Path) -> bool:
+    """Whether a run folder holds anything beyond what every command writes first (lock, config, run.json)."""
+    bookkeeping = {".lock", "config.yaml", "run.json", "hparams.yaml", "checkpoints"}
+    if any(p.name not in bookkeeping for p in run_dir.iterdir()):
+        return True
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.iterdir())
+
+
+class _AppendingWriter(ExperimentWriter):
+    # Lightning's writer deletes an existing metrics.csv; this one appends to it (the header grows if needed)
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r") as f:
+                header = f.readline().strip()
+            self.metrics_keys = [k for k in header.split(",") if k]
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``CSVLogger`` that appends to an existing ``metrics.csv``: a resumed fit keeps the epochs before the kill."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 METRIC_NAMES = ("mse", "mae", "mse_per_var", "mae_per_var")

@@ -120,11 +120,14 @@ def test_a_job_killed_midway_resumes_without_duplicates_or_gaps(trained, tmp_pat
     assert len(calls) == N_SERIES // 2 - 2  # only the chunks not done: 2 (redone, its part overwritten) to 5
     assert_same_forecasts(read_output(tmp_path / "out"), trained["predict"])
 
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    def outputs():  # the lock file records who last worked in the folder; the outputs stay untouched
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir() if p.name != ".lock"}
+
+    before = outputs()
     capsys.readouterr()
     assert run_job(trained, tmp_path / "out", "--chunk_size=2") == 0  # finished: a no-op that says so
     assert "already finished" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+    assert outputs() == before
 
 
 @pytest.mark.slow
@@ -304,3 +307,82 @@ def test_date_time_series_in_a_csv_equal_predict_and_take_origins_as_time_stamps
     assert out.select((pl.col("origin_time") == origin).all()).item()
     ahead = (out["time"] - out["origin_time"]).dt.total_milliseconds().unique().sort().to_list()
     assert ahead == [1000, 2500] and out.height == 6 * 2 * 3
+
+
+def test_a_full_disk_exits_3_in_one_line_and_a_rerun_completes(trained, tmp_path, monkeypatch, capsys):
+    import errno
+
+    real = pl.DataFrame.write_parquet
+    writes = []
+
+    def disk_full_on_the_third_part(frame, path, *args, **kwargs):
+        writes.append(path)
+        if len(writes) == 3:
+            Path(path).write_bytes(b"PAR1" + b"\0" * 100)  # half a file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", disk_full_on_the_third_part)
+    out = tmp_path / "out"
+    assert run_job(trained, out, "--chunk_size=2") == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cfc-forecast forecast: error: ") and len(err.splitlines()) == 1
+    assert "No space left on device" in err and "rerun the same command" in err
+    assert not list(out.glob(".*.tmp")) and len(list(out.glob("part-*.parquet"))) == 2
+    monkeypatch.undo()
+    assert run_job(trained, out, "--chunk_size=2") == 0
+    assert_same_forecasts(read_output(out), trained["predict"])
+    assert not (out / ".work").exists()
+
+
+def test_a_job_killed_before_its_manifest_reruns(trained, tmp_path):
+    out = tmp_path / "out"
+    (out / ".work" / "spill").mkdir(parents=True)  # what a job killed while starting leaves
+    (out / ".work" / "spill" / "x.parquet").write_bytes(b"partial")
+    (out / ".manifest.json.tmp").write_text("{")
+    assert run_job(trained, out, "--chunk_size=5") == 0
+    assert_same_forecasts(read_output(out), trained["predict"])
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_a_second_job_on_a_folder_in_use_is_refused_and_writes_nothing(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = "import sys; from cfc_forecast.runs import FolderLock as L; L(sys.argv[1], 'job'); print('held', flush=1); "
+    holder = subprocess.Popen([sys.executable, "-c", code + "sys.stdin.read()", str(out)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_job(trained, out) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"another job (pid {holder.pid}, started " in err and len(err.splitlines()) == 1
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock, the next run goes ahead
+        holder.wait()
+    assert run_job(trained, out) == 0
+    # a refused job (another job's folder) creates nothing, not even a lock file
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert run_job(trained, other) == 2
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_a_work_folder_that_cannot_be_removed_is_noted_and_removed_by_a_rerun(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    real = shutil.rmtree
+
+    def busy(path, *args, **kwargs):
+        if Path(path).name == ".work" and not kwargs.get("ignore_errors"):
+            raise OSError(16, "Device or resource busy")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", busy)
+    out = tmp_path / "out"
+    assert run_job(trained, out) == 0
+    assert "could not be removed (Device or resource busy); rerun to remove it" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["summary"]["notes"][-1].endswith("rerun to remove it")
+    monkeypatch.undo()
+    assert (out / ".work").exists() and run_job(trained, out) == 0
+    assert not (out / ".work").exists()

@@ -7,20 +7,27 @@ cfc-forecast forecast --config configs/forecast/quickstart.yaml
 ```
 Exit status: 0 when something was forecast (series may have been skipped: see ``skipped_series.csv``), 1 when
 nothing could be forecast, 2 when the job cannot run (a column missing or of the wrong kind, an unusable
-checkpoint, bad arguments, an output folder holding another job).
+checkpoint, bad arguments, an output folder holding another job or in use by another process), 3 when the file
+system failed (disk full, permission denied, I/O error: ENOSPC, EACCES, EIO, ...). Every exit but 0 and 1 is one
+line on stderr. A job stopped by anything (exit 3, a kill, a crash) resumes when the same command is run again.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from jsonargparse import auto_cli
 
+from cfc_forecast.errors import StorageError, UserError, report
 from cfc_forecast.forecast.job import ForecastJob, JobResult
 from cfc_forecast.forecast.options import options_for
 from cfc_forecast.forecast.prepare import Options
 from cfc_forecast.forecast.rows import Forecasts, forecast_report, forecast_rows
 from cfc_forecast.forecast.trained import JobError
+
+# what the file system can refuse: exit status 3, the job resumable by the same command
+IO_FAILURES = {errno.ENOSPC, errno.EACCES, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EPERM}
 
 __all__ = ["ForecastJob", "Forecasts", "JobError", "JobResult", "forecast", "forecast_report", "forecast_rows", "main"]
 
@@ -79,6 +86,15 @@ def forecast(
     except JobError as err:
         print(f"cfc-forecast forecast: error: {err}", file=sys.stderr)
         return 2
+    except StorageError as err:
+        return report("forecast", StorageError(f"{err}; rerun the same command to resume"))
+    except UserError as err:  # an unusable checkpoint, a folder in use
+        return report("forecast", err)
+    except OSError as err:
+        if err.errno not in IO_FAILURES:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        return report("forecast", StorageError(f"{err.strerror or err}{where}; rerun the same command to resume"))
     print_summary(result, output)
     return result.status
 

@@ -83,6 +83,12 @@ class ForecastJob:
 
     def run(self) -> JobResult:
         """Run (or resume) the job; a finished job is left as it is."""
+        try:
+            return self._run()
+        finally:
+            self.out.close()
+
+    def _run(self) -> JobResult:
         manifest = self.out.open()
         if manifest.get("finished"):
             summary = manifest["summary"]

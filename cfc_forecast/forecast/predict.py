@@ -30,10 +30,11 @@ import polars as pl
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
+from cfc_forecast.errors import UserError, report
 from cfc_forecast.forecast.rows import Forecasts, forecast_report
 from cfc_forecast.forecast.store import atomic_write, reason_kind
 from cfc_forecast.forecast.trained import JobError
-from cfc_forecast.runs import RUN_DIR_ENV, new_run_dir, record_run
+from cfc_forecast.runs import RUN_DIR_ENV, FolderLock, new_run_dir, record_run
 
 PROG = "cfc-forecast predict"
 # what may still be given of the fit command's groups: the checkpoint defines everything else
@@ -144,11 +145,14 @@ def _run(args: Any) -> int:
         raise
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "predictions.parquet", result.frame.write_parquet)
-    if result.skipped.height:
-        atomic_write(run_dir / "skipped_series.csv", result.skipped.write_csv)
-    record_run(run_dir, None, "predict")
+    lock = FolderLock(run_dir, "run")  # one process writes into a run folder at a time
+    try:
+        atomic_write(run_dir / "predictions.parquet", result.frame.write_parquet)
+        if result.skipped.height:
+            atomic_write(run_dir / "skipped_series.csv", result.skipped.write_csv)
+        record_run(run_dir, None, "predict")
+    finally:
+        lock.release()
     print("\n".join(_summary(result, run_dir)))
     if result.n_forecast == 0:
         print("nothing could be forecast: exit status 1")
@@ -173,6 +177,8 @@ def main(argv: list[str]) -> int:
     except ArgumentError as err:  # a parse error: one line, as every user error
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except UserError as err:  # e.g. a file system that refuses a write: exit status 3
+        return report("predict", err)
     finally:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)

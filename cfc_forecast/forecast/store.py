@@ -5,18 +5,20 @@
 <output>/part-<chunk>.parquet     forecasts of one chunk of series (long layout, as cfc-forecast predict writes)
 <output>/skipped_series.csv       series, reason: every series (or series and origin) not forecast
 <output>/.work/                   spilled input chunks and one record per finished chunk (removed at the end)
+<output>/.lock                    flock held by the job working in the folder (released when it ends or dies)
 ```
-Every file is written under a temporary name and renamed, so a reader (or a rerun) never sees half a file. A
-chunk counts as done only once its record exists, and its record is written after its part: a job killed at
-any point and rerun with the same command redoes at most the chunks in flight (the one being written and the one
-being forecast), overwriting their parts, so the output has no duplicate and no gap.
+Every file is written under a temporary name in the folder, fsynced and renamed, so a reader (or a rerun) never
+sees half a file. A chunk counts as done only once its record exists, and its record is written after its part: a
+job killed at any point and rerun with the same command redoes at most the chunks in flight (the one being written
+and the one being forecast), overwriting their parts, so the output has no duplicate and no gap; a job killed before
+its manifest was written starts over. One job at a time works in a folder (``.lock``); a job refused (another job's
+folder, files no job wrote, a folder in use) writes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -25,16 +27,12 @@ from typing import Any
 
 import polars as pl
 
+from cfc_forecast.checkpoints import atomic_write
 from cfc_forecast.forecast.trained import JobError
+from cfc_forecast.runs import FolderLock
 
-MANIFEST, SKIPPED, WORK = "manifest.json", "skipped_series.csv", ".work"
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` and rename the temporary file to ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+MANIFEST, SKIPPED, WORK, LOCK = "manifest.json", "skipped_series.csv", ".work", ".lock"
+__all__ = ["OutputFolder", "atomic_write", "fingerprint", "reason_kind", "write_json"]
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -82,12 +80,38 @@ class OutputFolder:
         self.work = self.path / WORK
         self.spill = self.work / "spill"
         self.records = self.work / "chunks"
+        self.lock: FolderLock | None = None
 
     def open(self) -> dict[str, Any]:
-        """Create the folder for a new job, or return the manifest of the same job started before.
+        """Lock the folder; create it for a new job, or return the manifest of the same job started before.
 
         Raises:
-            JobError: the folder holds another job, or files that no job wrote.
+            JobError: the folder holds another job, or files that no job wrote (nothing is written then).
+            UserError: another process works in the folder.
+        """
+        self._check()  # before the lock: a refused job creates nothing, not even the lock file
+        if self.writer:
+            self.lock = FolderLock(self.path, "job")
+        manifest = self._check()  # again under the lock: the folder may have changed while we waited
+        if manifest is not None:
+            self._clean_temporaries()
+            if manifest.get("finished") and self.writer:
+                shutil.rmtree(self.work, ignore_errors=True)
+            return manifest
+        manifest = {"job": self.job, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": False}
+        if self.writer:
+            # a job killed before its manifest left only work files: start it over
+            shutil.rmtree(self.work, ignore_errors=True)
+            self._clean_temporaries()
+            write_json(self.path / MANIFEST, manifest)
+            self.records.mkdir(parents=True, exist_ok=True)
+        return manifest
+
+    def _check(self) -> dict[str, Any] | None:
+        """The manifest of this job in the folder (None: none yet).
+
+        Raises:
+            JobError: another job's manifest, or files that no job wrote.
         """
         manifest_path = self.path / MANIFEST
         if manifest_path.is_file():
@@ -98,17 +122,21 @@ class OutputFolder:
                     f"--output {str(self.path)!r} holds another job's forecasts ({'; '.join(diff)}); "
                     "give another output folder, or remove this one to start over"
                 )
-            self._clean_temporaries()
             return manifest
-        if self.path.exists() and any(self.path.iterdir()):
+        ours = {WORK, LOCK, f".{MANIFEST}.tmp"}
+        foreign = [p.name for p in self.path.iterdir() if p.name not in ours] if self.path.is_dir() else []
+        if foreign:
             raise JobError(
-                f"--output {str(self.path)!r} is not empty and holds no {MANIFEST}; give an empty or new folder"
+                f"--output {str(self.path)!r} is not empty and holds no {MANIFEST} (it holds "
+                f"{', '.join(sorted(foreign)[:3])}); give an empty or new folder"
             )
-        manifest = {"job": self.job, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": False}
-        if self.writer:
-            self.records.mkdir(parents=True, exist_ok=True)
-            write_json(manifest_path, manifest)
-        return manifest
+        return None
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _clean_temporaries(self) -> None:
         if self.writer:
@@ -130,12 +158,17 @@ class OutputFolder:
         write_json(self.records / f"{k:06d}.json", record)
 
     def finish(self, summary: dict[str, Any], skipped: pl.DataFrame) -> None:
-        """Write the skipped-series report and the finished manifest; remove the work folder."""
+        """Write the skipped-series report and the finished manifest; remove the work folder (where that fails, a
+        note in the summary and the manifest says so: the forecasts are complete, a rerun removes it)."""
         atomic_write(self.path / SKIPPED, skipped.write_csv)
         manifest = json.loads((self.path / MANIFEST).read_text())
         manifest.update(finished=True, summary=summary)
         write_json(self.path / MANIFEST, manifest)
-        shutil.rmtree(self.work, ignore_errors=True)
+        try:
+            shutil.rmtree(self.work)
+        except OSError as err:
+            summary["notes"].append(f"{self.work} could not be removed ({err.strerror or err}); rerun to remove it")
+            write_json(self.path / MANIFEST, manifest)
 
 
 def reason_kind(reason: str) -> str:

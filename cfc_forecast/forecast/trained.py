@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from datamodules.windows import WindowSpec
 
@@ -102,10 +101,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Trained]:
         raise JobError(
             f"--ckpt_path {str(path)!r} is not a file; give a checkpoint such as runs/<run>/checkpoints/best.ckpt"
         )
+    from cfc_forecast.checkpoints import CheckpointError, load_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise JobError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        ckpt = load_checkpoint(path)  # weights_only=True; a one-line reason for a file that is not a checkpoint
+    except CheckpointError as err:
+        raise JobError(str(err)) from None
     return ckpt, contract(ckpt, str(path))
 
 
