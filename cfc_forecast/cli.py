@@ -13,6 +13,7 @@ training data, so it builds the split from the config, and refuses data whose sc
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -20,16 +21,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from cfc_forecast import __version__
-from cfc_forecast.errors import UserError, report
+import datamodules
+from cfc_forecast import __version__, defaults
+from cfc_forecast.errors import UserError, parse_error, report
 from cfc_forecast.forecast.predict import main as predict_main
 from cfc_forecast.forecast.predict import wants_test_windows
+from cfc_forecast.launch import parse_threads, take_option, usage
 from cfc_forecast.module import ForecastModule
 from cfc_forecast.native import native_available, native_status
 from cfc_forecast.plot import ForecastPlot
@@ -65,6 +69,9 @@ class ForecastCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.run_dir: Path | None = None
+        self.early_stopping = False
+        # a parse error raises (parse_arguments makes it one line with a suggestion) instead of printing the usage
+        raising = {"exit_on_error": False}
         super().__init__(
             ForecastModule,
             SeriesDataModule,
@@ -72,9 +79,47 @@ class ForecastCLI(LightningCLI):
             save_config_callback=RunRecord,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_kwargs={**raising, **{name: dict(raising) for name in ("fit", "validate", "test", "predict")}},
             args=args,
             run=run,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = sys.argv[1:] if args is None else list(args)
+            raise parse_error(str(err), self._option_names(argv)) from err
+        if self.config.get("subcommand"):
+            self._plain_data_defaults(self.config.subcommand)
+
+    def _option_names(self, argv: list[str]) -> list[str]:
+        """The options of the command in ``argv``, with the init arguments of its DataModule class."""
+        command = next((a for a in argv if not a.startswith("-")), None)
+        parser = getattr(self, "_subcommand_parsers", {}).get(command, self.parser)
+        names = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        data = take_option(argv, "--data", with_value=True)[0] or "SeriesDataModule"
+        cls = getattr(datamodules, str(data).rsplit(".", 1)[-1], SeriesDataModule)
+        return names + [f"--data.{p}" for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def _plain_data_defaults(self, subcommand: str) -> None:
+        """Fill what a plain ``SeriesDataModule`` left unset (``cfc_forecast.defaults``) and print it."""
+        cfg = self.config[subcommand]
+        if cfg.get("data") is None or cfg.data.get("class_path") not in defaults.PLAIN_DATA:
+            return
+        data = cfg.data.init_args.as_dict()
+        chosen = {
+            f"data.{k}": v for k, v in {**defaults.window_defaults(data), **defaults.calendar_defaults(data)}.items()
+        }
+        if subcommand == "fit":
+            chosen.update({f"trainer.{k}": v for k, v in defaults.epoch_defaults(cfg.trainer.as_dict()).items()})
+        if not chosen:
+            return
+        for key, value in chosen.items():
+            group, name = key.split(".")
+            (cfg.data.init_args if group == "data" else cfg.trainer)[name] = value
+        self.early_stopping = "trainer.max_epochs" in chosen
+        rank_zero_info(defaults.describe(chosen, cfg.monitor if self.early_stopping else None))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS.items():
@@ -142,6 +187,10 @@ class ForecastCLI(LightningCLI):
         # the run directory and its CSV log are set here, not in the config, so a saved config.yaml reused for
         # another run (predict --config runs/<run>/config.yaml) writes into that run's own directory
         kwargs.setdefault("default_root_dir", str(self.run_dir))
+        if self.early_stopping:  # cfc_forecast.defaults: no epoch limit was set
+            cfg = self.config[self.subcommand]
+            stop = EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=defaults.PATIENCE)
+            self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), stop]
         if self._get(self.config_init, "trainer", default={}).get("logger") in (None, True):
             kwargs.setdefault("logger", CSVLogger(save_dir=str(self.run_dir), name="", version=""))
         return super().instantiate_trainer(**kwargs)
@@ -216,13 +265,40 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """The console script: ``native``, ``--version``, ``tune``, ``forecast``, ``predict``, or a LightningCLI
-    subcommand; returns the exit status."""
+    """The console script (behind ``cfc_forecast.launch``): ``--help``, ``--version``, ``native``, ``tune``,
+    ``forecast``, ``predict``, or a LightningCLI subcommand; returns the exit status.
+
+    Every command takes ``--threads N`` (torch's intra-op threads) and ``--debug``. A user error (``UserError``, a
+    parse error) is one line ``cfc-forecast <command>: error: ...`` and exit status 2; ``--debug`` raises it
+    instead, with its traceback."""
     argv = sys.argv[1:] if args is None else list(args)
+    debug, argv = take_option(argv, "--debug", with_value=False)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        threads, argv = take_option(argv, "--threads", with_value=True)
+        if (n := parse_threads(threads)) is not None:
+            torch.set_num_threads(n)
+            os.environ["OMP_NUM_THREADS"] = str(n)  # for the processes this command starts
+        argv = _root_dir_as_runs_root(argv)
+        if args is None:  # LightningCLI, and DDP when it re-executes the command, read sys.argv
+            sys.argv[1:] = argv
+        return _dispatch(argv, None if args is None else argv)
+    except (UserError, ArgumentError) as err:  # one line, no traceback (cfc_forecast.errors)
+        if debug:
+            raise
+        return report(command, err if isinstance(err, UserError) else parse_error(str(err), []))
+
+
+def _dispatch(argv: list[str], args: list[str] | None) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
     if argv[:1] == ["--version"]:
         print(f"cfc-forecast {__version__} (torch {torch.__version__})")
         return 0
     if argv[:1] == ["native"]:
+        if argv[1:]:
+            raise UserError(f"native takes no arguments, got {' '.join(argv[1:])}")
         ok = native_available()
         print(native_status())
         return 0 if ok else 1
@@ -236,11 +312,23 @@ def main(args: list[str] | None = None) -> int:
         return forecast_main(argv[1:])
     if argv[:1] == ["predict"] and not wants_test_windows(argv):  # from a checkpoint alone
         return predict_main(argv[1:])
-    try:
-        cli(args)  # None: LightningCLI reads sys.argv itself
-    except UserError as err:  # one line, no traceback (cfc_forecast.errors)
-        return report(argv[0] if argv and not argv[0].startswith("-") else None, err)
+    cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
+
+
+def _root_dir_as_runs_root(argv: list[str]) -> list[str]:
+    """``--trainer.default_root_dir DIR`` (Lightning's name for it) as ``--runs_root DIR``: the CLI puts every run
+    in a folder of its own under ``--runs_root``, and sets the trainer's root directory to that folder."""
+    root, rest = take_option(argv, "--trainer.default_root_dir", with_value=True)
+    if root is None:
+        return argv
+    runs_root = take_option(rest, "--runs_root", with_value=True)[0]
+    if runs_root is not None and Path(str(runs_root)).resolve() != Path(str(root)).resolve():
+        raise UserError(
+            f"--trainer.default_root_dir {root} and --runs_root {runs_root} differ: give one of them (each run "
+            "gets a folder of its own under --runs_root)"
+        )
+    return rest if runs_root is not None else [*rest, f"--runs_root={root}"]
 
 
 if __name__ == "__main__":  # python -m cfc_forecast.cli (what the DDP launcher re-executes for the test)

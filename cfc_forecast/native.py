@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,7 +70,10 @@ def native_available() -> bool:
     if "ok" not in _status:
         try:
             name, flags = _build_flags()
-            log.info("building the native CfC loop %s (once; cached for later runs)", name)
+            cache = build_lock_path(name).parent
+            if not (cache / f"{name}.so").exists():  # the first run's ~15 s of silence otherwise (set by
+                # TORCH_EXTENSIONS_DIR); printed, not logged: no logging is configured when the command starts
+                print(f"cfc-forecast: building the native CfC loop (once, ~15 s); cached in {cache}", file=sys.stderr)
             _load(name, flags)
             _status.update(ok=True, name=name, flags=flags)
         except Exception as err:  # no compiler, no ninja, no headers: the Python loop still works
@@ -264,8 +268,7 @@ def run_native(
     """
     w, spec = fold_weights(cell)
     inference = not torch.is_grad_enabled() or not any(
-        t.requires_grad
-        for t in (x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters()))
+        t.requires_grad for t in (x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters()))
     )
     fm = lambda t: None if t is None else t.permute(1, 2, 0)  # noqa: E731  (B, T, N) -> (T, N, B)
     steps, n1, batch = x.shape[1], w["w_x"].shape[0], x.shape[0]

@@ -18,6 +18,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader
 
+from cfc_forecast.errors import UserError
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
 from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
@@ -108,7 +109,10 @@ class SeriesDataModule(L.LightningDataModule):
         check_unit(time_unit)
         # a fixed origin may be a time stamp: it is resolved against the data's time column when built
         fixed = None if origin is None else math.nan
-        self.spec = window_spec(time_unit, lookback, horizon, stride, observe, forecast, every, fixed, step_targets)
+        try:
+            self.spec = window_spec(time_unit, lookback, horizon, stride, observe, forecast, every, fixed, step_targets)
+        except ValueError as err:  # the window arguments: each message names them and what to give
+            raise UserError(str(err)) from err
         fr = split_fractions
         if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be 3 numbers >= 0 summing to 1 with train > 0, got {fr}")
@@ -168,6 +172,14 @@ class SeriesDataModule(L.LightningDataModule):
     def _ensure_built(self) -> Built:
         if self._built is not None:
             return self._built
+        try:
+            return self._build()
+        except UserError:
+            raise
+        except ValueError as err:  # reading and checking the data: each names the source, the column and the fix
+            raise UserError(str(err)) from err
+
+    def _build(self) -> Built:
         h = self.cfg
         frame = self._read()
         roles = self._roles(frame)
@@ -307,8 +319,13 @@ class SeriesDataModule(L.LightningDataModule):
             "calendar": list(h.calendar or []),
             "time_is_datetime": codec.is_datetime,
             "time_zone": codec.time_zone,
-            "window": {"mode": spec.mode, "lookback": spec.lookback, "horizon": spec.horizon,
-                       "observe": spec.observe, "forecast": spec.forecast},  # fmt: skip
+            "window": {
+                "mode": spec.mode,
+                "lookback": spec.lookback,
+                "horizon": spec.horizon,
+                "observe": spec.observe,
+                "forecast": spec.forecast,
+            },  # fmt: skip
             "predict_queries": None if h.predict_queries is None else [float(q) for q in h.predict_queries],
             "first_dt_from_zero": self.first_dt_from_zero,
             # the typical spacing of the training series: a job warns when new data are spaced very differently
