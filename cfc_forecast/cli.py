@@ -119,7 +119,8 @@ class ForecastCLI(LightningCLI):
             group, name = key.split(".")
             (cfg.data.init_args if group == "data" else cfg.trainer)[name] = value
         self.early_stopping = "trainer.max_epochs" in chosen
-        rank_zero_info(defaults.describe(chosen, cfg.monitor if self.early_stopping else None))
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # each DDP process parses again: one line, from the first
+            print(defaults.describe(chosen, cfg.monitor if self.early_stopping else None), flush=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS.items():
@@ -286,7 +287,25 @@ def main(args: list[str] | None = None) -> int:
     except (UserError, ArgumentError) as err:  # one line, no traceback (cfc_forecast.errors)
         if debug:
             raise
-        return report(command, err if isinstance(err, UserError) else parse_error(str(err), []))
+        return report(command, err if isinstance(err, UserError) else parse_error(str(err), _options_of(command)))
+
+
+def _options_of(command: str | None) -> list[str]:
+    """The option names of ``tune`` and ``forecast`` (their own parsers), for the suggestion of a parse error."""
+    from jsonargparse import ArgumentParser
+
+    if command == "tune":
+        from cfc_forecast.tune.cli import build_parser
+
+        parser = build_parser()
+    elif command == "forecast":
+        from cfc_forecast.forecast import forecast
+
+        parser = ArgumentParser()
+        parser.add_function_arguments(forecast, as_positional=False)
+    else:
+        return []
+    return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
 
 
 def _dispatch(argv: list[str], args: list[str] | None) -> int:
@@ -294,7 +313,7 @@ def _dispatch(argv: list[str], args: list[str] | None) -> int:
         print(usage())
         return 0
     if argv[:1] == ["--version"]:
-        print(f"cfc-forecast {__version__} (torch {torch.__version__})")
+        print(f"cfc-forecast {__version__} (torch {torch.__version__}, {torch.get_num_threads()} intra-op threads)")
         return 0
     if argv[:1] == ["native"]:
         if argv[1:]:

@@ -102,4 +102,5 @@ def print_summary(result: JobResult, output: str) -> None:
 
 def main(argv: list[str]) -> int:
     """``cfc-forecast forecast ARGS``: parse the arguments (and ``--config job.yaml``), run, return the status."""
-    return auto_cli(forecast, args=argv, as_positional=False, prog="cfc-forecast forecast")
+    # exit_on_error=False: a parse error raises, and cfc_forecast.cli.main reports it as one line
+    return auto_cli(forecast, args=argv, as_positional=False, prog="cfc-forecast forecast", exit_on_error=False)
