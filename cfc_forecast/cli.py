@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 import datamodules
-from cfc_forecast import __version__, defaults
+from cfc_forecast import __version__, defaults, noise
 from cfc_forecast.errors import UserError, parse_error, report
 from cfc_forecast.forecast.predict import main as predict_main
 from cfc_forecast.forecast.predict import wants_test_windows
@@ -92,6 +92,17 @@ class ForecastCLI(LightningCLI):
             raise parse_error(str(err), self._option_names(argv)) from err
         if self.config.get("subcommand"):
             self._plain_data_defaults(self.config.subcommand)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:  # jsonargparse wraps what __init__ raised in a list of union subtypes
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from err
 
     def _option_names(self, argv: list[str]) -> list[str]:
         """The options of the command in ``argv``, with the init arguments of its DataModule class."""
@@ -273,6 +284,7 @@ def main(args: list[str] | None = None) -> int:
     parse error) is one line ``cfc-forecast <command>: error: ...`` and exit status 2; ``--debug`` raises it
     instead, with its traceback."""
     argv = sys.argv[1:] if args is None else list(args)
+    noise.quiet()
     debug, argv = take_option(argv, "--debug", with_value=False)
     command = argv[0] if argv and not argv[0].startswith("-") else None
     try:

@@ -68,6 +68,7 @@ def parse_error(message: str, options: list[str]) -> UserError:
         return UserError(f"unknown option {name}{close_option(name, options)}")
     lines = [ln.strip(" -") for ln in message.splitlines() if ln.strip()]
     detail = next((ln for ln in lines if ln.startswith("Expected") or "Got value" in ln), lines[-1] if lines else "")
+    detail = re.sub(r'[Pp]arser key "[^"]+":\s*', "", detail)
     detail = re.sub(r"Expected an? <class '(?:\w+\.)*(\w+)'>\.?", r"expected \1,", detail)  # <class 'int'>: int
     if prefix:
         return UserError(f"{prefix}: {detail}")

@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import MutableMapping
 
+from cfc_forecast.errors import UserError  # no torch: errors imports only the standard library
+
 DEFAULT_THREADS = 1
 DEFAULT_WAIT_POLICY = "passive"
 
@@ -67,7 +69,7 @@ def take_option(argv: list[str], name: str, with_value: bool) -> tuple[str | boo
 
 
 def parse_threads(value: str | bool | None) -> int | None:
-    """``--threads``' value as a count >= 1 (None when not given); a ``ValueError`` with the fix otherwise."""
+    """``--threads``' value as a count >= 1 (None when not given); a ``UserError`` with the fix otherwise."""
     if value is None:
         return None
     try:
@@ -75,7 +77,7 @@ def parse_threads(value: str | bool | None) -> int | None:
     except ValueError:
         threads = 0
     if threads < 1:
-        raise ValueError(f"--threads takes a whole number >= 1 (e.g. --threads 2), got {value!r}")
+        raise UserError(f"--threads takes a whole number >= 1 (e.g. --threads 2), got {value!r}")
     return threads
 
 

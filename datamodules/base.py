@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from cfc_forecast.errors import UserError
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
-from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files
+from datamodules.io import Duplicates, Layout, Table, canonical_table, read_files, require_columns
 from datamodules.scaling import ScaleBy, ScaleMethod
 from datamodules.sharding import EvalShardSampler
 from datamodules.splits import seeded_series_split, split_plan, user_time
@@ -159,6 +159,9 @@ class SeriesDataModule(L.LightningDataModule):
             names = sorted(frame[h.variable_column].drop_nulls().cast(pl.String).unique().to_list())
         else:
             names = [c for c in frame.columns if c not in (h.id_column, h.time_column)]
+        if h.layout == "wide":  # a name that is no column: say which option gave it
+            for option in ("targets", "inputs", "static", "known_future"):
+                require_columns(frame, list(h[option] or []), self._source(), f"{option} (--data.{option})")
         default = [c for c in names if c not in static and c not in future]
         roles = Roles(list(h.inputs or default), list(h.targets or default), static, future, list(h.calendar or []))
         overlap = set(static) & set(roles.inputs + roles.targets + future)

@@ -30,6 +30,7 @@ import polars as pl
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
+from cfc_forecast.errors import parse_error, report
 from cfc_forecast.forecast.rows import Forecasts, forecast_report
 from cfc_forecast.forecast.store import atomic_write, reason_kind
 from cfc_forecast.forecast.trained import JobError
@@ -170,9 +171,8 @@ def main(argv: list[str]) -> int:
     except JobError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except ArgumentError as err:  # a parse error: one line, as every user error
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    except ArgumentError as err:  # a parse error: one line naming the option, as every user error
+        return report("predict", parse_error(str(err), [o for a in parser._actions for o in a.option_strings]))
     finally:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)
