@@ -227,7 +227,7 @@ class ForecastCLI(LightningCLI):
         # a fast_dev_run tests one batch: no table of numbers that would look like a result
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             metrics = {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
-            table = compare_with_baselines(self.datamodule, metrics, self.run_dir)
+            table = compare_with_baselines(self.datamodule, metrics, self.run_dir, self.model)
             print(f"\n{table}\nrun directory: {self.run_dir}", flush=True)
 
     def before_predict(self) -> None:
