@@ -69,6 +69,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--runs_root", type=str | None, default=None, help="Folder of the run directories.")
     p.add_argument("--run_dir", type=str | None, default=None, help="This run's directory (default: new).")
     p.add_argument("--predict_windows", type=Literal["last"], default="last", help="'test': see the docstring.")
+    p.add_argument("--output_format", type=Literal["parquet", "csv"], default="parquet",
+                   help="predictions.parquet, or predictions.csv (date-times as ISO 8601 text).")  # fmt: skip
     return p
 
 
@@ -146,7 +148,8 @@ def _run(args: Any) -> int:
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "predictions.parquet", result.frame.write_parquet)
+    out = run_dir / f"predictions.{args.output_format}"
+    atomic_write(out, result.frame.write_csv if args.output_format == "csv" else result.frame.write_parquet)
     if result.skipped.height:
         atomic_write(run_dir / "skipped_series.csv", result.skipped.write_csv)
     record_run(run_dir, None, "predict")
@@ -154,7 +157,7 @@ def _run(args: Any) -> int:
     if result.n_forecast == 0:
         print("nothing could be forecast: exit status 1")
         return 1
-    print(f"forecasts written to {run_dir / 'predictions.parquet'}")
+    print(f"forecasts written to {out}")
     return 0
 
 
