@@ -91,6 +91,7 @@ class ForecastCLI(LightningCLI):
             argv = sys.argv[1:] if args is None else list(args)
             raise parse_error(str(err), self._option_names(argv)) from err
         if self.config.get("subcommand"):
+            _root_dir_as_runs_root(self.config[self.config.subcommand])
             self._plain_data_defaults(self.config.subcommand)
 
     def instantiate_classes(self) -> None:
@@ -251,6 +252,20 @@ class ForecastCLI(LightningCLI):
         rank_zero_info(f"forecasts written to {self.run_dir / 'predictions.parquet'}")
 
 
+def _root_dir_as_runs_root(cfg: Any) -> None:
+    """``trainer.default_root_dir`` (Lightning's name for it; from the command line or a config) becomes
+    ``runs_root``: each run gets a folder of its own under it, and the trainer's root directory is that folder."""
+    root = cfg.trainer.get("default_root_dir")
+    if root is None:
+        return
+    if cfg.runs_root != "runs" and Path(cfg.runs_root).resolve() != Path(root).resolve():
+        raise UserError(
+            f"--trainer.default_root_dir {root} and --runs_root {cfg.runs_root} differ: give one of them (each run "
+            "gets a folder of its own under --runs_root)"
+        )
+    cfg.runs_root, cfg.trainer.default_root_dir = str(root), None
+
+
 def _saved_scaler(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     for value in ckpt.values():
         if isinstance(value, dict) and "preprocessing" in value and "target_loc" in value:
@@ -292,7 +307,6 @@ def main(args: list[str] | None = None) -> int:
         if (n := parse_threads(threads)) is not None:
             torch.set_num_threads(n)
             os.environ["OMP_NUM_THREADS"] = str(n)  # for the processes this command starts
-        argv = _root_dir_as_runs_root(argv)
         if args is None:  # LightningCLI, and DDP when it re-executes the command, read sys.argv
             sys.argv[1:] = argv
         return _dispatch(argv, None if args is None else argv)
@@ -345,21 +359,6 @@ def _dispatch(argv: list[str], args: list[str] | None) -> int:
         return predict_main(argv[1:])
     cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
-
-
-def _root_dir_as_runs_root(argv: list[str]) -> list[str]:
-    """``--trainer.default_root_dir DIR`` (Lightning's name for it) as ``--runs_root DIR``: the CLI puts every run
-    in a folder of its own under ``--runs_root``, and sets the trainer's root directory to that folder."""
-    root, rest = take_option(argv, "--trainer.default_root_dir", with_value=True)
-    if root is None:
-        return argv
-    runs_root = take_option(rest, "--runs_root", with_value=True)[0]
-    if runs_root is not None and Path(str(runs_root)).resolve() != Path(str(root)).resolve():
-        raise UserError(
-            f"--trainer.default_root_dir {root} and --runs_root {runs_root} differ: give one of them (each run "
-            "gets a folder of its own under --runs_root)"
-        )
-    return rest if runs_root is not None else [*rest, f"--runs_root={root}"]
 
 
 if __name__ == "__main__":  # python -m cfc_forecast.cli (what the DDP launcher re-executes for the test)

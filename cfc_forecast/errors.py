@@ -54,6 +54,11 @@ def parse_error(message: str, options: list[str]) -> UserError:
     if unknown:
         given = [a.split("=", 1)[0] for a in unknown.group(1).split() if a.startswith("-")] or [unknown.group(1)]
         return UserError(f"unknown option {given[0]}{close_option(given[0], options)}")
+    required = re.search(r"the following arguments are required: (.*)", message)
+    if required:
+        names = [f"--{n.strip().split('.', 1)[-1]}" for n in required.group(1).split(",")]
+        hint = " (--data.path FILE with its columns, or --config FILE)" if names == ["--data"] else ""
+        return UserError(f"missing {', '.join(names)}{hint}")
     choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if choice:
         names = re.findall(r"'([^']*)'", choice.group(2))

@@ -23,6 +23,9 @@ from cfc_forecast.launch import COMMANDS, take_option, thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+TINY = ["--data=datamodules.SyntheticDataModule", "--data.n_series=8", "--data.mean_observations=60",
+        "--data.duration=40", "--data.observe=4", "--data.forecast=2", "--model.hidden_size=8",
+        "--model.backbone_units=16", "--model.query_cell_units=8", "--trainer.enable_progress_bar=false"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +137,11 @@ def test_shipped_configs_get_no_defaults(config, monkeypatch, capsys):
 
 
 def test_default_root_dir_is_the_runs_root(tmp_path, capsys):
-    args = ["fit", "--trainer.default_root_dir", str(tmp_path / "a"), "--runs_root", str(tmp_path / "b")]
+    run = cli(["fit", *TINY, "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path / 'mine'}"])
+    assert Path(run.trainer.default_root_dir).parent == tmp_path / "mine" and run.config.fit.runs_root == str(
+        tmp_path / "mine"
+    )
+    args = ["fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "a"), "--runs_root", str(tmp_path / "b")]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("cfc-forecast fit: error: --trainer.default_root_dir") and "--runs_root" in err

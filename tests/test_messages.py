@@ -46,6 +46,7 @@ def own(csv: Path, *extra: str) -> list[str]:
     (["fit", "--data.time_colum=ts"], "fit", "unknown option --data.time_colum; did you mean --data.time_column?"),
     (["fit", "--data=SeriesDataModule", "--data.batch_size=abc"], "fit", "--data.batch_size: expected int"),
     (["fti"], None, "unknown command 'fti'; did you mean fit?"),
+    (["fit"], "fit", "missing --data (--data.path FILE with its columns, or --config FILE)"),
     (["test", "--config=nope.yaml"], "test", "--config: File does not exist"),
     (["tune", "--workrs=2"], "tune", "unknown option --workrs; did you mean --workers?"),
     (["forecast", "--ckpt_pth=x"], "forecast", "unknown option --ckpt_pth; did you mean --ckpt_path?"),
