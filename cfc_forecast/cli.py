@@ -6,6 +6,10 @@ sizes the model needs are linked from it once it is built. Every run gets its ow
 ``run.json`` (seed and versions) and ``metrics.csv``; fit adds ``checkpoints/best.ckpt`` and ``last.ckpt``, and
 with ``--test_after_fit`` ``test_metrics.json`` (beside the baselines); test adds ``test_forecasts.png``.
 
+A plain ``SeriesDataModule`` gets defaults for what is left unset (``cfc_forecast.defaults``: windows from
+``--data.forecast``, epochs with early stopping, calendar features), printed at the start;
+``--trainer.default_root_dir`` is taken as ``--runs_root``. The console script is ``cfc_forecast.launch`` (thread settings before torch loads).
+
 ``predict`` forecasts from a checkpoint alone (``cfc_forecast.forecast.predict``: no split, nothing fitted on the
 data being forecast); only ``predict --predict_windows=test`` runs here: it forecasts the test windows of the
 training data, so it builds the split from the config, and refuses data whose scaler differs from the checkpoint's.
@@ -277,7 +281,11 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
     """Run the LightningCLI on ``args`` (default ``sys.argv[1:]``) and return it (for tests and the tuner).
 
     ``predict`` from the end of the series is not a LightningCLI subcommand: ``main`` runs it (see the module
-    docstring); here it raises ``SystemExit`` with its status unless that is 0."""
+    docstring); here it raises ``SystemExit`` with its status unless that is 0.
+
+    Raises:
+        UserError: a parse error (one line naming the option, with the closest one), or bad data or options
+            found while the DataModule is built."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["predict"] and not wants_test_windows(argv):
         status = predict_main(argv[1:])
@@ -301,9 +309,9 @@ def main(args: list[str] | None = None) -> int:
     argv = sys.argv[1:] if args is None else list(args)
     noise.quiet()
     debug, argv = take_option(argv, "--debug", with_value=False)
+    threads, argv = take_option(argv, "--threads", with_value=True)
     command = argv[0] if argv and not argv[0].startswith("-") else None
     try:
-        threads, argv = take_option(argv, "--threads", with_value=True)
         if (n := parse_threads(threads)) is not None:
             torch.set_num_threads(n)
             os.environ["OMP_NUM_THREADS"] = str(n)  # for the processes this command starts
