@@ -8,7 +8,8 @@ with ``--test_after_fit`` ``test_metrics.json`` (beside the baselines); test add
 
 A plain ``SeriesDataModule`` gets defaults for what is left unset (``cfc_forecast.defaults``: windows from
 ``--data.forecast``, epochs with early stopping, calendar features), printed at the start;
-``--trainer.default_root_dir`` is taken as ``--runs_root``. The console script is ``cfc_forecast.launch`` (thread settings before torch loads).
+``--trainer.default_root_dir`` is taken as ``--runs_root``. The console script is ``cfc_forecast.launch`` (thread
+settings before torch loads).
 
 ``predict`` forecasts from a checkpoint alone (``cfc_forecast.forecast.predict``: no split, nothing fitted on the
 data being forecast); only ``predict --predict_windows=test`` runs here: it forecasts the test windows of the
