@@ -268,7 +268,8 @@ def run_native(
     """
     w, spec = fold_weights(cell)
     inference = not torch.is_grad_enabled() or not any(
-        t.requires_grad for t in (x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters()))
+        t.requires_grad
+        for t in (x, h0, dt, *cell.parameters(), *([] if memory is None else memory.parameters()))
     )
     fm = lambda t: None if t is None else t.permute(1, 2, 0)  # noqa: E731  (B, T, N) -> (T, N, B)
     steps, n1, batch = x.shape[1], w["w_x"].shape[0], x.shape[0]

@@ -85,7 +85,9 @@ class Forecaster(nn.Module):
         self.channel_independent = channels is not None
         if channels is not None:
             if any(c < 0 for c in channels) or len(set(channels)) != len(channels):
-                raise ValueError(f"channel independence needs a distinct input column for every target, got {channels}")
+                raise ValueError(
+                    f"channel independence needs a distinct input column for every target, got {channels}"
+                )
             n_in = inputs.n_inputs + len(channels) - 1
             others = [i for i in range(n_in) if i not in channels]
             self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)

@@ -322,13 +322,8 @@ class SeriesDataModule(L.LightningDataModule):
             "calendar": list(h.calendar or []),
             "time_is_datetime": codec.is_datetime,
             "time_zone": codec.time_zone,
-            "window": {
-                "mode": spec.mode,
-                "lookback": spec.lookback,
-                "horizon": spec.horizon,
-                "observe": spec.observe,
-                "forecast": spec.forecast,
-            },  # fmt: skip
+            "window": {"mode": spec.mode, "lookback": spec.lookback, "horizon": spec.horizon,
+                       "observe": spec.observe, "forecast": spec.forecast},  # fmt: skip
             "predict_queries": None if h.predict_queries is None else [float(q) for q in h.predict_queries],
             "first_dt_from_zero": self.first_dt_from_zero,
             # the typical spacing of the training series: a job warns when new data are spaced very differently
