@@ -9,7 +9,6 @@ the pure-PyTorch loop, which computes the same numbers.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import platform
 import sys
@@ -24,7 +23,6 @@ from torch.autograd.function import once_differentiable
 from cfc_forecast.cell import LECUN_SCALE, LECUN_SLOPE, CfCCell
 from cfc_forecast.memory import LSTMMemoryCell
 
-log = logging.getLogger(__name__)
 _CSRC = Path(__file__).parent / "csrc"
 _MODES = {"default": 0, "no_gate": 1, "pure": 2}
 # lecun_tanh runs as tanh with its constants folded into the weights (see fold_weights)
