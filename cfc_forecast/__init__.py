@@ -1,10 +1,30 @@
-"""cfc-forecast: forecasting irregularly sampled multivariate time series with closed-form continuous-time networks."""
+"""cfc-forecast: forecasting irregularly sampled multivariate time series with closed-form continuous-time networks.
 
-from cfc_forecast.cell import CfCCell
-from cfc_forecast.encoder import CfCEncoder
-from cfc_forecast.memory import LSTMMemoryCell
-from cfc_forecast.native import native_available
-from cfc_forecast.wired import WiredCfCEncoder
+The public names load on first use (PEP 562), so ``cfc_forecast.launch`` (the ``cfc-forecast`` command) can set
+the OpenMP environment before anything imports torch; ``import cfc_forecast`` itself sets nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["CfCCell", "CfCEncoder", "LSTMMemoryCell", "WiredCfCEncoder", "native_available", "__version__"]
+_PUBLIC = {
+    "CfCCell": "cfc_forecast.cell",
+    "CfCEncoder": "cfc_forecast.encoder",
+    "LSTMMemoryCell": "cfc_forecast.memory",
+    "native_available": "cfc_forecast.native",
+    "WiredCfCEncoder": "cfc_forecast.wired",
+}
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'cfc_forecast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

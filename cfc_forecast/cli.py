@@ -9,6 +9,11 @@ sizes the model needs are linked from it once it is built. Every run gets its ow
 ``fit --resume RUN`` continues a run (``cfc_forecast.resume``); checkpoints are written and read through
 ``cfc_forecast.checkpoints`` (atomic saves, ``weights_only=True`` loads, RNG state).
 
+A plain ``SeriesDataModule`` gets defaults for what is left unset (``cfc_forecast.defaults``: windows from
+``--data.forecast``, epochs with early stopping, calendar features), printed at the start;
+``--trainer.default_root_dir`` is taken as ``--runs_root``. The console script is ``cfc_forecast.launch`` (thread
+settings before torch loads).
+
 ``predict`` forecasts from a checkpoint alone (``cfc_forecast.forecast.predict``: no split, nothing fitted on the
 data being forecast); only ``predict --predict_windows=test`` runs here: it forecasts the test windows of the
 training data, so it builds the split from the config, and refuses data whose scaler differs from the checkpoint's.
@@ -16,6 +21,7 @@ training data, so it builds the split from the config, and refuses data whose sc
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
@@ -24,16 +30,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from cfc_forecast import __version__
+import datamodules
+from cfc_forecast import __version__, defaults, noise
 from cfc_forecast.checkpoints import AtomicCheckpointIO, RngState, load_checkpoint
-from cfc_forecast.errors import UserError, report
+from cfc_forecast.errors import UserError, parse_error, report
 from cfc_forecast.forecast.predict import main as predict_main
 from cfc_forecast.forecast.predict import wants_test_windows
+from cfc_forecast.launch import parse_threads, take_option, usage
 from cfc_forecast.module import ForecastModule
 from cfc_forecast.native import native_available, native_status
 from cfc_forecast.plot import ForecastPlot
@@ -94,6 +103,9 @@ class ForecastCLI(LightningCLI):
         self.lock: FolderLock | None = None
         self.created_run_dir = False
         self.event: dict[str, Any] = {}
+        self.early_stopping = False
+        # a parse error raises (parse_arguments makes it one line with a suggestion) instead of printing the usage
+        raising = {"exit_on_error": False}
         try:
             super().__init__(
                 ForecastModule,
@@ -102,6 +114,7 @@ class ForecastCLI(LightningCLI):
                 save_config_callback=RunRecord,
                 save_config_kwargs={"overwrite": True},
                 auto_configure_optimizers=False,
+                parser_kwargs={**raising, **{name: dict(raising) for name in ("fit", "validate", "test", "predict")}},
                 args=args,
                 run=run,
             )
@@ -114,6 +127,56 @@ class ForecastCLI(LightningCLI):
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = sys.argv[1:] if args is None else list(args)
+            raise parse_error(str(err), self._option_names(argv)) from err
+        if self.config.get("subcommand"):
+            _root_dir_as_runs_root(self.config[self.config.subcommand])
+            self._plain_data_defaults(self.config.subcommand)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:  # jsonargparse wraps what __init__ raised in a list of union subtypes
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from err
+
+    def _option_names(self, argv: list[str]) -> list[str]:
+        """The options of the command in ``argv``, with the init arguments of its DataModule class."""
+        command = next((a for a in argv if not a.startswith("-")), None)
+        parser = getattr(self, "_subcommand_parsers", {}).get(command, self.parser)
+        names = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        data = take_option(argv, "--data", with_value=True)[0] or "SeriesDataModule"
+        cls = getattr(datamodules, str(data).rsplit(".", 1)[-1], SeriesDataModule)
+        return names + [f"--data.{p}" for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def _plain_data_defaults(self, subcommand: str) -> None:
+        """Fill what a plain ``SeriesDataModule`` left unset (``cfc_forecast.defaults``) and print it."""
+        cfg = self.config[subcommand]
+        if cfg.get("data") is None or cfg.data.get("class_path") not in defaults.PLAIN_DATA:
+            return
+        data = cfg.data.init_args.as_dict()
+        chosen = {
+            f"data.{k}": v for k, v in {**defaults.window_defaults(data), **defaults.calendar_defaults(data)}.items()
+        }
+        if subcommand == "fit":
+            chosen.update({f"trainer.{k}": v for k, v in defaults.epoch_defaults(cfg.trainer.as_dict()).items()})
+        if not chosen:
+            return
+        for key, value in chosen.items():
+            group, name = key.split(".")
+            (cfg.data.init_args if group == "data" else cfg.trainer)[name] = value
+        self.early_stopping = "trainer.max_epochs" in chosen
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # each DDP process parses again: one line, from the first
+            print(defaults.describe(chosen, cfg.monitor if self.early_stopping else None), flush=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS.items():
@@ -235,6 +298,10 @@ class ForecastCLI(LightningCLI):
         # the run directory and its CSV log are set here, not in the config, so a saved config.yaml reused for
         # another run (predict --config runs/<run>/config.yaml) writes into that run's own directory
         kwargs.setdefault("default_root_dir", str(self.run_dir))
+        if self.early_stopping:  # cfc_forecast.defaults: no epoch limit was set
+            cfg = self.config[self.subcommand]
+            stop = EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=defaults.PATIENCE)
+            self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), stop]
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
             # appends to an existing metrics.csv: a resumed fit keeps the epochs before the kill
@@ -266,7 +333,7 @@ class ForecastCLI(LightningCLI):
         # a fast_dev_run tests one batch: no table of numbers that would look like a result
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             metrics = {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
-            table = compare_with_baselines(self.datamodule, metrics, self.run_dir)
+            table = compare_with_baselines(self.datamodule, metrics, self.run_dir, self.model)
             print(f"\n{table}\nrun directory: {self.run_dir}", flush=True)
 
     def before_predict(self) -> None:
@@ -291,6 +358,20 @@ class ForecastCLI(LightningCLI):
         rank_zero_info(f"forecasts written to {self.run_dir / 'predictions.parquet'}")
 
 
+def _root_dir_as_runs_root(cfg: Any) -> None:
+    """``trainer.default_root_dir`` (Lightning's name for it; from the command line or a config) becomes
+    ``runs_root``: each run gets a folder of its own under it, and the trainer's root directory is that folder."""
+    root = cfg.trainer.get("default_root_dir")
+    if root is None:
+        return
+    if cfg.runs_root != "runs" and Path(cfg.runs_root).resolve() != Path(root).resolve():
+        raise UserError(
+            f"--trainer.default_root_dir {root} and --runs_root {cfg.runs_root} differ: give one of them (each run "
+            "gets a folder of its own under --runs_root)"
+        )
+    cfg.runs_root, cfg.trainer.default_root_dir = str(root), None
+
+
 def _saved_scaler(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     for value in ckpt.values():
         if isinstance(value, dict) and "preprocessing" in value and "target_loc" in value:
@@ -302,7 +383,11 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
     """Run the LightningCLI on ``args`` (default ``sys.argv[1:]``) and return it (for tests and the tuner).
 
     ``predict`` from the end of the series is not a LightningCLI subcommand: ``main`` runs it (see the module
-    docstring); here it raises ``SystemExit`` with its status unless that is 0."""
+    docstring); here it raises ``SystemExit`` with its status unless that is 0.
+
+    Raises:
+        UserError: a parse error (one line naming the option, with the closest one), or bad data or options
+            found while the DataModule is built."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["predict"] and not wants_test_windows(argv):
         status = predict_main(argv[1:])
@@ -320,13 +405,58 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """The console script: ``native``, ``--version``, ``tune``, ``forecast``, ``predict``, or a LightningCLI
-    subcommand; returns the exit status."""
+    """The console script (behind ``cfc_forecast.launch``): ``--help``, ``--version``, ``native``, ``tune``,
+    ``forecast``, ``predict``, or a LightningCLI subcommand; returns the exit status.
+
+    Every command takes ``--threads N`` (torch's intra-op threads) and ``--debug``. A user error (``UserError``, a
+    parse error) is one line ``cfc-forecast <command>: error: ...`` and exit status 2; ``--debug`` raises it
+    instead, with its traceback."""
     argv = sys.argv[1:] if args is None else list(args)
+    noise.quiet()
+    debug, argv = take_option(argv, "--debug", with_value=False)
+    threads, argv = take_option(argv, "--threads", with_value=True)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        if (n := parse_threads(threads)) is not None:
+            torch.set_num_threads(n)
+            os.environ["OMP_NUM_THREADS"] = str(n)  # for the processes this command starts
+        if args is None:  # LightningCLI, and DDP when it re-executes the command, read sys.argv
+            sys.argv[1:] = argv
+        return _dispatch(argv, None if args is None else argv)
+    except (UserError, ArgumentError) as err:  # one line, no traceback (cfc_forecast.errors)
+        if debug:
+            raise
+        return report(command, err if isinstance(err, UserError) else parse_error(str(err), _options_of(command)))
+
+
+def _options_of(command: str | None) -> list[str]:
+    """The option names of ``tune`` and ``forecast`` (their own parsers), for the suggestion of a parse error."""
+    from jsonargparse import ArgumentParser
+
+    if command == "tune":
+        from cfc_forecast.tune.cli import build_parser
+
+        parser = build_parser()
+    elif command == "forecast":
+        from cfc_forecast.forecast import forecast
+
+        parser = ArgumentParser()
+        parser.add_function_arguments(forecast, as_positional=False)
+    else:
+        return []
+    return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+
+
+def _dispatch(argv: list[str], args: list[str] | None) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
     if argv[:1] == ["--version"]:
-        print(f"cfc-forecast {__version__} (torch {torch.__version__})")
+        print(f"cfc-forecast {__version__} (torch {torch.__version__}, {torch.get_num_threads()} intra-op threads)")
         return 0
     if argv[:1] == ["native"]:
+        if argv[1:]:
+            raise UserError(f"native takes no arguments, got {' '.join(argv[1:])}")
         ok = native_available()
         print(native_status())
         return 0 if ok else 1
@@ -340,10 +470,7 @@ def main(args: list[str] | None = None) -> int:
         return forecast_main(argv[1:])
     if argv[:1] == ["predict"] and not wants_test_windows(argv):  # from a checkpoint alone
         return predict_main(argv[1:])
-    try:
-        cli(args)  # None: LightningCLI reads sys.argv itself
-    except UserError as err:  # one line, no traceback (cfc_forecast.errors)
-        return report(argv[0] if argv and not argv[0].startswith("-") else None, err)
+    cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

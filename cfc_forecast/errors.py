@@ -10,6 +10,8 @@ package raises it; the entry points (``cfc_forecast.cli.main`` and the commands 
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 
 PROG = "cfc-forecast"
@@ -36,3 +38,49 @@ class StorageError(UserError):
     """The file system refused a read or write (disk full, permission denied, I/O error): exit status 3."""
 
     status: int = 3
+
+
+def close_option(name: str, options: list[str]) -> str:
+    """``; did you mean --x?`` for the closest of ``options`` to ``name``, or a pointer to ``--help``."""
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if not close and "." in name:  # a misspelled group: compare the last part with each option's last part
+        tails = {o.rsplit(".", 1)[-1]: o for o in options if o.startswith(name.rsplit(".", 1)[0] + ".")}
+        close = [tails[t] for t in difflib.get_close_matches(name.rsplit(".", 1)[-1], list(tails), n=1)]
+    return f"; did you mean {close[0]}?" if close else "; see --help for the options"
+
+
+def parse_error(message: str, options: list[str]) -> UserError:
+    """A jsonargparse parse error (often a dozen lines of union subtypes) as one line naming the option and the fix.
+
+    Args:
+        message: the ``ArgumentError``'s text.
+        options: the command's option names (``--trainer.max_epochs``, ``--data.time_column``, ...).
+    """
+    unknown = re.search(r"[Uu]nrecognized arguments: (.*)", message)
+    if unknown:
+        given = [a.split("=", 1)[0] for a in unknown.group(1).split() if a.startswith("-")] or [unknown.group(1)]
+        return UserError(f"unknown option {given[0]}{close_option(given[0], options)}")
+    required = re.search(r"the following arguments are required: (.*)", message)
+    if required:
+        names = [f"--{n.strip().split('.', 1)[-1]}" for n in required.group(1).split(",")]
+        hint = " (--data.path FILE with its columns, or --config FILE)" if names == ["--data"] else ""
+        return UserError(f"missing {', '.join(names)}{hint}")
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        names = re.findall(r"'([^']*)'", choice.group(2))
+        close = difflib.get_close_matches(choice.group(1), names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(names)}"
+        return UserError(f"unknown command {choice.group(1)!r}; {hint} (cfc-forecast --help lists them)")
+    keys = re.findall(r'[Pp]arser key "([^"]+)"', message)
+    prefix = "--" + ".".join(keys) if keys else ""
+    rejected = re.search(r"Option '([^']+)' is not accepted", message)
+    if rejected:
+        name = f"{prefix}.{rejected.group(1)}" if prefix else f"--{rejected.group(1)}"
+        return UserError(f"unknown option {name}{close_option(name, options)}")
+    lines = [ln.strip(" -") for ln in message.splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if ln.startswith("Expected") or "Got value" in ln), lines[-1] if lines else "")
+    detail = re.sub(r'[Pp]arser key "[^"]+":\s*', "", detail)
+    detail = re.sub(r"Expected an? <class '(?:\w+\.)*(\w+)'>\.?", r"expected \1,", detail)  # <class 'int'>: int
+    if prefix:
+        return UserError(f"{prefix}: {detail}")
+    return UserError(" ".join(lines)[:300])

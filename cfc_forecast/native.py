@@ -9,9 +9,9 @@ the pure-PyTorch loop, which computes the same numbers.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import platform
+import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +23,6 @@ from torch.autograd.function import once_differentiable
 from cfc_forecast.cell import LECUN_SCALE, LECUN_SLOPE, CfCCell
 from cfc_forecast.memory import LSTMMemoryCell
 
-log = logging.getLogger(__name__)
 _CSRC = Path(__file__).parent / "csrc"
 _MODES = {"default": 0, "no_gate": 1, "pure": 2}
 # lecun_tanh runs as tanh with its constants folded into the weights (see fold_weights)
@@ -69,7 +68,10 @@ def native_available() -> bool:
     if "ok" not in _status:
         try:
             name, flags = _build_flags()
-            log.info("building the native CfC loop %s (once; cached for later runs)", name)
+            cache = build_lock_path(name).parent
+            if not (cache / f"{name}.so").exists():  # the first run's ~15 s of silence otherwise (set by
+                # TORCH_EXTENSIONS_DIR); printed, not logged: no logging is configured when the command starts
+                print(f"cfc-forecast: building the native CfC loop (once, ~15 s); cached in {cache}", file=sys.stderr)
             _load(name, flags)
             _status.update(ok=True, name=name, flags=flags)
         except Exception as err:  # no compiler, no ninja, no headers: the Python loop still works

@@ -177,14 +177,35 @@ def comparison_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def compare_with_baselines(dm: Any, model_metrics: dict[str, float], run_dir: Path | None) -> str:
-    """Score the naive and linear baselines on the test windows; return (and save) the table beside the model's.
+def compare_with_baselines(
+    dm: Any, model_metrics: dict[str, float], run_dir: Path | None, model: torch.nn.Module | None = None
+) -> str:
+    """Score the naive and linear baselines on the test windows; return (and save) the tables beside the model's.
 
-    The numbers are in the data's scaled units, on the same targets and masks as the model's ``test/*`` metrics.
+    The first table is in the data's scaled units, on the same targets and masks as the model's ``test/*`` metrics;
+    with ``model`` (a ``ForecastModule``), the second gives each target's scores in the data's own units for the
+    three forecasters (``cfc_forecast.scores``), saved under ``"units"`` in ``test_metrics.json``.
     """
+    from cfc_forecast.scores import scores_in_units, units_table
     from datamodules import linear_metrics, naive_metrics
+    from datamodules.baselines import linear_forecaster, naive_forecast
 
     rows = {"model": model_metrics, "naive": naive_metrics(dm, "test"), "linear": linear_metrics(dm, "test")}
+    text = "test metrics (scaled units, same windows and masks)\n" + comparison_table(rows)
+    if model is not None:
+        source, linear = dm.target_input_index, linear_forecaster(dm)
+        was_training, device = model.training, next(model.parameters()).device
+        model.eval()
+        with torch.no_grad():
+            units = {
+                "model": scores_in_units(dm, "test", lambda b: model(b.to(device)), model.quantile_levels),
+                "naive": scores_in_units(dm, "test", lambda b: naive_forecast(b, source), None),
+                "linear": scores_in_units(dm, "test", linear, None),
+            }
+        model.train(was_training)
+        for name, per_target in units.items():
+            rows[name] = {**rows[name], "units": per_target}
+        text += '\n\ntest scores per target, in the data\'s units (README: "Test scores")\n' + units_table(units)
     if run_dir is not None:
         (run_dir / "test_metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
-    return "test metrics (scaled units, same windows and masks)\n" + comparison_table(rows)
+    return text

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from cfc_forecast.errors import UserError
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
 from datamodules.dataset import WindowDataset
-from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_table, read_files
+from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_table, read_files, require_columns
 from datamodules.scaling import ScaleBy, ScaleMethod
 from datamodules.sharding import EvalShardSampler
 from datamodules.splits import seeded_series_split, split_plan
@@ -113,7 +113,10 @@ class SeriesDataModule(L.LightningDataModule):
         check_unit(time_unit)
         # a fixed origin may be a time stamp: it is resolved against the data's time column when built
         fixed = None if origin is None else math.nan
-        self.spec = window_spec(time_unit, lookback, horizon, stride, observe, forecast, every, fixed, step_targets)
+        try:
+            self.spec = window_spec(time_unit, lookback, horizon, stride, observe, forecast, every, fixed, step_targets)
+        except ValueError as err:  # the window arguments: each message names them and what to give
+            raise UserError(str(err)) from err
         fr = split_fractions
         if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be 3 numbers >= 0 summing to 1 with train > 0, got {fr}")
@@ -160,6 +163,9 @@ class SeriesDataModule(L.LightningDataModule):
             names = sorted(frame[h.variable_column].drop_nulls().cast(pl.String).unique().to_list())
         else:
             names = [c for c in frame.columns if c not in (h.id_column, h.time_column)]
+        if h.layout == "wide":  # a name that is no column: say which option gave it
+            for option in ("targets", "inputs", "static", "known_future"):
+                require_columns(frame, list(h[option] or []), self._source(), f"{option} (--data.{option})")
         default = [c for c in names if c not in static and c not in future]
         roles = Roles(list(h.inputs or default), list(h.targets or default), static, future, list(h.calendar or []))
         overlap = set(static) & set(roles.inputs + roles.targets + future)
@@ -173,6 +179,14 @@ class SeriesDataModule(L.LightningDataModule):
     def _ensure_built(self) -> Built:
         if self._built is not None:
             return self._built
+        try:
+            return self._build()
+        except UserError:
+            raise
+        except ValueError as err:  # reading and checking the data: each names the source, the column and the fix
+            raise UserError(str(err)) from err
+
+    def _build(self) -> Built:
         h = self.cfg
         frame = self._read()
         roles = self._roles(frame)

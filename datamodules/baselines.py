@@ -122,8 +122,8 @@ def _gram(x: Tensor, m: Tensor, shared: bool) -> Tensor:
     return torch.stack([x[m[:, c]].T @ x[m[:, c]] for c in range(m.shape[1])])  # a loop over targets
 
 
-def linear_metrics(dm: SeriesDataModule, split: str = "test", order: int | None = None, ridge: float = 1e-3) -> dict:
-    """Scores of a linear autoregressive forecast fitted by ridge least squares on the training windows.
+def linear_forecaster(dm: SeriesDataModule, order: int | None = None, ridge: float = 1e-3) -> Callable[[Batch], Tensor]:
+    """A linear autoregressive forecast fitted by ridge least squares on the training windows.
 
     With a regular horizon K (count windows) one linear map from the last ``order`` steps (default: the whole
     lookback, at most 96) to all K x C values, fitted on windows whose targets are all observed; with continuous
@@ -131,11 +131,10 @@ def linear_metrics(dm: SeriesDataModule, split: str = "test", order: int | None 
     time and its square; with per-step targets, a map from each step's carried-forward inputs and dt.
 
     Args:
-        dm: the DataModule. split: where to score. order: lags used. ridge: L2 penalty relative to the mean
-            diagonal of the Gram matrix.
+        dm: the DataModule. order: lags used. ridge: L2 penalty relative to the mean diagonal of the Gram matrix.
 
     Returns:
-        The metrics of ``evaluate``.
+        The forecast of a batch: (B, K, C) scaled values, or (B, T, C) with per-step targets.
     """
     direct = dm.horizon is not None and dm.horizon > 0 and not dm.cfg.step_targets
     order = order or (min(dm.cfg.lookback, 96) if direct else 1)
@@ -163,4 +162,9 @@ def linear_metrics(dm: SeriesDataModule, split: str = "test", order: int | None 
         out = feats @ weights
         return (out.view(*batch.query_t.shape, -1) if direct else out).float()
 
-    return evaluate(dm, split, forecast)
+    return forecast
+
+
+def linear_metrics(dm: SeriesDataModule, split: str = "test", order: int | None = None, ridge: float = 1e-3) -> dict:
+    """Scores of :func:`linear_forecaster` on ``split`` (the metrics of ``evaluate``)."""
+    return evaluate(dm, split, linear_forecaster(dm, order, ridge))

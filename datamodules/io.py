@@ -74,7 +74,7 @@ def read_files(path: str | list[str], time_column: str | None = None) -> pl.Data
         if p.suffix == ".parquet":
             frames.append(pl.read_parquet(p))
         elif p.suffix in (".csv", ".txt", ".gz"):
-            frames.append(pl.read_csv(p, infer_schema_length=10_000))
+            frames.append(_read_csv(p))
         else:
             raise UserError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
     if len(frames) == 1:
@@ -84,6 +84,52 @@ def read_files(path: str | list[str], time_column: str | None = None) -> pl.Data
         if zone is not None:
             frames = [f.with_columns(pl.col(time_column).dt.convert_time_zone(zone)) for f in frames]
     return pl.concat(frames, how="vertical_relaxed")
+
+
+def _read_csv(path: Path) -> pl.DataFrame:
+    """One comma-separated file; an empty file or another separator is an error naming the file and the fix."""
+    try:
+        frame = pl.read_csv(path, infer_schema_length=10_000)
+    except pl.exceptions.NoDataError:
+        raise UserError(f"{path}: the file is empty (no header, no rows); give a CSV with a header row") from None
+    if frame.width == 1:
+        found = [sep for sep in (";", "\t", "|") if sep in frame.columns[0]]
+        if found:
+            raise UserError(
+                f"{path}: one column {frame.columns[0]!r}: the file is separated by {found[0]!r}, not by commas; "
+                "save it comma-separated (or as Parquet)"
+            )
+    return frame
+
+
+def _looks_like_time(frame: pl.DataFrame) -> list[str]:
+    """Columns holding date-times, or text whose first values parse as date-times."""
+    found = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, pl.Datetime) or dtype == pl.Date:
+            found.append(name)
+        elif dtype == pl.String:
+            head = frame[name].drop_nulls().head(20)
+            try:
+                if len(head) and head.str.to_datetime(strict=False, time_unit="us").null_count() == 0:
+                    found.append(name)
+            except pl.exceptions.PolarsError:  # no date-time format fits: not a time column
+                pass
+    return found
+
+
+def require_option_column(frame: pl.DataFrame, column: str, option: str, source: str) -> None:
+    """Raise a ``UserError`` when the column an option names is missing: the option, close names, the columns.
+
+    For the time column, the columns holding date-times come first among the suggestions (``timestamp`` -> ``ts``).
+    """
+    if column in frame.columns:
+        return
+    close = difflib.get_close_matches(column, frame.columns, n=2)
+    if option == "time_column":
+        close = list(dict.fromkeys([*_looks_like_time(frame), *close]))[:2]
+    hint = f"did you mean --data.{option} {close[0]}? " if close else ""
+    raise UserError(f"{source}: {option} {column!r} (--data.{option}) is not a column; {hint}columns: {frame.columns}")
 
 
 def require_columns(frame: pl.DataFrame, columns: list[str], source: str, role: str) -> None:
@@ -103,15 +149,23 @@ def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.
         cast = col.cast(pl.Float64, strict=False)
         bad = col.filter(cast.is_null() & col.is_not_null())
         if len(bad):
-            raise UserError(
-                f"{source}: column {c!r} has {len(bad)} non-numeric values, e.g. {bad.head(3).to_list()}; "
-                "leave missing values empty"
-            )
+            raise UserError(f"{source}: column {c!r} has {len(bad)} non-numeric values, e.g. {bad.head(3).to_list()}; "
+                             + _text_column_hint(col, bad))  # fmt: skip
         n_inf = int(cast.is_infinite().sum())
         if n_inf:
             raise UserError(f"{source}: column {c!r} has {n_inf} infinite values; replace them by empty cells")
         exprs.append(cast.fill_nan(None).alias(c))
     return frame.with_columns(exprs)
+
+
+def _text_column_hint(col: pl.Series, bad: pl.Series) -> str:
+    """The likely fix for text in a value column: a series label (no number at all) or stray text in numbers."""
+    if len(bad) == col.drop_nulls().len():  # text throughout: a label, not a measurement
+        return (
+            f"if it names the series, give --data.id_column {col.name}; otherwise leave it out of the variables "
+            "(--data.inputs, --data.targets)"
+        )
+    return "leave missing values empty"
 
 
 def _count(counts: dict[str, int], reason: str, n: int, source: str) -> None:
@@ -234,7 +288,9 @@ def canonical_table(
     if frame.height == 0:
         raise UserError(f"{source}: the input has no rows")
     keys = [c for c in (id_column, time_column) if c is not None]
-    require_columns(frame, keys, source, "id/time columns")
+    for column, option in ((id_column, "id_column"), (time_column, "time_column")):
+        if column is not None:
+            require_option_column(frame, column, option, source)
     for c in keys:
         if frame[c].null_count():
             raise UserError(_empty_cells(frame, c, time_column, source))

@@ -201,8 +201,9 @@ def window_spec(
         return WindowSpec("fixed", observe=w, forecast=d, origin=origin)
     if w is None or d is None:
         raise UserError(
-            "choose a windowing: lookback+horizon (count), observe+forecast[+every] (duration), "
-            "or origin[+observe][+forecast] (one window per series)"
+            "choose a windowing: forecast (the duration to forecast, e.g. --data.forecast 6h; observe and every "
+            "then default to 4x and 1x it on the command line), observe+forecast[+every] (duration windows), "
+            "lookback+horizon (counts of rows), or origin[+observe][+forecast] (one window per series)"
         )
     s = parse_duration(every, unit, "every") if every is not None else d
     if not s or s <= 0:

@@ -232,9 +232,9 @@ def test_test_draws_a_png_of_forecasts_for_window_and_per_step_heads(tmp_path, p
     dm.setup("fit")
     model = model_for(dm)
     assert model.head_name == ("step" if per_step else "continuous")
-    plot = ForecastPlot(n_windows=3)
+    plot = ForecastPlot()  # the windows at the 25th, 50th and 75th percentile of error
     _trainer(tmp_path, callbacks=[plot]).test(model, dm)
     image = imread(plot.path)
     assert plot.path == tmp_path / "test_forecasts.png"
-    assert image.shape[:2] == (round(2.2 * 3 * 110), round(3.2 * dm.n_targets * 110))  # 3 rows x C columns
+    assert image.shape[:2] == (round(2.6 * 3 * 110), round(4.0 * dm.n_targets * 110))  # 3 rows x C columns
     assert image[..., :3].std() > 0.05  # something was drawn

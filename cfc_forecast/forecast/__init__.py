@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from typing import Literal
 
 from jsonargparse import auto_cli
 
@@ -45,6 +46,7 @@ def forecast(
     devices: int | str = 1,
     strategy: str = "auto",
     progress: bool = True,
+    output_format: Literal["parquet", "csv"] = "parquet",
 ) -> int:
     """Forecast every series of the input with a trained model; write Parquet parts, a report and a manifest.
 
@@ -62,12 +64,14 @@ def forecast(
         devices: number or list of devices (several: Lightning's distributed predict, one process each).
         strategy: Lightning strategy; several devices default to "ddp".
         progress: show the progress bar (series/s and ETA).
+        output_format: the parts' format: "parquet" (typed, compact) or "csv" (date-times as ISO 8601 text).
 
     Returns:
         The exit status: 0 forecasts written, 1 nothing could be forecast, 2 the job cannot run.
     """
     try:
         job_options = {"origins": origins, "query_times": query_times, "min_rows": min_rows}
+        job_options["output_format"] = output_format
         trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
         job = ForecastJob(
             ckpt_path,
@@ -79,6 +83,7 @@ def forecast(
             trainer_kwargs,
             progress,
             job_options,
+            output_format,
         )
         time_dtype = job.lf.collect_schema()[job.trained.time_column]
         job.options = options_for(job.trained, time_dtype, origins, query_times, min_rows)
@@ -118,4 +123,5 @@ def print_summary(result: JobResult, output: str) -> None:
 
 def main(argv: list[str]) -> int:
     """``cfc-forecast forecast ARGS``: parse the arguments (and ``--config job.yaml``), run, return the status."""
-    return auto_cli(forecast, args=argv, as_positional=False, prog="cfc-forecast forecast")
+    # exit_on_error=False: a parse error raises, and cfc_forecast.cli.main reports it as one line
+    return auto_cli(forecast, args=argv, as_positional=False, prog="cfc-forecast forecast", exit_on_error=False)

@@ -69,6 +69,7 @@ class ForecastJob:
         trainer_kwargs: dict[str, Any],
         progress: bool = True,
         job_options: dict[str, Any] | None = None,
+        output_format: str = "parquet",
     ) -> None:
         if batch_size < 1:
             raise JobError(f"--batch_size must be >= 1, got {batch_size}")
@@ -78,7 +79,7 @@ class ForecastJob:
         self.lf, self.notes, self.sliceable = scan(self.files, self.trained)
         self.chunk_size, self.trainer_kwargs, self.progress = chunk_size, trainer_kwargs, progress
         job = fingerprint(ckpt_path, self.files, {"chunk_size": chunk_size, **(job_options or {})})
-        self.out = OutputFolder(output, job, writer=_rank() == 0)
+        self.out = OutputFolder(output, job, writer=_rank() == 0, output_format=output_format)
         self.on_chunk_written = None  # a test hook: called with the chunk index after each chunk is recorded
 
     def run(self) -> JobResult:

@@ -30,7 +30,7 @@ import polars as pl
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
-from cfc_forecast.errors import UserError, report
+from cfc_forecast.errors import UserError, parse_error, report
 from cfc_forecast.forecast.rows import Forecasts, forecast_report
 from cfc_forecast.forecast.store import atomic_write, reason_kind
 from cfc_forecast.forecast.trained import JobError
@@ -69,6 +69,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--runs_root", type=str | None, default=None, help="Folder of the run directories.")
     p.add_argument("--run_dir", type=str | None, default=None, help="This run's directory (default: new).")
     p.add_argument("--predict_windows", type=Literal["last"], default="last", help="'test': see the docstring.")
+    p.add_argument("--output_format", type=Literal["parquet", "csv"], default="parquet",
+                   help="predictions.parquet, or predictions.csv (date-times as ISO 8601 text).")  # fmt: skip
     return p
 
 
@@ -147,7 +149,8 @@ def _run(args: Any) -> int:
         return 0
     lock = FolderLock(run_dir, "run")  # one process writes into a run folder at a time
     try:
-        atomic_write(run_dir / "predictions.parquet", result.frame.write_parquet)
+        out = run_dir / f"predictions.{args.output_format}"
+        atomic_write(out, result.frame.write_csv if args.output_format == "csv" else result.frame.write_parquet)
         if result.skipped.height:
             atomic_write(run_dir / "skipped_series.csv", result.skipped.write_csv)
         record_run(run_dir, None, "predict")
@@ -157,7 +160,7 @@ def _run(args: Any) -> int:
     if result.n_forecast == 0:
         print("nothing could be forecast: exit status 1")
         return 1
-    print(f"forecasts written to {run_dir / 'predictions.parquet'}")
+    print(f"forecasts written to {out}")
     return 0
 
 
@@ -174,9 +177,8 @@ def main(argv: list[str]) -> int:
     except JobError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except ArgumentError as err:  # a parse error: one line, as every user error
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    except ArgumentError as err:  # a parse error: one line naming the option, as every user error
+        return report("predict", parse_error(str(err), [o for a in parser._actions for o in a.option_strings]))
     except UserError as err:  # e.g. a file system that refuses a write: exit status 3
         return report("predict", err)
     finally:

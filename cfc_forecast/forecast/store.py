@@ -75,8 +75,10 @@ class OutputFolder:
         path: the folder. job: the job's fingerprint. writer: whether this process writes.
     """
 
-    def __init__(self, path: str | Path, job: dict[str, Any], writer: bool = True) -> None:
-        self.path, self.job, self.writer = Path(path), job, writer
+    def __init__(
+        self, path: str | Path, job: dict[str, Any], writer: bool = True, output_format: str = "parquet"
+    ) -> None:
+        self.path, self.job, self.writer, self.output_format = Path(path), job, writer, output_format
         self.work = self.path / WORK
         self.spill = self.work / "spill"
         self.records = self.work / "chunks"
@@ -148,12 +150,13 @@ class OutputFolder:
         return {int(p.stem): json.loads(p.read_text()) for p in self.records.glob("*.json")}
 
     def part_name(self, k: int) -> str:
-        return f"part-{k:06d}.parquet"
+        return f"part-{k:06d}.{self.output_format}"
 
     def write_chunk(self, k: int, frame: pl.DataFrame, record: dict[str, Any]) -> None:
         """Write chunk ``k``'s forecasts (if any), then its record: the chunk is done."""
         if frame.height:
-            atomic_write(self.path / self.part_name(k), frame.write_parquet)
+            write = frame.write_csv if self.output_format == "csv" else frame.write_parquet
+            atomic_write(self.path / self.part_name(k), write)
             record["file"] = self.part_name(k)
         write_json(self.records / f"{k:06d}.json", record)
 

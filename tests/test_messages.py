@@ -1,0 +1,125 @@
+"""Every user error of every command: one line ``cfc-forecast <command>: error: ...`` naming the option or file and
+the fix, exit status 2, no traceback (``--debug`` raises it); and the lines a fit does not print."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cfc_forecast.cli import main
+from cfc_forecast.errors import UserError
+from tests.test_first_hour import readings_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _bare_argv(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["cfc-forecast"])
+
+
+@pytest.fixture(scope="module")
+def csv(tmp_path_factory) -> Path:
+    return readings_csv(tmp_path_factory.mktemp("data") / "readings.csv", devices=3, days=4)
+
+
+def one_line(capsys, args: list[str], command: str) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    ours = [ln for ln in lines if ln.startswith("cfc-forecast")]
+    assert len(ours) == 1 and ours[0].startswith(f"cfc-forecast {command}: error: ") and "Traceback" not in err
+    assert len(lines) <= 3, err
+    return ours[0]
+
+
+def own(csv: Path, *extra: str) -> list[str]:
+    return ["fit", f"--data.path={csv}", "--data.id_column=device_id", "--data.time_column=ts", *extra]
+
+
+@pytest.mark.parametrize(("args", "command", "says"), [
+    (["fit", "--trainer.max_epochz=3"], "fit", "--trainer.max_epochz; did you mean --trainer.max_epochs?"),
+    (["fit", "--data.time_colum=ts"], "fit", "unknown option --data.time_colum; did you mean --data.time_column?"),
+    (["fit", "--data=SeriesDataModule", "--data.batch_size=abc"], "fit", "--data.batch_size: expected int"),
+    (["fti"], None, "unknown command 'fti'; did you mean fit?"),
+    (["fit"], "fit", "missing --data (--data.path FILE with its columns, or --config FILE)"),
+    (["test", "--config=nope.yaml"], "test", "--config: File does not exist"),
+    (["tune", "--workrs=2"], "tune", "unknown option --workrs; did you mean --workers?"),
+    (["forecast", "--ckpt_pth=x"], "forecast", "unknown option --ckpt_pth; did you mean --ckpt_path?"),
+    (["predict", "--ckpt_pth=x"], "predict", "unknown option --ckpt_pth; did you mean --ckpt_path?"),
+    (["native", "--now"], "native", "native takes no arguments"),
+    (["fit", "--threads=0"], "fit", "--threads takes a whole number >= 1"),
+])  # fmt: skip
+def test_option_errors(capsys, args, command, says):
+    line = one_line(capsys, args, command) if command else None
+    if command is None:
+        assert main(args) == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith("cfc-forecast fti: error:")
+    assert says in line
+
+
+def test_forgetting_the_id_column_names_it(capsys, csv):
+    args = ["fit", f"--data.path={csv}", "--data.time_column=ts", "--data.targets=[temp]", "--data.forecast=6h"]
+    line = one_line(capsys, args, "fit")
+    assert "column 'device_id'" in line and "give --data.id_column device_id" in line
+
+
+def test_a_wrong_time_column_suggests_the_one_holding_date_times(capsys, csv):
+    args = ["fit", f"--data.path={csv}", "--data.id_column=device_id", "--data.time_column=timestamp",
+            "--data.forecast=6h"]  # fmt: skip
+    line = one_line(capsys, args, "fit")
+    assert "'timestamp' (--data.time_column) is not a column; did you mean --data.time_column ts?" in line
+
+
+def test_a_missing_target_names_the_option_and_the_close_name(capsys, csv):
+    line = one_line(capsys, own(csv, "--data.targets=[tmep]", "--data.forecast=6h"), "fit")
+    assert "targets (--data.targets) ['tmep'] not found" in line and "did you mean ['temp']" in line
+
+
+def test_no_windowing_says_to_give_the_forecast_length(capsys, csv):
+    line = one_line(capsys, own(csv, "--data.targets=[temp]"), "fit")
+    assert "--data.forecast 6h" in line
+
+
+def test_an_empty_csv_names_the_file(capsys, tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    line = one_line(capsys, ["fit", f"--data.path={tmp_path / 'empty.csv'}", "--data.forecast=6h"], "fit")
+    assert "empty.csv: the file is empty" in line
+
+
+def test_another_separator_is_named(capsys, csv, tmp_path):
+    (tmp_path / "semi.csv").write_text(csv.read_text().replace(",", ";"))
+    line = one_line(capsys, ["fit", f"--data.path={tmp_path / 'semi.csv'}", "--data.forecast=6h"], "fit")
+    assert "semi.csv" in line and "separated by ';', not by commas" in line
+
+
+def test_debug_shows_the_traceback(csv):
+    with pytest.raises(UserError, match="--data.forecast"):
+        main([*own(csv, "--data.targets=[temp]"), "--debug"])
+
+
+def _command(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cfc_forecast", *args], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)  # fmt: skip
+
+
+def test_the_command_itself_prints_one_line(csv, tmp_path):
+    proc = _command([*own(csv, "--data.targets=[tmep]", "--data.forecast=6h"), f"--runs_root={tmp_path}"])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) <= 3 and lines[-1].startswith("cfc-forecast fit: error: "), proc.stderr
+
+
+def test_a_fit_prints_no_noise(csv, tmp_path):
+    args = [*own(csv, "--data.targets=[temp]", "--data.forecast=6h"), "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false", f"--runs_root={tmp_path}"]  # fmt: skip
+    proc = _command(args)
+    assert proc.returncode == 0, proc.stderr
+    for noise in ("Tip: For seamless cloud", "LeafSpec", "No seed found", "smaller than the logging interval"):
+        assert noise not in proc.stderr
+    assert "defaults for unset options: --data.observe 24h --data.every 6h" in proc.stdout
