@@ -55,12 +55,14 @@ def calendar_defaults(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("calendar") is not None or data.get("path") is None:
         return {}
     from datamodules.io import read_files
-    from datamodules.timing import to_datetime_or_number
+    from datamodules.stamps import to_datetime_or_number
 
     time, ids = data.get("time_column", "time"), data.get("id_column")
     try:
         frame = read_files(data["path"])
-        frame = to_datetime_or_number(frame.select([c for c in (ids, time) if c]), time, str(data["path"]))
+        frame, _ = to_datetime_or_number(
+            frame.select([c for c in (ids, time) if c]), time, str(data["path"]), data.get("time_format")
+        )
     except Exception:  # noqa: BLE001 - the DataModule reads the file again and reports its problems by name
         return {}
     if not isinstance(frame.schema[time], pl.Datetime):
