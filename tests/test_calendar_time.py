@@ -158,6 +158,23 @@ def test_irregular_series_get_a_clean_default_grid(tmp_path):
     assert ahead == [1800, 3600, 5400]  # 30 min steps, not 00:32:14.999916
 
 
+def test_the_default_grid_of_a_duration_model_stays_within_its_forecast_span(tmp_path):
+    # readings about every 48 minutes, a 6 h forecast span: the clean step is 1 h, so 6 queries, the last at
+    # origin + 6 h (the number of steps once came from the raw 48 min median: 7 steps of 1 h, past the span)
+    rng = np.random.default_rng(1)
+    start = datetime(2026, 1, 1)
+    rows = []
+    for s in range(2):
+        minutes = np.cumsum(45 + rng.uniform(0, 6, 150))
+        t = [start + timedelta(minutes=float(m)) for m in minutes]
+        rows.append(pl.DataFrame({"id": f"s{s}", "t": t, "y": np.sin(minutes / 90.0)}))
+    frame = pl.concat(rows).with_columns(pl.col("t").dt.cast_time_unit("us"))
+    ckpt = fit(frame, tmp_path, head="continuous", time_unit="h", observe="24h", forecast="6h", every="6h")
+    got = forecast_rows(ckpt, frame)
+    ahead = (got["time"] - got["origin_time"]).dt.total_seconds().unique().sort().to_list()
+    assert ahead == [3600.0 * k for k in range(1, 7)]
+
+
 def test_query_times_in_days_are_calendar_days_in_predict_and_the_job(tmp_path):
     frame = local_series(datetime(2026, 10, 20), datetime(2026, 10, 24, 12), "1h")  # ends Sat 14:00 CEST
     ckpt = fit(frame, tmp_path, head="continuous", time_unit="h", observe="12h", forecast="3h", every="6h")

@@ -243,10 +243,11 @@ def _queries(
             q = np.where(days > 0, calendar_offsets(w.origin, days, codec), q)
         return w, q, np.ones_like(q, dtype=bool)
     spec = trained.spec
+    grid = clean_step(offsets, times, step, codec)  # (n_series,) the step between query times
     if spec.mode == "count":
         n = np.full(len(w), spec.horizon)
-    elif spec.forecast is not None:
-        n = np.maximum(np.floor(spec.forecast / step[w.series] + 1e-9).astype(np.int64), 1)
+    elif spec.forecast is not None:  # as many steps of the grid as fit in the trained forecast span, at least 1
+        n = np.maximum(np.floor(spec.forecast / grid[w.series] + 1e-9).astype(np.int64), 1)
     else:
         raise JobError("the model forecasts one window per series without a forecast span: give --query_times")
     # each series' spacing comes from its own rows: a one-row series has none (predict falls back to the overall
@@ -254,7 +255,7 @@ def _queries(
     problems[1] = np.diff(offsets)[w.series] < 2
     k = np.arange(1, int(n.max(initial=1)) + 1)
     valid = k[None, :] <= n[:, None]
-    q = clean_step(offsets, times, step, codec)[w.series, None] * k[None, :]
+    q = grid[w.series, None] * k[None, :]
     days = calendar_days(offsets, times, codec, step)[w.series, None] * k[None, :]
     if days.any():
         q = np.where(days > 0, calendar_offsets(w.origin, days, codec), q)
