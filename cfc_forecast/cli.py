@@ -135,6 +135,8 @@ class ForecastCLI(LightningCLI):
             argv = sys.argv[1:] if args is None else list(args)
             raise parse_error(str(err), self._option_names(argv)) from err
         if self.config.get("subcommand"):
+            argv = sys.argv[1:] if args is None else list(args)
+            _command_line_ckpt_path_wins(self.config[self.config.subcommand], argv)
             _root_dir_as_runs_root(self.config[self.config.subcommand])
             self._plain_data_defaults(self.config.subcommand)
 
@@ -370,6 +372,15 @@ def _root_dir_as_runs_root(cfg: Any) -> None:
             "gets a folder of its own under --runs_root)"
         )
     cfg.runs_root, cfg.trainer.default_root_dir = str(root), None
+
+
+def _command_line_ckpt_path_wins(cfg: Any, argv: list[str]) -> None:
+    """``--ckpt_path`` given on the command line is the checkpoint, wherever it stands: jsonargparse lets a later
+    ``--config`` override it, and every saved ``config.yaml`` holds ``ckpt_path: null`` (``test --ckpt_path C
+    --config runs/<run>/config.yaml`` scored an untrained model)."""
+    given, _ = take_option(argv, "--ckpt_path", with_value=True)
+    if isinstance(given, str) and given and cfg.get("ckpt_path") != given:
+        cfg.ckpt_path = given
 
 
 def _saved_scaler(ckpt: dict[str, Any]) -> dict[str, Any] | None:

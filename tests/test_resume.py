@@ -267,3 +267,17 @@ def test_predict_into_a_run_folder_in_use_is_refused(one_epoch, tmp_path, capsys
     finally:
         held.release()
     assert main(args) == 0 and (run / "predictions.parquet").is_file()
+
+
+def test_ckpt_path_on_the_command_line_wins_over_a_later_config(tmp_path):
+    # a saved config.yaml holds `ckpt_path: null`; given after --ckpt_path it once made `test` score an untrained model
+    run = tmp_path / "run"
+    cli(["fit", *FIT, "--trainer.max_epochs=1", f"--run_dir={run}"])
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    scores = []
+    for i, order in enumerate(([f"--ckpt_path={ckpt}", f"--config={run / 'config.yaml'}"],
+                               [f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}"])):  # fmt: skip
+        done = cli(["test", *order, f"--run_dir={tmp_path / f't{i}'}"])
+        assert done.config.test.ckpt_path == ckpt
+        scores.append(float(done.trainer.callback_metrics["test/mse"]))
+    assert scores[0] == scores[1]
