@@ -338,6 +338,18 @@ class ForecastCLI(LightningCLI):
             table = compare_with_baselines(self.datamodule, metrics, self.run_dir, self.model)
             print(f"\n{table}\nrun directory: {self.run_dir}", flush=True)
 
+    def after_test(self) -> None:
+        # `test` prints the baselines beside the model, as fit --test_after_fit does (the model holds the checkpoint's
+        # weights: trainer.test restored them into it)
+        if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+            metrics = {
+                k.removeprefix("test/"): float(v)
+                for k, v in self.trainer.callback_metrics.items()
+                if k.startswith("test/")
+            }
+            table = compare_with_baselines(self.datamodule, metrics, self.run_dir, self.model)
+            print(f"\n{table}\nrun directory: {self.run_dir}", flush=True)
+
     def before_predict(self) -> None:
         # the split is rebuilt from the config: its scaler must be the one the checkpoint was trained with
         if self.config.predict.predict_windows != "test":  # main() and cli() send these to the checkpoint path

@@ -280,4 +280,6 @@ def test_ckpt_path_on_the_command_line_wins_over_a_later_config(tmp_path):
         done = cli(["test", *order, f"--run_dir={tmp_path / f't{i}'}"])
         assert done.config.test.ckpt_path == ckpt
         scores.append(float(done.trainer.callback_metrics["test/mse"]))
+        saved = json.loads((tmp_path / f"t{i}" / "test_metrics.json").read_text())  # `test` scores the baselines too
+        assert {"model", "naive", "linear"} <= set(saved) and saved["model"]["mse"] == pytest.approx(scores[-1])
     assert scores[0] == scores[1]
