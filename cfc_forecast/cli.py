@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info
 import datamodules
 from cfc_forecast import __version__, defaults, noise
 from cfc_forecast.checkpoints import AtomicCheckpointIO, RngState, load_checkpoint
-from cfc_forecast.errors import UserError, parse_error, report
+from cfc_forecast.errors import UserError, from_os_error, parse_error, report
 from cfc_forecast.forecast.predict import main as predict_main
 from cfc_forecast.forecast.predict import wants_test_windows
 from cfc_forecast.launch import parse_threads, take_option, usage
@@ -450,6 +450,10 @@ def main(args: list[str] | None = None) -> int:
         if debug:
             raise
         return report(command, err if isinstance(err, UserError) else parse_error(str(err), _options_of(command)))
+    except OSError as err:  # a path no check caught (an output folder that cannot be made, a full disk): one line
+        if debug:
+            raise
+        return report(command, from_os_error(err))
 
 
 def _options_of(command: str | None) -> list[str]:

@@ -11,6 +11,7 @@ package raises it; the entry points (``cfc_forecast.cli.main`` and the commands 
 from __future__ import annotations
 
 import difflib
+import errno
 import re
 import sys
 
@@ -38,6 +39,22 @@ class StorageError(UserError):
     """The file system refused a read or write (disk full, permission denied, I/O error): exit status 3."""
 
     status: int = 3
+
+
+# what the file system can refuse (disk full, permission denied, I/O error): exit status 3, rerun to resume
+IO_FAILURES = {errno.ENOSPC, errno.EACCES, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EPERM}
+
+
+def from_os_error(err: OSError, hint: str = "") -> UserError:
+    """An ``OSError`` no code caught, as a one-line error naming the path: a ``StorageError`` (exit 3) when the
+    file system refused (``IO_FAILURES``), else a ``UserError`` (exit 2: a path that does not exist, is a file
+    where a folder is needed, ...). ``hint`` is appended (e.g. "; rerun the same command to resume")."""
+    where = f"{err.filename}: " if err.filename else ""
+    message = f"{where}{err.strerror or err}"
+    if err.errno in IO_FAILURES:
+        return StorageError(message + hint)
+    return UserError(message + "; check the path")
+
 
 
 def close_option(name: str, options: list[str]) -> str:

@@ -7,6 +7,7 @@ No blanket filter: each entry says why the line does not apply to a person runni
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 # (message regex, module): warnings.filterwarnings matches the message's start and the module that warns
@@ -18,19 +19,30 @@ _WARNINGS = [
     # the epoch's metrics (metrics.csv, the progress bar, best.ckpt) are logged whatever the logging interval
     (r"The number of training batches \(\d+\) is smaller than the logging interval", r"lightning\.pytorch\.loops"),
 ]
-# rank_zero_info's logger: advertisements for Lightning's cloud services, unrelated to the run
-_TIPS = ("💡 Tip: For seamless cloud",)
+# (logger, message starts): log records dropped (after a "[rank: N] " prefix)
+_LOGS = [
+    # rank_zero_info's logger: advertisements for Lightning's cloud services, unrelated to the run
+    ("lightning.pytorch.utilities.rank_zero", ("💡 Tip: For seamless cloud",)),
+    # the seed is recorded in the run's config.yaml and run.json; printed first on stderr, it stood above a
+    # command's one-line error
+    ("lightning.fabric.utilities.seed", ("Seed set to ",)),
+]
 
 
-class _DropTips(logging.Filter):
+class _DropLines(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_TIPS)
+        return not re.sub(r"^\[rank: \d+\] ", "", str(record.msg)).startswith(self.starts)
 
 
 def quiet() -> None:
     """Install the filters above (idempotent)."""
     for message, module in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
-    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropTips) for f in log.filters):
-        log.addFilter(_DropTips())
+    for name, starts in _LOGS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in log.filters):
+            log.addFilter(_DropLines(starts))

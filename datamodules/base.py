@@ -119,13 +119,15 @@ class SeriesDataModule(L.LightningDataModule):
             raise UserError(str(err)) from err
         fr = split_fractions
         if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1) > 1e-6:
-            raise ValueError(f"split_fractions must be 3 numbers >= 0 summing to 1 with train > 0, got {fr}")
+            raise UserError(f"--data.split_fractions must be 3 numbers >= 0 summing to 1 with train > 0, got {fr}")
         if split_times is not None and len(split_times) not in (2, 3):
-            raise ValueError(f"split_times needs 2 or 3 cut-offs, got {split_times}")
+            raise UserError(
+                f"--data.split_times needs 2 or 3 cut-offs (the end of train, of val[, of test]), got {split_times}"
+            )
         if scale_by == "series" and split_by == "series":
-            raise ValueError("scale_by='series' needs split_by='time': val/test series have no training part")
+            raise UserError("scale_by='series' needs split_by='time': val/test series have no training part")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
         self._frame: pl.DataFrame | None = None
         self._built: Built | None = None
         self._table: Table | None = None
@@ -143,7 +145,7 @@ class SeriesDataModule(L.LightningDataModule):
         if self._frame is not None:
             return self._frame
         if self.cfg.path is None:
-            raise ValueError("give a path (file, folder or glob) or build with SeriesDataModule.from_frame(frame)")
+            raise UserError("give a path (file, folder or glob) or build with SeriesDataModule.from_frame(frame)")
         return read_files(self.cfg.path, self.cfg.time_column)
 
     def _source(self) -> str:
@@ -159,7 +161,7 @@ class SeriesDataModule(L.LightningDataModule):
         static, future = list(h.static or []), list(h.known_future or [])
         if h.layout == "long":
             if h.variable_column not in frame.columns:
-                raise ValueError(f"{self._source()}: long-layout column {h.variable_column!r} not found")
+                raise UserError(f"{self._source()}: long-layout column {h.variable_column!r} not found")
             names = sorted(frame[h.variable_column].drop_nulls().cast(pl.String).unique().to_list())
         else:
             names = [c for c in frame.columns if c not in (h.id_column, h.time_column)]
@@ -170,7 +172,7 @@ class SeriesDataModule(L.LightningDataModule):
         roles = Roles(list(h.inputs or default), list(h.targets or default), static, future, list(h.calendar or []))
         overlap = set(static) & set(roles.inputs + roles.targets + future)
         if overlap or not roles.inputs or not roles.targets:
-            raise ValueError(
+            raise UserError(
                 f"static {sorted(overlap)} may not also be inputs, targets or known-future; "
                 f"inputs {roles.inputs} and targets {roles.targets} must not be empty"
             )

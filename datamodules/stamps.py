@@ -176,14 +176,23 @@ def user_time(value: str | float, codec: TimeCodec, name: str) -> float:
         except (TypeError, ValueError):
             raise UserError(f"{name}={value!r}: this data's times are numbers; give a number") from None
     text = pl.Series(name, [str(value)])
-    stamp = parse_stamps(text, codec.format) if codec.format else text.str.to_datetime(strict=False, time_unit="us")
+    stamp = parse_stamps(text, codec.format) if codec.format else _iso(text)
     if stamp.null_count():  # the data's own format first (a day/month date reads as in the data), then ISO 8601
-        stamp = text.str.to_datetime(strict=False, time_unit="us")
+        stamp = _iso(text)
     if stamp.null_count():
         raise UserError(f"{name}={value!r} is not a date-time like '2017-06-26 00:00'")
     if codec.time_zone is not None and stamp.dtype.time_zone is None:
         stamp = localize(stamp, codec.time_zone, f"{name}={value!r}")
     return float(pl.select(codec.encode(pl.lit(stamp))).item())
+
+
+def _iso(text: pl.Series) -> pl.Series:
+    """Text read as ISO 8601 date-times; null where it is none (polars raises when it finds no format at all, e.g.
+    for 'yesterday')."""
+    try:
+        return text.str.to_datetime(strict=False, time_unit="us")
+    except pl.exceptions.ComputeError:
+        return pl.Series(text.name, [None] * len(text), dtype=pl.Datetime("us"))
 
 
 def localize(naive: pl.Series, zone: str, what: str) -> pl.Series:

@@ -33,7 +33,7 @@ def one_line(capsys, args: list[str], command: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     ours = [ln for ln in lines if ln.startswith("cfc-forecast")]
     assert len(ours) == 1 and ours[0].startswith(f"cfc-forecast {command}: error: ") and "Traceback" not in err
-    assert len(lines) <= 3, err
+    assert len(lines) <= 3 and lines[0] == ours[0], err  # the error comes first
     return ours[0]
 
 
@@ -123,3 +123,20 @@ def test_a_fit_prints_no_noise(csv, tmp_path):
     for noise in ("Tip: For seamless cloud", "LeafSpec", "No seed found", "smaller than the logging interval"):
         assert noise not in proc.stderr
     assert "defaults for unset options: --data.observe 24h --data.every 6h" in proc.stdout
+
+
+def test_paths_the_file_system_refuses_are_one_line(capsys, csv, tmp_path):
+    # an output folder that cannot be made (its parent is a file), a runs root under /proc: exit 2 naming the path
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    line = one_line(
+        capsys, [*own(csv, "--data.forecast=6h", "--data.targets=[temp]"), f"--runs_root={blocker / 'runs'}"], "fit"
+    )
+    assert str(blocker) in line and "check the path" in line
+
+
+def test_split_times_with_one_cut_off_names_the_option(capsys, csv):
+    line = one_line(
+        capsys, [*own(csv, "--data.forecast=6h", "--data.targets=[temp]"), "--data.split_times=[2026-01-02]"], "fit"
+    )
+    assert "--data.split_times needs 2 or 3 cut-offs" in line

@@ -14,21 +14,17 @@ line on stderr. A job stopped by anything (exit 3, a kill, a crash) resumes when
 
 from __future__ import annotations
 
-import errno
 import sys
 from typing import Literal
 
 from jsonargparse import auto_cli
 
-from cfc_forecast.errors import StorageError, UserError, report
+from cfc_forecast.errors import StorageError, UserError, from_os_error, report
 from cfc_forecast.forecast.job import ForecastJob, JobResult
 from cfc_forecast.forecast.options import options_for
 from cfc_forecast.forecast.prepare import Options
 from cfc_forecast.forecast.rows import Forecasts, forecast_report, forecast_rows
 from cfc_forecast.forecast.trained import JobError
-
-# what the file system can refuse: exit status 3, the job resumable by the same command
-IO_FAILURES = {errno.ENOSPC, errno.EACCES, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EPERM}
 
 __all__ = ["ForecastJob", "Forecasts", "JobError", "JobResult", "forecast", "forecast_report", "forecast_rows", "main"]
 
@@ -95,11 +91,8 @@ def forecast(
         return report("forecast", StorageError(f"{err}; rerun the same command to resume"))
     except UserError as err:  # an unusable checkpoint, a folder in use
         return report("forecast", err)
-    except OSError as err:
-        if err.errno not in IO_FAILURES:
-            raise
-        where = f" ({err.filename})" if err.filename else ""
-        return report("forecast", StorageError(f"{err.strerror or err}{where}; rerun the same command to resume"))
+    except OSError as err:  # what no check caught: one line naming the path (exit 3 when the file system refused)
+        return report("forecast", from_os_error(err, "; rerun the same command to resume"))
     print_summary(result, output)
     return result.status
 
@@ -114,7 +107,7 @@ def print_summary(result: JobResult, output: str) -> None:
     ]
     lines += [f"  {n:>8}  {reason}" for reason, n in s["skipped_by_reason"].items()]
     lines += [f"rows skipped: {n} {reason}" for reason, n in s["rows_skipped"].items()]
-    lines.append(f"files written: {s['files_written']} Parquet parts, {s['rows_written']} rows, in {output}")
+    lines.append(f"files written: {s['files_written']} parts, {s['rows_written']} rows, in {output}")
     lines += [f"note: {n}" for n in s["notes"]]
     if s["series_forecast"] == 0:
         lines.append("nothing could be forecast: exit status 1")
