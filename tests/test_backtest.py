@@ -62,7 +62,9 @@ def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("backtest")
     frame = hourly(tmp / "rows.parquet")
     cfg = config(tmp, split_times=["2026-03-26 00:00", "2026-03-28 00:00"])
-    cli(["fit", f"--config={cfg}", f"--run_dir={tmp / 'run'}"])
+    with pytest.MonkeyPatch.context() as mp:  # the CLI runs on its args, not pytest's
+        mp.setattr("sys.argv", ["cfc-forecast"])
+        cli(["fit", f"--config={cfg}", f"--run_dir={tmp / 'run'}"])
     return tmp, frame, cfg, tmp / "run" / "checkpoints" / "best.ckpt"
 
 

@@ -119,8 +119,8 @@ def backtest(
 
     Args:
         config: the fit config (its ``data`` section gives the rows; with refit, every fold fits it).
-        n_windows: N forecast origins. step: time between origins ("1d": calendar days in a time zone; "6h";
-            or a number in the time unit).
+        n_windows: N forecast origins.
+        step: time between origins ("1d": calendar days in a time zone; "6h"; or a number in the time unit).
         output: the backtest's folder (created; a rerun with the same settings continues it).
         ckpt_path: the model, for ``refit="never"``.
         refit: "never", "every" or K (refit before every K-th origin).
