@@ -7,6 +7,7 @@ the same checkpoint, the naive baseline with the last value before each origin, 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -197,3 +198,20 @@ def test_an_irregular_series_is_forecast_at_its_own_observed_times(tmp_path):
         overall.filter(pl.col("forecaster") == "model")["n"].sum()
         == got.filter((pl.col("forecaster") == "model") & pl.col("actual").is_not_null()).height
     )
+
+
+def test_refit_every_k_origins_and_a_fold_killed_before_its_end_resumes(fitted):
+    tmp, _, _, _ = fitted
+    cfg = config(tmp)
+    out = tmp / "refit2"
+    args = dict(n_windows=2, step="1d", output=str(out), refit=2)
+    backtest(str(cfg), **args)
+    got = pl.read_parquet(out / "forecasts.parquet")
+    assert got["fold"].unique().to_list() == [0] and sorted(p.name for p in (out / "fits").iterdir()) == ["0000"]
+    # as if killed after the fit's last.ckpt, before the fold was recorded and the second origin written
+    (out / "fits" / "0000" / "fold.json").unlink()
+    (out / "origins" / "0001.parquet").unlink()
+    backtest(str(cfg), **args)
+    history = json.loads((out / "fits" / "0000" / "run.json").read_text())["history"]
+    assert [h["subcommand"] for h in history] == ["fit", "fit"] and "resumed_from" in history[1]
+    assert pl.read_parquet(out / "forecasts.parquet").equals(got)
