@@ -13,6 +13,7 @@ import pytest
 
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast import forecast_rows
+from cfc_forecast.forecast import main as job_main
 from datamodules import SeriesDataModule
 from datamodules.build import make_windows
 from datamodules.io import SERIES, TIME
@@ -98,7 +99,7 @@ def test_weekly_anchor_and_a_skipped_local_time():
     assert skipped == 1 and len(origin) == 39
 
 
-def test_predict_forecasts_from_each_series_last_anchor(tmp_path):
+def test_predict_and_the_batch_job_forecast_from_each_series_last_anchor(tmp_path):
     frame = car_park()
     dm = anchored(frame)
     dm.setup()
@@ -112,6 +113,11 @@ def test_predict_forecasts_from_each_series_last_anchor(tmp_path):
     trainer.save_checkpoint(ckpt)
     got = forecast_rows(str(ckpt), frame)
     assert local(got["origin_time"].unique()) == ["04-03 12:00 +0200"]  # the last day's noon, not its 16:30
+    frame.write_parquet(tmp_path / "rows.parquet")  # the batch job prepares its chunks the same way
+    args = ["--ckpt_path", str(ckpt), "--input", str(tmp_path / "rows.parquet"), "--output", str(tmp_path / "job")]
+    assert job_main([*args, "--progress=false"]) == 0
+    job = pl.read_parquet(sorted((tmp_path / "job").glob("part-*.parquet")))
+    assert local(job["origin_time"].unique()) == ["04-03 12:00 +0200"] and job.height == got.height
     # readings up to 11:30 on 3 April: the last noon is 2 April's
     early = frame.filter(pl.col("t") < datetime(2026, 4, 3, 12).replace(tzinfo=got["origin_time"][0].tzinfo))
     assert local(forecast_rows(str(ckpt), early)["origin_time"].unique()) == ["04-02 12:00 +0200"]
