@@ -469,6 +469,11 @@ def _options_of(command: str | None) -> list[str]:
 
         parser = ArgumentParser()
         parser.add_function_arguments(forecast, as_positional=False)
+    elif command == "backtest":
+        from cfc_forecast.backtest import backtest
+
+        parser = ArgumentParser()
+        parser.add_function_arguments(backtest, as_positional=False)
     else:
         return []
     return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
@@ -497,6 +502,10 @@ def _dispatch(argv: list[str], args: list[str] | None) -> int:
         return forecast_main(argv[1:])
     if argv[:1] == ["predict"] and not wants_test_windows(argv):  # from a checkpoint alone
         return predict_main(argv[1:])
+    if argv[:1] == ["backtest"]:  # rolling-origin evaluation (cfc_forecast/backtest)
+        from cfc_forecast.backtest import main as backtest_main
+
+        return backtest_main(argv[1:])
     cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
 

@@ -44,6 +44,8 @@ def window_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """``observe`` and ``every`` from ``forecast`` when no other window argument is set."""
     if data.get("forecast") is None or any(data.get(k) is not None for k in _WINDOW_KEYS):
         return {}
+    if data.get("origin_anchor") is not None:  # anchored origins repeat every day (week) unless every says otherwise
+        return {"observe": times_four(data["forecast"])}
     return {"observe": times_four(data["forecast"]), "every": data["forecast"]}
 
 

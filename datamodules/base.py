@@ -54,6 +54,10 @@ class SeriesDataModule(L.LightningDataModule):
         observe: duration W before the origin ("2d", "6h" or a number in time_unit); None in fixed mode = all.
         forecast: duration D after the origin (targets in [o, o + D]). every: spacing S of origins (default D).
         origin: one window per series at this time stamp or number.
+        origin_anchor: duration windows: origins at this local wall-clock time in the data's zone, "12:00" (daily)
+            or "Mon 06:00" (weekly), from the first at or after a series' first time + observe, every ``every``
+            (whole days or weeks; default 1d / 1w), DST-correct; saved in the checkpoint, so ``predict`` and the
+            batch job forecast from each series' last anchor (``datamodules.stamps.anchor_origins``).
         step_targets: also give per-step targets (B, T, C) at the input steps (sequence-to-sequence tasks).
         split_by: "time" (cut-offs or fractions of the time range) or "series" (seeded fractions of the series).
         split_times: 2 or 3 cut-offs: train < c1 <= val < c2 <= test (< c3).
@@ -92,6 +96,7 @@ class SeriesDataModule(L.LightningDataModule):
         forecast: str | float | None = None,
         every: str | float | None = None,
         origin: str | float | None = None,
+        origin_anchor: str | None = None,
         step_targets: bool = False,
         split_by: Literal["time", "series"] = "time",
         split_times: list[str | float] | None = None,
@@ -114,7 +119,9 @@ class SeriesDataModule(L.LightningDataModule):
         # a fixed origin may be a time stamp: it is resolved against the data's time column when built
         fixed = None if origin is None else math.nan
         try:
-            self.spec = window_spec(time_unit, lookback, horizon, stride, observe, forecast, every, fixed, step_targets)
+            self.spec = window_spec(
+                time_unit, lookback, horizon, stride, observe, forecast, every, fixed, step_targets, origin_anchor
+            )
         except ValueError as err:  # the window arguments: each message names them and what to give
             raise UserError(str(err)) from err
         fr = split_fractions
@@ -341,7 +348,8 @@ class SeriesDataModule(L.LightningDataModule):
             "time_is_datetime": codec.is_datetime,
             "time_zone": codec.time_zone,
             "window": {"mode": spec.mode, "lookback": spec.lookback, "horizon": spec.horizon,
-                       "observe": spec.observe, "forecast": spec.forecast},  # fmt: skip
+                       "observe": spec.observe, "forecast": spec.forecast,
+                       "every_days": spec.every_days, "anchor": spec.anchor},  # fmt: skip
             # absent from older checkpoints: their jobs let polars infer the format per chunk, as then
             "time_format": codec.format,
             "predict_queries": None if h.predict_queries is None else [float(q) for q in h.predict_queries],

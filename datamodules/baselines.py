@@ -107,11 +107,16 @@ def _design(batch: Batch, order: int, direct: bool) -> tuple[Tensor, Tensor, Ten
         )
     if direct:  # one row per window, K * C outputs
         return feats, y.flatten(1), m.flatten(1)
-    k = batch.query_t.shape[1]  # one row per query: window features, query time, its square
+    keep = batch.query_mask.reshape(-1)
+    return _query_rows(batch, feats), y.reshape(-1, y.shape[-1])[keep], m.reshape(-1, m.shape[-1])[keep]
+
+
+def _query_rows(batch: Batch, feats: Tensor) -> Tensor:
+    """(N, D + 2) rows of the real queries: window features (B, D), query time, its square (no targets needed)."""
+    k = batch.query_t.shape[1]
     q = batch.query_t.double()[..., None]
     rows = torch.cat([feats[:, None, :].expand(-1, k, -1), q, q.pow(2)], -1)
-    keep = batch.query_mask.reshape(-1)
-    return rows.reshape(-1, rows.shape[-1])[keep], y.reshape(-1, y.shape[-1])[keep], m.reshape(-1, m.shape[-1])[keep]
+    return rows.reshape(-1, rows.shape[-1])[batch.query_mask.reshape(-1)]
 
 
 def _gram(x: Tensor, m: Tensor, shared: bool) -> Tensor:
@@ -154,7 +159,7 @@ def linear_forecaster(dm: SeriesDataModule, order: int | None = None, ridge: flo
 
     def forecast(batch: Batch) -> Tensor:
         if batch.y_step is None and not direct:
-            rows = _design(batch, order, direct)[0]
+            rows = _query_rows(batch, _features(batch, order).double())  # also for windows without targets
             out = torch.zeros(*batch.query_t.shape, weights.shape[1], dtype=torch.float64)
             out[batch.query_mask] = rows @ weights
             return out.float()

@@ -13,7 +13,7 @@ import torch
 from datamodules.dataset import SeriesTensors
 from datamodules.io import SERIES, TIME, Table
 from datamodules.scaling import ScaleBy, ScaleMethod, Scaler, fit_scaler
-from datamodules.stamps import calendar_offsets
+from datamodules.stamps import anchor_origins, calendar_offsets
 from datamodules.timing import TimeCodec, calendar_features
 from datamodules.windows import (
     Windows,
@@ -111,10 +111,12 @@ def make_windows(
     if spec.mode == "count":
         return count_windows(offsets, times, spec)
     if spec.mode == "duration":
-        later = None
+        later = anchored = None
         if codec is not None and codec.time_zone is not None:
             later = lambda start, days: calendar_offsets(start, days[:, None], codec)[:, 0]  # noqa: E731
-        return duration_windows(series, offsets, times, spec, later)
+        if spec.anchor is not None and codec is not None and codec.is_datetime:
+            anchored = lambda a, b: anchor_origins(a, b, spec.anchor, spec.every_days, codec)[:2]  # noqa: E731
+        return duration_windows(series, offsets, times, spec, later, anchored)
     return fixed_windows(series, offsets, times, spec)
 
 

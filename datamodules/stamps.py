@@ -8,6 +8,8 @@ and the batch job all call these.
 - A series spaced by whole days (or weeks) at one wall-clock time has *calendar spacing*: its forecasts fall on the
   same wall-clock time of later days across DST changes (``calendar_days``, ``calendar_offsets``); the default
   grid of other series is their own regular spacing or a clean step (``clean_step``).
+- Origins on the clock: at a local wall-clock time ("12:00", "Mon 06:00") every so many calendar days, whatever
+  the UTC offset (``anchor_origins``).
 - Numeric times that look like they are in another unit than declared are named with the fix
   (``numeric_time_hint``).
 """
@@ -342,3 +344,58 @@ def numeric_time_hint(times: np.ndarray, offsets: np.ndarray, unit: str, source:
     hint = f"the numeric times are {step:g} {unit} apart (median): if they are not in {unit!r}, set {fix}"
     log.warning("%s: %s", source, hint)
     return hint
+
+
+_WEEKDAYS = {"mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6, "sun": 7}
+_ANCHOR = re.compile(r"^\s*(?:([A-Za-z]{3})[a-z]*\s+)?(\d{1,2}):(\d{2})\s*$")
+
+
+def parse_anchor(anchor: str, name: str = "origin_anchor") -> tuple[int | None, int]:
+    """A wall-clock origin anchor, ``"12:00"`` (every day) or ``"Mon 06:00"`` (every Monday), as (ISO weekday 1-7
+    or None, minutes after midnight).
+
+    Raises:
+        UserError: anything else.
+    """
+    match = _ANCHOR.match(str(anchor))
+    day = _WEEKDAYS.get((match.group(1) or "").lower()) if match else None
+    if match is None or (match.group(1) and day is None) or int(match.group(2)) > 23 or int(match.group(3)) > 59:
+        raise UserError(f"{name}={anchor!r}: give a local wall-clock time such as '12:00' or 'Mon 06:00'")
+    return day, int(match.group(2)) * 60 + int(match.group(3))
+
+
+def anchor_origins(
+    start: np.ndarray, stop: np.ndarray, anchor: str, every_days: int, codec: TimeCodec
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Origins at a wall-clock time in the data's zone: for each series s, the anchor on the local day of
+    ``start[s]`` (the first such day on the anchor's weekday), then every ``every_days`` calendar days, kept where
+    ``start[s] <= origin <= stop[s]``. Each origin is the anchor's local time whatever the UTC offset (a day across
+    a DST change is 23 or 25 h); an anchor a DST change skips (02:30 on the spring-forward day) gives no origin that
+    day, one it repeats gives the first of the two.
+
+    Args:
+        start, stop: (S,) float times (``codec.unit``) bounding each series' origins. every_days: >= 1.
+        codec: a date-time codec (its zone, or naive wall-clock stamps).
+
+    Returns:
+        (W,) series index and (W,) float origins, sorted by series then time; and the number of anchors a DST
+        change skipped.
+    """
+    day, minutes = parse_anchor(anchor)
+    local = pl.DataFrame({"s": np.arange(len(start)), "a": codec.decode(start), "b": codec.decode(stop)})
+    first, last = pl.col("a").dt.date(), pl.col("b").dt.date()
+    if day is not None:  # the first day on the anchor's weekday
+        first = first + pl.duration(days=(day - first.dt.weekday()) % 7)
+    days = local.select("s", pl.date_ranges(first, last, f"{every_days}d").alias("d")).explode("d").drop_nulls("d")
+    wall = pl.col("d").cast(pl.Datetime("us")) + pl.duration(minutes=minutes)
+    if codec.time_zone is not None:
+        wall = wall.dt.replace_time_zone(codec.time_zone, ambiguous="earliest", non_existent="null")
+    days = days.with_columns(codec.encode(wall).alias("t"))
+    skipped = int(days["t"].null_count())
+    if skipped:
+        log.warning("origin_anchor %r: %d day(s) without an origin (the clocks skip that time in %s)", anchor,
+                    skipped, codec.time_zone)  # fmt: skip
+    days = days.drop_nulls("t")
+    owner, origin = days["s"].to_numpy().astype(np.int64), days["t"].to_numpy().astype(np.float64)
+    keep = (origin >= start[owner]) & (origin <= stop[owner])
+    return owner[keep], origin[keep], skipped

@@ -6,7 +6,10 @@ A window is ``(series, in_lo, in_hi, tg_lo, tg_hi, origin)``: inputs are rows ``
 - ``count``: lookback L rows, horizon K rows, starts every ``stride`` rows from each series' first row; the
   origin is the last input's time (regular data, the ETT protocol).
 - ``duration``: origins every S from ``first time + W``; inputs ``[o - W, o)``, targets ``[o, o + D]``. An S in
-  days or weeks ("1d") is calendar days for zone-aware time stamps: the origins keep their wall-clock time.
+  days or weeks ("1d") is calendar days for zone-aware time stamps: the origins keep their wall-clock time. With an
+  ``anchor`` ("12:00", "Mon 06:00") the origins are that local time, from the first at or after ``first + W``,
+  every S (whole days or weeks), in the data's zone (``stamps.anchor_origins``). An origin is a time, not a row:
+  no observation is needed at it.
 - ``fixed``: one window per series at origin ``o``; inputs ``[o - W, o)`` (all earlier ones when W is None),
   targets ``[o, o + D]`` (all later ones when D is None) — the PhysioNet protocol.
 
@@ -41,6 +44,7 @@ class WindowSpec:
     every: float | None = None
     origin: float | None = None
     every_days: int = 0  # ``every`` in whole days or weeks: calendar days for zone-aware time stamps
+    anchor: str | None = None  # duration windows: origins at this local wall-clock time ("12:00", "Mon 06:00")
 
 
 @dataclass
@@ -136,13 +140,20 @@ def duration_windows(
     times: np.ndarray,
     spec: WindowSpec,
     later: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    anchored: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Windows:
     """Origins every ``spec.every`` from each series' first time + W while the forecast span fits.
 
     ``later(start, days)`` (both (W,)): the time from each start to the same wall-clock time ``days`` calendar days
     later; given, origins every ``spec.every_days`` follow the calendar (``stamps.calendar_offsets``).
+    ``anchored(start, stop)`` (both (S,)): the (owner, origin) pairs at ``spec.anchor`` within each series' bounds.
     """
     first, last = times[offsets[:-1]], times[offsets[1:] - 1]
+    if spec.anchor is not None:
+        if anchored is None:
+            raise UserError("origin_anchor needs date-time stamps (a wall-clock time has no meaning for numbers)")
+        owner, origin = anchored(first + spec.observe, last - spec.forecast)
+        return span_windows(series, offsets, times, owner, origin, spec)
     room = last - first - spec.observe - spec.forecast
     n = np.where(room >= 0, np.floor(np.maximum(room, 0) / spec.every).astype(np.int64) + 1, 0)
     owner, rank = _ragged(n)
@@ -182,8 +193,14 @@ def window_spec(
     every: Any,
     origin: float | None,
     step_targets: bool,
+    anchor: str | None = None,
 ) -> WindowSpec:
     """Resolve the windowing arguments into one mode, or raise a ``UserError`` saying what to give."""
+    if anchor is not None and (lookback is not None or horizon is not None or origin is not None):
+        raise UserError(
+            "origin_anchor places duration windows' origins (observe/forecast/every): count windows (lookback/"
+            "horizon) start at rows, not times, and a fixed origin is one time already"
+        )
     if lookback is not None or horizon is not None:
         if origin is not None or observe is not None or forecast is not None or every is not None:
             raise UserError("give either lookback/horizon (count windows) or observe/forecast/every/origin")
@@ -205,8 +222,18 @@ def window_spec(
             "then default to 4x and 1x it on the command line), observe+forecast[+every] (duration windows), "
             "lookback+horizon (counts of rows), or origin[+observe][+forecast] (one window per series)"
         )
+    if anchor is not None:
+        from datamodules.stamps import parse_anchor
+
+        weekly = parse_anchor(anchor)[0] is not None
+        every = every if every is not None else ("1w" if weekly else "1d")
+        if duration_days(every) == 0 or (weekly and duration_days(every) % 7):
+            raise UserError(
+                f"origin_anchor={anchor!r} repeats every whole {'week' if weekly else 'day'}: give every as "
+                f"{'1w, 2w' if weekly else '1d, 2d, 1w'}, ..., got every={every!r}"
+            )
     s = parse_duration(every, unit, "every") if every is not None else d
     if not s or s <= 0:
         raise UserError(f"every={every!r} must be a positive duration")
     days = duration_days(every) if every is not None else 0
-    return WindowSpec("duration", observe=w, forecast=d, every=s, every_days=days)
+    return WindowSpec("duration", observe=w, forecast=d, every=s, every_days=days, anchor=anchor)

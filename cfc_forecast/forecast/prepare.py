@@ -36,6 +36,7 @@ class Options:
     query_times: list[float] | None = None
     min_rows: int | None = None
     query_days: list[int] | None = None  # per query time: calendar days in the data's zone (0: absolute)
+    observed_span: float | None = None  # continuous head: query each window's observed rows in [o, o + span]
 
 
 @dataclass
@@ -154,7 +155,7 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
         target_loc=torch.from_numpy(loc.astype(np.float32)),
         target_scale=torch.from_numpy(scale.astype(np.float32)),
     )
-    w, problems = _origin_windows(series, offsets, times, trained, options)
+    w, problems = _origin_windows(series, offsets, times, trained, options, codec)
     step = median_steps(offsets, times)
     w, q, valid = _queries(w, step, offsets, times, codec, trained, options, problems)
     keep = ~problems.any(axis=0)
@@ -191,15 +192,36 @@ def _rows_before(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, cut
     return offsets[:-1] + np.add.reduceat((times < cut[series]).astype(np.int64), offsets[:-1])
 
 
+def _last_anchor(
+    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, codec: TimeCodec
+) -> tuple[np.ndarray, np.ndarray]:
+    """A model trained on anchored origins forecasts from each series' last anchor at or before its last row (inputs
+    before it); a series without one gets its first time as origin (too short for the model's context)."""
+    from datamodules.stamps import anchor_origins
+
+    first, last = times[offsets[:-1]], times[offsets[1:] - 1]
+    owner, origin, _ = anchor_origins(first, last, trained.spec.anchor, max(trained.spec.every_days, 1), codec)
+    at = first.copy()
+    at[owner] = origin  # sorted by series then time: the last one of each series wins
+    return _rows_before(series, offsets, times, at), at
+
+
 def _origin_windows(
-    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, options: Options
+    series: np.ndarray,
+    offsets: np.ndarray,
+    times: np.ndarray,
+    trained: Trained,
+    options: Options,
+    codec: TimeCodec | None = None,
 ) -> tuple[Windows, np.ndarray]:
     """Windows ending at each series' last row or before each origin,
     and (3, W) flags: too few rows for the context, one row only (set by ``_queries`` when the spacing decides
     the query times), no input row."""
     spec, first = trained.spec, offsets[:-1]
     ends = (
-        [(offsets[1:], times[offsets[1:] - 1])]
+        [_last_anchor(series, offsets, times, trained, codec)]
+        if options.origins is None and spec.anchor is not None
+        else [(offsets[1:], times[offsets[1:] - 1])]
         if options.origins is None
         else [
             (_rows_before(series, offsets, times, np.full(len(first), o)), np.full(len(first), o))
@@ -235,6 +257,8 @@ def _queries(
     ``predict_queries``, else the trained horizon K (count windows) or the forecast span D, every step of the
     series' own spacing: calendar days in the data's zone for a series with calendar spacing, else its own spacing
     (regular series) or its median spacing rounded to a clean step (``stamps.calendar_days``, ``stamps.clean_step``)."""
+    if options.observed_span is not None:
+        return (w, *_observed_queries(w, offsets, times, options.observed_span))
     given = options.query_times if options.query_times is not None else trained.predict_queries
     if given is not None:
         q = np.tile(np.asarray(given, dtype=np.float64), (len(w), 1))
@@ -260,6 +284,22 @@ def _queries(
     if days.any():
         q = np.where(days > 0, calendar_offsets(w.origin, days, codec), q)
     return w, np.where(valid, q, 0.0), valid
+
+
+def _observed_queries(
+    w: Windows, offsets: np.ndarray, times: np.ndarray, span: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(W, K) query times at each window's own rows in [origin, origin + span] (what a backtest scores an irregular
+    series at: no resampling), and their validity (a window without such rows has none)."""
+    from datamodules.windows import searchsorted_by_series
+
+    row_series = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    hi = searchsorted_by_series(row_series, times, w.series, w.origin + span, "right")
+    n = np.maximum(hi - w.in_hi, 0)
+    k = np.arange(max(int(n.max(initial=0)), 1))
+    valid = k[None, :] < n[:, None]
+    rows = np.minimum(w.in_hi[:, None] + k[None, :], len(times) - 1)
+    return np.where(valid, times[rows] - w.origin[:, None], 0.0), valid
 
 
 def _window_reasons(problems: np.ndarray, w: Windows, codec: TimeCodec, options: Options, trained: Trained):

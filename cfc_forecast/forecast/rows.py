@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cfc_forecast.forecast.options import options_for
-from cfc_forecast.forecast.prepare import Chunk, prepare
+from cfc_forecast.forecast.prepare import Chunk, Options, prepare
 from cfc_forecast.forecast.trained import JobError, Trained, check_schema, contract, live_checkpoint, model_from
 from cfc_forecast.writer import forecast_frame
 
@@ -165,6 +165,20 @@ def spacing_note(spacing: float, trained: Trained) -> list[str]:
     return []
 
 
+def with_observed_span(options: Options, trained: Trained, span: float | None) -> Options:
+    """``options`` that query each window's observed rows in [origin, origin + span] (None: as they are).
+
+    Raises:
+        JobError: a model without the continuous-time head (its head forecasts fixed steps), or a span <= 0.
+    """
+    if span is None:
+        return options
+    if trained.head != "continuous" or span <= 0:
+        raise JobError(f"forecasts at the observed times need the continuous-time head and a span > 0; this model's "
+                       f"head is {trained.head!r}, the span {span}")  # fmt: skip
+    return replace(options, observed_span=float(span))
+
+
 def forecast_report(
     source: Source,
     data: Data,
@@ -175,13 +189,19 @@ def forecast_report(
     min_rows: int | None = None,
     batch_size: int = 256,
     trainer_kwargs: dict[str, Any] | None = None,
+    observed_span: float | None = None,
 ) -> Forecasts:
-    """:func:`forecast_rows` with its report: the skipped series with reasons, notes and counts."""
+    """:func:`forecast_rows` with its report: the skipped series with reasons, notes and counts.
+
+    ``observed_span`` (time units; continuous-time head, with ``origins``): forecast at each series' own rows in
+    [origin, origin + span] instead of the query rule (what ``cfc-forecast backtest`` scores irregular series at).
+    """
     if batch_size < 1:
         raise JobError(f"batch_size must be >= 1, got {batch_size}")
     model, trained = load(source, datamodule)
     frame, notes = read_rows(data, trained)
     options = options_for(trained, frame.schema[trained.time_column], origins, query_times, min_rows, flag="")
+    options = with_observed_span(options, trained, observed_span)
     no_id = pl.DataFrame(schema={"series": pl.String, "reason": pl.String})
     if trained.id_column is not None and (n := frame[trained.id_column].null_count()):
         frame = frame.filter(pl.col(trained.id_column).is_not_null())

@@ -167,8 +167,9 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
         calendar=list(state["calendar"]),
         time_is_datetime=bool(state["time_is_datetime"]),
         spec=WindowSpec(
-            w["mode"], lookback=w["lookback"], horizon=w["horizon"], observe=w["observe"], forecast=w["forecast"]
-        ),
+            w["mode"], lookback=w["lookback"], horizon=w["horizon"], observe=w["observe"], forecast=w["forecast"],
+            every_days=w.get("every_days", 0), anchor=w.get("anchor"),
+        ),  # fmt: skip
         predict_queries=state["predict_queries"],
         first_dt_from_zero=bool(state["first_dt_from_zero"]),
         median_step=float(state["median_step"]),

@@ -1,0 +1,217 @@
+"""``cfc-forecast backtest``: origins on the calendar, the model through the one forecast function, the baselines
+and the scores recomputed by hand, resuming, refusals, and a refit backtest equal to a hand-made sequence of fits.
+
+Nothing here depends on how well the tiny models learned: the model's rows are compared with ``forecast_rows`` of
+the same checkpoint, the naive baseline with the last value before each origin, the scores with numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from cfc_forecast.backtest import backtest
+from cfc_forecast.cli import cli, main
+from cfc_forecast.errors import UserError
+from cfc_forecast.forecast import forecast_rows
+
+ZONE = "Europe/Berlin"
+
+
+@pytest.fixture(autouse=True)
+def _bare_argv(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["cfc-forecast"])
+
+
+def hourly(path: Path) -> pl.DataFrame:
+    """Three hourly series in Berlin time, 16-30 March 2026 (across the change to summer time on the 29th)."""
+    rng = np.random.default_rng(0)
+    stamps = pl.datetime_range(datetime(2026, 3, 16), datetime(2026, 3, 30, 23), "1h", time_zone=ZONE, eager=True)
+    h = np.arange(len(stamps), dtype=np.float64)
+    frame = pl.concat([
+        pl.DataFrame({"id": f"s{s}", "t": stamps, "y": 5.0 * s + np.sin(h / 4) + 0.1 * rng.standard_normal(len(h)),
+                      "x": np.cos(h / 4)})
+        for s in range(3)
+    ])  # fmt: skip
+    frame.write_parquet(path)
+    return frame
+
+
+def config(tmp: Path, **data: object) -> Path:
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "data": {"class_path": "datamodules.SeriesDataModule",
+                 "init_args": {"path": str(tmp / "rows.parquet"), "id_column": "id", "time_column": "t",
+                               "targets": ["y"], "lookback": 8, "horizon": 3, "stride": 4, "time_unit": "h", **data}},
+        "model": {"hidden_size": 8, "backbone_units": 8, "head": "direct"},
+    }  # fmt: skip
+    path = tmp / f"fit{len(list(tmp.glob('fit*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("backtest")
+    frame = hourly(tmp / "rows.parquet")
+    cfg = config(tmp, split_times=["2026-03-26 00:00", "2026-03-28 00:00"])
+    with pytest.MonkeyPatch.context() as mp:  # the CLI runs on its args, not pytest's
+        mp.setattr("sys.argv", ["cfc-forecast"])
+        cli(["fit", f"--config={cfg}", f"--run_dir={tmp / 'run'}"])
+    return tmp, frame, cfg, tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+def test_origins_keep_the_wall_clock_time_across_dst_and_the_model_rows_are_forecast_rows(fitted):
+    tmp, frame, cfg, ckpt = fitted
+    out = tmp / "bt"
+    overall = backtest(str(cfg), n_windows=3, step="1d", output=str(out), ckpt_path=str(ckpt))
+    got = pl.read_parquet(out / "forecasts.parquet")
+    origins = got["origin_time"].unique().sort()
+    # the last origin is the last stamp (30 Mar 23:00) minus the 3 h the model forecasts; one calendar day apart
+    assert [o.strftime("%d %H:%M %z") for o in origins] == ["28 20:00 +0100", "29 20:00 +0200", "30 20:00 +0200"]
+    assert np.diff(origins.dt.epoch("s").to_numpy()).tolist() == [23 * 3600, 24 * 3600]
+    assert sorted(got["forecaster"].unique()) == ["linear", "model", "naive"]
+    model = got.filter(pl.col("forecaster") == "model")
+    for origin in origins:
+        alone = forecast_rows(str(ckpt), frame, origins=[origin.isoformat()])
+        mine = model.filter(pl.col("origin_time") == origin).select(alone.columns)
+        assert mine.shape == alone.shape == (3 * 3, 5)
+        np.testing.assert_allclose(mine["prediction"].to_numpy(), alone["prediction"].to_numpy(), rtol=0, atol=1e-6)
+    assert got["actual"].null_count() == 0 and got["step"].max() == 3
+
+    # the naive baseline is the last value before each origin
+    naive = got.filter(pl.col("forecaster") == "naive")
+    for series, origin, value in naive.select("series", "origin_time", "prediction").unique().iter_rows():
+        before = frame.filter((pl.col("id") == series) & (pl.col("t") < origin))["y"][-1]
+        assert value == pytest.approx(before, abs=1e-5)
+
+    # the overall scores, by hand from the forecasts
+    for who in ("model", "naive", "linear"):
+        part = got.filter(pl.col("forecaster") == who)
+        err = part["prediction"].to_numpy() - part["actual"].to_numpy()
+        row = overall.filter(pl.col("forecaster") == who).row(0, named=True)
+        assert row["n"] == 27
+        assert row["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-9)
+        assert row["rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-9)
+        assert row["wql"] == pytest.approx(np.abs(err).sum() / np.abs(part["actual"].to_numpy()).sum(), rel=1e-9)
+    assert pl.read_csv(out / "metrics_by_origin.csv").height == 3 * 3
+    assert (out / "backtest.png").stat().st_size > 0
+
+
+def test_a_killed_backtest_continues_with_the_origins_not_done(fitted):
+    tmp, _, cfg, ckpt = fitted
+    out = tmp / "resume"
+    args = dict(n_windows=2, step="1d", output=str(out), ckpt_path=str(ckpt))
+    backtest(str(cfg), **args)
+    first = pl.read_parquet(out / "forecasts.parquet")
+    kept = (out / "origins" / "0000.parquet").stat().st_mtime_ns
+    (out / "origins" / "0001.parquet").unlink()  # as if killed before the last origin
+    backtest(str(cfg), **args)
+    assert (out / "origins" / "0000.parquet").stat().st_mtime_ns == kept
+    assert pl.read_parquet(out / "forecasts.parquet").equals(first)
+    with pytest.raises(UserError, match="other settings"):
+        backtest(str(cfg), **{**args, "n_windows": 1})
+
+
+def test_refusals_are_one_line(fitted, capsys):
+    tmp, _, cfg, ckpt = fitted
+    # a fourth origin (27 Mar 20:00) lies in the validation split, which picked best.ckpt
+    args = [
+        "backtest",
+        f"--config={cfg}",
+        "--n_windows=4",
+        "--step=1d",
+        f"--output={tmp / 'no'}",
+        f"--ckpt_path={ckpt}",
+    ]
+    assert main(args) == 2
+    assert "inside the checkpoint's train / validation range" in capsys.readouterr().err
+    assert main(["backtest", f"--config={cfg}", "--n_windows=2", "--step=1d", "--refit=sometimes"]) == 2
+    assert "--refit must be" in capsys.readouterr().err
+    assert main(["backtest", f"--config={tmp / 'none.yaml'}", "--n_windows=2", "--step=1d", "--refit=every"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_a_refit_backtest_equals_a_hand_made_sequence_of_fits(fitted):
+    tmp, frame, _, _ = fitted
+    cfg = config(tmp)  # split_fractions 0.7 / 0.15 / 0.15: each fold's validation is the last 0.15/0.85 before it
+    out = tmp / "refit"
+    backtest(str(cfg), n_windows=2, step="1d", output=str(out), refit="every")
+    got = pl.read_parquet(out / "forecasts.parquet").filter(pl.col("forecaster") == "model")
+    first = frame["t"].min().astimezone(timezone.utc)  # absolute times: aware datetimes subtract wall clocks
+    for i, origin in enumerate(got["origin_time"].unique().sort()):
+        cut = first + (origin.astimezone(timezone.utc) - first) * (0.7 / 0.85)
+        run = tmp / f"hand{i}"
+        cli(["fit", f"--config={cfg}", f"--run_dir={run}", "--test_after_fit=false",
+             f'--data.split_times=["{cut.isoformat()}", "{origin.isoformat()}"]'])  # fmt: skip
+        hand = forecast_rows(str(run / "checkpoints" / "best.ckpt"), frame, origins=[origin.isoformat()])
+        mine = got.filter(pl.col("origin_time") == origin)
+        assert mine["time"].equals(hand["time"])
+        np.testing.assert_allclose(mine["prediction"].to_numpy(), hand["prediction"].to_numpy(), rtol=0, atol=1e-6)
+        assert (out / "fits" / f"{i:04d}" / "checkpoints" / "best.ckpt").is_file()
+    folds = yaml.safe_load((out / "backtest.json").read_text())["folds"]
+    assert [f["seed"] for f in folds.values()] == [0, 0]
+
+
+def test_an_irregular_series_is_forecast_at_its_own_observed_times(tmp_path):
+    """A continuous-time head is queried at each series' observed times after the origin: every observed target
+    value in [origin, origin + forecast] is scored, none is resampled."""
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "data": {"class_path": "datamodules.SyntheticDataModule",
+                 "init_args": {"n_series": 8, "mean_observations": 60, "duration": 40, "observe": 4, "forecast": 2,
+                               "every": 1, "batch_size": 16}},
+        "model": {"hidden_size": 8, "backbone_units": 16, "query_cell_units": 8, "head": "continuous"},
+    }  # fmt: skip
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli(["fit", f"--config={path}", f"--run_dir={tmp_path / 'run'}"])
+    out = tmp_path / "bt"
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    overall = backtest(str(path), n_windows=2, step=2.0, output=str(out), ckpt_path=str(ckpt))
+    got = pl.read_parquet(out / "forecasts.parquet")
+    from datamodules import SyntheticDataModule
+
+    rows = SyntheticDataModule(**cfg["data"]["init_args"])._read()
+    targets = [c for c in rows.columns if c not in ("series", "time")]
+    for origin in got["origin_time"].unique():
+        model = got.filter((pl.col("forecaster") == "model") & (pl.col("origin_time") == origin))
+        lead = (model["time"] - model["origin_time"]).to_numpy()
+        assert lead.min() >= 0 and lead.max() <= 2
+        forecast = rows.filter(pl.col("series").is_in(model["series"].unique().implode()))
+        span = forecast.filter(pl.col("time").is_between(origin, origin + 2))
+        observed = sum(span[t].is_not_null().sum() for t in targets)
+        assert model["actual"].is_not_null().sum() == observed > 0
+        naive = got.filter((pl.col("forecaster") == "naive") & (pl.col("origin_time") == origin))
+        assert naive.select("series", "time", "variable").equals(model.select("series", "time", "variable"))
+    assert (
+        overall.filter(pl.col("forecaster") == "model")["n"].sum()
+        == got.filter((pl.col("forecaster") == "model") & pl.col("actual").is_not_null()).height
+    )
+
+
+def test_refit_every_k_origins_and_a_fold_killed_before_its_end_resumes(fitted):
+    tmp, _, _, _ = fitted
+    cfg = config(tmp)
+    out = tmp / "refit2"
+    args = dict(n_windows=2, step="1d", output=str(out), refit=2)
+    backtest(str(cfg), **args)
+    got = pl.read_parquet(out / "forecasts.parquet")
+    assert got["fold"].unique().to_list() == [0] and sorted(p.name for p in (out / "fits").iterdir()) == ["0000"]
+    # as if killed after the fit's last.ckpt, before the fold was recorded and the second origin written
+    (out / "fits" / "0000" / "fold.json").unlink()
+    (out / "origins" / "0001.parquet").unlink()
+    backtest(str(cfg), **args)
+    history = json.loads((out / "fits" / "0000" / "run.json").read_text())["history"]
+    assert [h["subcommand"] for h in history] == ["fit", "fit"] and "resumed_from" in history[1]
+    assert pl.read_parquet(out / "forecasts.parquet").equals(got)
