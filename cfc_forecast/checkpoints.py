@@ -19,6 +19,7 @@ import errno
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +86,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(f"{path}: no such checkpoint file; give one such as runs/<run>/checkpoints/last.ckpt")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint is empty (0 bytes); use another one (best.ckpt or last.ckpt)")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (legacy: a pickle)
+        shown = head.split(b"\n")[0][:40].decode("utf-8", "replace")
+        raise CheckpointError(
+            f"{path}: not a checkpoint (it starts with {shown!r}); give the .ckpt file cfc-forecast fit wrote, "
+            "such as runs/<run>/checkpoints/best.ckpt"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's own text goes on to suggest weights_only=False, which would run the file's code: name the object only
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (e.g. {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: refused: it holds Python objects that a cfc-forecast checkpoint never holds ({first}); "
+            f"{path}: refused: it holds Python objects that a cfc-forecast checkpoint never holds{what}; "
             "load only checkpoints written by cfc-forecast fit"
         ) from None
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EIO, errno.EPERM):
             raise StorageError(f"{path}: the checkpoint could not be read ({err.strerror or err})") from err
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated: {err}); use another one") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated: {str(err)[:120]}); use another one"
+        ) from None
     except Exception as err:  # noqa: BLE001 - whatever the unpickler trips on, the file is not a checkpoint
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -134,8 +147,12 @@ class RngState(Callback):
         version, internal, py_gauss = random.getstate()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "gauss": float(gauss)},  # fmt: skip
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },  # fmt: skip
             "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss": py_gauss},
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -148,8 +148,9 @@ def test_a_crafted_checkpoint_runs_no_code_on_any_entry_point(tmp_path, fitted, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(path) in err, err
     assert forecast_main(["--ckpt_path", str(path), "--input", str(path), "--output", str(tmp_path / "o")]) == 2
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused") as refused:
         ForecastModule.load_from_checkpoint(path)
+    assert "weights_only" not in str(refused.value)  # torch's text advises weights_only=False: never repeated
     with pytest.raises(CheckpointError, match="refused"):
         AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
     assert not marker.exists()
@@ -166,3 +167,10 @@ def test_load_from_checkpoint_refuses_weights_only_false(fitted):
         ForecastModule.load_from_checkpoint(fitted / "checkpoints" / "last.ckpt", weights_only=False)
     model = ForecastModule.load_from_checkpoint(fitted / "checkpoints" / "last.ckpt")
     assert model.hparams.hidden_size == 8
+
+
+def test_a_csv_given_as_the_checkpoint_is_named_as_not_a_checkpoint(tmp_path):
+    data = tmp_path / "readings.csv"
+    data.write_text("device_id,ts,temp\na,2026-01-01 00:00,1.5\n")
+    with pytest.raises(CheckpointError, match=r"not a checkpoint \(it starts with 'device_id,ts,temp'\)"):
+        load_checkpoint(data)
