@@ -98,6 +98,11 @@ def parse_error(message: str, options: list[str]) -> UserError:
     detail = next((ln for ln in lines if ln.startswith("Expected") or "Got value" in ln), lines[-1] if lines else "")
     detail = re.sub(r'[Pp]arser key "[^"]+":\s*', "", detail)
     detail = re.sub(r"Expected an? <class '(?:\w+\.)*(\w+)'>\.?", r"expected \1,", detail)  # <class 'int'>: int
+    given = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Given value:")), None)
+    if detail.endswith(",") and given is not None:  # a union's innermost value (the first "Given value" line)
+        detail += f" got {given!r}"
+        if detail.startswith("expected list"):
+            detail += f"; write a list in brackets, e.g. '[{given}]'"
     if prefix:
         return UserError(f"{prefix}: {detail}")
     return UserError(" ".join(lines)[:300])

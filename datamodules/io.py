@@ -91,15 +91,25 @@ def _read_csv(path: Path) -> pl.DataFrame:
     try:
         frame = pl.read_csv(path, infer_schema_length=10_000)
     except pl.exceptions.NoDataError:
-        raise UserError(f"{path}: the file is empty (no header, no rows); give a CSV with a header row") from None
-    if frame.width == 1:
-        found = [sep for sep in (";", "\t", "|") if sep in frame.columns[0]]
+        raise UserError(csv_problem(path, None)) from None
+    if (problem := csv_problem(path, frame.columns)) is not None:
+        raise UserError(problem)
+    return frame
+
+
+def csv_problem(path: Path, columns: list[str] | None) -> str | None:
+    """What is wrong with a CSV file whose header reads as ``columns`` (None: no header, the file is empty), with
+    the fix; None when nothing is. Every reader of CSV files (fit, ``predict``, the batch job) asks this."""
+    if columns is None:
+        return f"{path}: the file is empty (no header, no rows); give a CSV with a header row"
+    if len(columns) == 1:
+        found = [sep for sep in (";", "\t", "|") if sep in columns[0]]
         if found:
-            raise UserError(
-                f"{path}: one column {frame.columns[0]!r}: the file is separated by {found[0]!r}, not by commas; "
+            return (
+                f"{path}: one column {columns[0]!r}: the file is separated by {found[0]!r}, not by commas; "
                 "save it comma-separated (or as Parquet)"
             )
-    return frame
+    return None
 
 
 def _looks_like_time(frame: pl.DataFrame) -> list[str]:
@@ -142,10 +152,13 @@ def require_columns(frame: pl.DataFrame, columns: list[str], source: str, role: 
 
 
 def numeric_columns(frame: pl.DataFrame, columns: list[str], source: str) -> pl.DataFrame:
-    """Cast columns to Float64 (NaN becomes missing); raise on text that is not a number and on infinities."""
+    """Cast columns to Float64 (NaN and empty text become missing); raise on text that is not a number and on
+    infinities."""
     exprs = []
     for c in columns:
         col = frame[c]
+        if col.dtype == pl.String:  # a quoted empty cell ("" or " ", as some exports write them) is an empty cell
+            col = pl.Series(c, col.str.strip_chars()).replace("", None)
         cast = col.cast(pl.Float64, strict=False)
         bad = col.filter(cast.is_null() & col.is_not_null())
         if len(bad):

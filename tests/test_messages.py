@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cfc_forecast.cli import main
@@ -140,3 +141,56 @@ def test_split_times_with_one_cut_off_names_the_option(capsys, csv):
         capsys, [*own(csv, "--data.forecast=6h", "--data.targets=[temp]"), "--data.split_times=[2026-01-02]"], "fit"
     )
     assert "--data.split_times needs 2 or 3 cut-offs" in line
+
+
+@pytest.fixture(scope="module")
+def readings_model(csv, tmp_path_factory) -> Path:
+    """One epoch on the readings: a checkpoint for the prediction paths."""
+    run = tmp_path_factory.mktemp("model") / "run"
+    args = own(csv, "--data.forecast=6h", "--data.targets=[temp]", "--trainer.max_epochs=1", f"--run_dir={run}")
+    args += ["--model.hidden_size=8", "--trainer.enable_progress_bar=false"]
+    old = sys.argv
+    sys.argv = ["cfc-forecast"]
+    try:
+        assert main(args) == 0
+    finally:
+        sys.argv = old
+    return run / "checkpoints" / "best.ckpt"
+
+
+def test_predict_and_the_job_name_an_empty_csv_and_another_separator_as_fit_does(capsys, csv, readings_model, tmp_path):
+    (tmp_path / "semi.csv").write_text(csv.read_text().replace(",", ";"))
+    (tmp_path / "empty.csv").write_text("")
+    for name, says in (("semi.csv", "separated by ';', not by commas"), ("empty.csv", "the file is empty")):
+        data = tmp_path / name
+        line = one_line(capsys, ["predict", f"--ckpt_path={readings_model}", f"--data.path={data}"], "predict")
+        assert f"{data}: " in line and says in line
+        args = ["forecast", f"--ckpt_path={readings_model}", f"--input={data}", f"--output={tmp_path / 'out'}"]
+        line = one_line(capsys, args, "forecast")
+        assert f"{data}: " in line and says in line
+
+
+def test_quoted_empty_cells_are_empty_cells(csv, readings_model, tmp_path):
+    # some exports write an empty cell as "": it is missing, as an unquoted empty cell is (it once asked to "leave
+    # missing values empty")
+    text = csv.read_text().splitlines()
+    quoted = [text[0]] + [",".join('""' if cell == "" else cell for cell in row.split(",")) for row in text[1:]]
+    assert any('""' in row for row in quoted)
+    (tmp_path / "quoted.csv").write_text("\n".join(quoted) + "\n")
+    from cfc_forecast.forecast import forecast_rows
+
+    plain, quoted_rows = forecast_rows(readings_model, csv), forecast_rows(readings_model, tmp_path / "quoted.csv")
+    assert plain.equals(quoted_rows)
+    from datamodules import SeriesDataModule
+
+    built = [
+        SeriesDataModule(path=str(path), id_column="device_id", time_column="ts", targets=["temp"], forecast="6h",
+                         observe="24h")._ensure_built()
+        for path in (csv, tmp_path / "quoted.csv")
+    ]  # fmt: skip
+    assert np.array_equal(built[0].scaler.loc, built[1].scaler.loc)
+
+
+def test_a_list_option_given_without_brackets_says_how_to_write_it(capsys, csv):
+    line = one_line(capsys, own(csv, "--data.forecast=6h", "--data.targets=temp"), "fit")
+    assert "--data.targets: expected list, got 'temp'; write a list in brackets, e.g. '[temp]'" in line

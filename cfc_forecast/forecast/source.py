@@ -20,7 +20,7 @@ import polars as pl
 
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast.trained import JobError, Trained
-from datamodules.io import expand_paths
+from datamodules.io import csv_problem, expand_paths
 from datamodules.stamps import harmonise_zones
 
 CHUNK = "__chunk"
@@ -55,8 +55,12 @@ def scan(files: list[Path], trained: Trained) -> tuple[pl.LazyFrame, list[str], 
         lf = pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_csv(path, infer_schema_length=10_000)
         try:
             schema = lf.collect_schema()
+        except pl.exceptions.NoDataError:
+            raise JobError(csv_problem(path, None)) from None
         except pl.exceptions.PolarsError as err:
             raise JobError(f"{path}: cannot be read ({type(err).__name__}: {err})") from None
+        if path.suffix == ".csv" and (problem := csv_problem(path, list(schema))) is not None:
+            raise JobError(problem)
         from cfc_forecast.forecast.trained import check_schema
 
         notes += [f"{path.name}: {n}" for n in check_schema(schema, trained, str(path))]
