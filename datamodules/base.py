@@ -49,6 +49,10 @@ class SeriesDataModule(L.LightningDataModule):
         time_unit: unit of all times and durations in a batch; for numeric time columns, the numbers' unit.
         time_format: format of text time stamps, e.g. "%d/%m/%Y %H:%M" (default: the one format that reads them
             all; refused when several read them differently). Saved in the checkpoint for every later reading.
+        time_zone: the IANA time zone of the data, e.g. "Europe/Berlin": zone-aware stamps are converted to it (a
+            CSV keeps UTC offsets but no zone name: its stamps are read as UTC), naive ones read as its wall-clock
+            times (a local time it skips or repeats is refused). Calendar days, calendar features and forecast
+            stamps follow it; saved in the checkpoint. Default: the stamps' own zone (naive: none).
         duplicates: several rows of one series at one time stamp: "error", or aggregate by mean/first/last.
         lookback: count windows: L input rows. horizon: count windows: K target rows. stride: rows between starts.
         observe: duration W before the origin ("2d", "6h" or a number in time_unit); None in fixed mode = all.
@@ -88,6 +92,7 @@ class SeriesDataModule(L.LightningDataModule):
         calendar: list[CalendarFeature] | None = None,
         time_unit: TimeUnit = "h",
         time_format: str | None = None,
+        time_zone: str | None = None,
         duplicates: Duplicates = "error",
         lookback: int | None = None,
         horizon: int | None = None,
@@ -211,6 +216,7 @@ class SeriesDataModule(L.LightningDataModule):
             variable_column=h.variable_column,
             value_column=h.value_column,
             time_format=h.time_format,
+            time_zone=h.get("time_zone"),
         )
         if self.spec.mode == "fixed":
             self.spec.origin = user_time(h.origin, table.codec, "origin")

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from cfc_forecast.errors import UserError
-from datamodules.stamps import harmonise_zones, to_datetime_or_number
+from datamodules.stamps import harmonise_zones, in_zone, to_datetime_or_number
 from datamodules.timing import TimeCodec, codec_for
 
 log = logging.getLogger(__name__)
@@ -287,11 +287,13 @@ def canonical_table(
     value_column: str = "value",
     every_variable: bool = True,
     time_format: str | None = None,
+    time_zone: str | None = None,
 ) -> Table:
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
 
     ``every_variable=False`` (rows to forecast, not to fit on) accepts a variable that is never observed.
     ``time_format``: the format of text time stamps (default: inferred, ``stamps.infer_time_format``).
+    ``time_zone``: the IANA zone the date-times are read in (``stamps.in_zone``; default: as they are).
 
     Raises:
         UserError: empty input, missing columns, unparseable or null time stamps, null series ids,
@@ -308,6 +310,8 @@ def canonical_table(
         if frame[c].null_count():
             raise UserError(_empty_cells(frame, c, time_column, source))
     frame, time_format = to_datetime_or_number(frame, time_column, source, time_format)
+    what = f"{source}: column {time_column!r}"
+    frame = frame.with_columns(in_zone(frame[time_column], time_zone, what))
     counts: dict[str, int] = {}
     if layout == "long":
         frame = long_to_wide(

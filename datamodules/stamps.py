@@ -204,9 +204,10 @@ def localize(naive: pl.Series, zone: str, what: str) -> pl.Series:
         UserError: naming ``what``, for a stamp ``zone`` skips or repeats, with the UTC offsets that make it exact.
     """
     skipped = naive.dt.replace_time_zone(zone, non_existent="null", ambiguous="null")
-    if skipped.null_count() == 0:
+    lost = skipped.is_null() & naive.is_not_null()  # empty stamps stay empty
+    if not lost.any():
         return skipped
-    first = naive.filter(skipped.is_null()).head(1)
+    first = naive.filter(lost).head(1)
     early = first.dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
     if early.null_count() == 0:  # ambiguous: the hour is repeated
         late = first.dt.replace_time_zone(zone, ambiguous="latest")
@@ -222,6 +223,24 @@ def localize(naive: pl.Series, zone: str, what: str) -> pl.Series:
         f"{what}: {stamp} does not exist in time zone {zone} (the clocks skip it); give an existing time, or write "
         f"it with a UTC offset, e.g. '{stamp}{before}'"
     )
+
+
+def in_zone(stamps: pl.Series, zone: str | None, what: str) -> pl.Series:
+    """Date-times in the IANA time zone ``zone`` (``--data.time_zone``): zone-aware stamps (e.g. a CSV's UTC
+    offsets, read as UTC) are converted to it, naive ones read as its wall-clock times; None leaves them as they are.
+
+    Raises:
+        UserError: an unknown zone, or a naive stamp ``zone`` skips or repeats (``localize``), naming ``what``.
+    """
+    if zone is None or not isinstance(stamps.dtype, pl.Datetime):
+        return stamps
+    try:
+        if stamps.dtype.time_zone is not None:
+            return stamps.dt.convert_time_zone(zone)
+        return localize(stamps, zone, what)
+    except pl.exceptions.ComputeError as err:  # polars names an unknown zone
+        raise UserError(f"--data.time_zone {zone!r} is not a time zone ({err}); give an IANA name such as "
+                        "'Europe/Berlin' or 'UTC'") from None  # fmt: skip
 
 
 # -- files with time stamps in several zones -------------------------------------------------------------------

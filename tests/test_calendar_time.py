@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from cfc_forecast.cli import main
+from cfc_forecast.errors import UserError
 from cfc_forecast.forecast import forecast_rows
 from cfc_forecast.forecast import main as job_main
 from cfc_forecast.forecast.options import options_for
@@ -209,3 +210,51 @@ def test_window_origins_every_day_keep_their_local_time_across_both_dst_changes(
         dm = SeriesDataModule.from_frame(frame, every="24h", **hourly)
         dm.setup()
         np.testing.assert_array_equal(np.diff(dm._built.windows["train"].origin), 24.0)
+
+
+def offsets_csv(frame: pl.DataFrame, path: Path) -> Path:
+    """``frame`` as a CSV writes it: stamps with UTC offsets (+01:00 / +02:00) but no zone name."""
+    frame.with_columns(pl.col("t").dt.strftime("%Y-%m-%dT%H:%M:%S%:z")).write_csv(path)
+    return path
+
+
+FALL_BACK = ["Sun 2026-10-25 00:00 CEST", "Mon 2026-10-26 00:00 CET", "Tue 2026-10-27 00:00 CET",
+             "Wed 2026-10-28 00:00 CET"]  # fmt: skip
+
+
+def test_a_csv_with_utc_offsets_read_in_its_time_zone_keeps_local_midnight_across_dst(tmp_path):
+    # a CSV keeps offsets, not the zone: read as UTC, local midnight is 22:00 or 23:00 and the days drift by an
+    # hour across the change; --data.time_zone names the zone
+    frame = local_series(datetime(2026, 8, 1), datetime(2026, 10, 24), "1d")  # ends Sat 24 Oct, CEST
+    path = offsets_csv(frame, tmp_path / "daily.csv")
+    dm = SeriesDataModule(path=str(path), id_column="id", time_column="t", targets=["y"], time_unit="d", lookback=14,
+                          horizon=4, calendar=["day_of_week"], time_zone=BERLIN)  # fmt: skip
+    dm.setup()
+    stamps = dm.decode_times(dm._built.tensors.times.numpy())
+    assert stamps.dtype.time_zone == BERLIN and stamps.dt.hour().unique().to_list() == [0]
+    ckpt = fit(pl.read_csv(path), tmp_path, time_unit="d", lookback=14, horizon=4, stride=7,
+               calendar=["day_of_week"], time_zone=BERLIN)  # fmt: skip
+    assert local(forecast_rows(ckpt, pl.read_csv(path))) == FALL_BACK
+    run = tmp_path / "p"
+    assert main(["predict", f"--ckpt_path={ckpt}", f"--data.path={path}", f"--run_dir={run}"]) == 0
+    assert local(pl.read_parquet(run / "predictions.parquet")) == FALL_BACK
+
+
+def test_prediction_input_is_read_in_the_training_data_zone(daily, tmp_path):
+    # a model trained on zone-aware Berlin stamps, given a CSV of the same rows (offsets, read as UTC): forecasts in
+    # Berlin time, on local midnights across the change
+    path = offsets_csv(daily["frame"], tmp_path / "daily.csv")
+    assert local(forecast_rows(daily["ckpt"], pl.read_csv(path), origins=["2026-10-24"])) == FALL_BACK
+    job = ["--ckpt_path", str(daily["ckpt"]), "--input", str(path), "--progress=false", "--origins=['2026-10-24']"]
+    assert job_main([*job, "--output", str(tmp_path / "job")]) == 0
+    assert local(pl.read_parquet(tmp_path / "job" / "*.parquet")) == FALL_BACK
+
+
+def test_naive_stamps_read_in_a_time_zone_refuse_a_repeated_hour(tmp_path):
+    frame = pl.DataFrame({"id": "a", "t": [datetime(2026, 10, 25, h, 30) for h in range(5)], "y": range(5)})
+    with pytest.raises(UserError, match=r"2026-10-25 02:30 occurs twice in time zone Europe/Berlin"):
+        SeriesDataModule.from_frame(frame, id_column="id", time_column="t", targets=["y"], lookback=2, horizon=1,
+                                    time_zone=BERLIN)._ensure_built()  # fmt: skip
+    with pytest.raises(UserError, match="--data.time_zone 'Europe/Berlinn' is not a time zone"):
+        SeriesDataModule.from_frame(frame, id_column="id", time_column="t", targets=["y"], lookback=2, horizon=1,
+                                    time_zone="Europe/Berlinn")._ensure_built()  # fmt: skip

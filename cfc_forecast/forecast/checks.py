@@ -17,7 +17,7 @@ import polars as pl
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.io import TIME
-from datamodules.stamps import infer_time_format, parse_stamps
+from datamodules.stamps import in_zone, infer_time_format, parse_stamps
 from datamodules.timing import TimeCodec
 
 ID = "__id"
@@ -28,7 +28,8 @@ def parse_time(frame: pl.DataFrame, trained: Trained) -> tuple[pl.DataFrame, Tim
 
     Text stamps are read with the format inferred in training (``Trained.time_format``); when the training data's
     stamps were not text, the one format of this input is inferred as in training; checkpoints older than the
-    stored format let polars infer it, as they did.
+    stored format let polars infer it, as they did. Date-times are read in the training data's time zone
+    (``stamps.in_zone``).
 
     Raises:
         JobError: text stamps that no one format reads, or that several read differently.
@@ -50,6 +51,10 @@ def parse_time(frame: pl.DataFrame, trained: Trained) -> tuple[pl.DataFrame, Tim
             col = pl.Series(col.name, [None] * len(col), pl.Datetime("us"))
     elif col.dtype == pl.Date:
         col = col.cast(pl.Datetime("us"))
+    try:  # in the training data's zone: a CSV's offsets (read as UTC) converted, naive stamps read in it
+        col = in_zone(col, trained.time_zone, f"input column {trained.time_column!r}")
+    except UserError as err:
+        raise JobError(str(err)) from None
     return frame.with_columns(col), TimeCodec(trained.time_unit, True, col.dtype.time_zone, fmt)
 
 

@@ -28,7 +28,8 @@ def options_for(
     from datamodules.stamps import user_time
     from datamodules.timing import TimeCodec, duration_days, parse_duration
 
-    zone = getattr(time_dtype, "time_zone", None)
+    # the input is read in the training data's zone (``checks.parse_time``); older checkpoints: the input's own
+    zone = trained.time_zone or getattr(time_dtype, "time_zone", None)
     codec = TimeCodec(trained.time_unit, trained.time_is_datetime, zone, trained.time_format)
     queries = days = None
     try:

@@ -45,6 +45,7 @@ class Trained:
         quantiles: the model's quantile levels, or None.
         time_format: the format the training data's text time stamps were read with (None: they were not text).
         time_format_saved: False for checkpoints older than ``time_format`` (their stamps are parsed as then).
+        time_zone: the training data's time zone (None: naive or numeric); prediction input is read in it.
     """
 
     inputs: list[str]
@@ -70,6 +71,7 @@ class Trained:
     quantiles: list[float] | None
     time_format: str | None = None
     time_format_saved: bool = False
+    time_zone: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -180,6 +182,7 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
         quantiles=list(hp["quantiles"]) if hp.get("loss") == "pinball" else None,
         time_format=state.get("time_format"),
         time_format_saved="time_format" in state,
+        time_zone=state.get("time_zone"),
     )
 
 
