@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from cfc_forecast.cell import Activation, CfCCell, Mode
+from cfc_forecast.errors import UserError
 
 HeadName = Literal["direct", "continuous", "step"]
 MLPActivation = Literal["relu", "gelu", "silu", "tanh"]
@@ -28,7 +29,7 @@ def mlp(
 ) -> nn.Sequential:
     """Linear -> activation -> dropout for every hidden size, then a linear readout to ``out_size``."""
     if activation not in _MLP_ACTIVATIONS:
-        raise ValueError(f"unknown head activation {activation!r}; choose one of {sorted(_MLP_ACTIVATIONS)}")
+        raise UserError(f"unknown head activation {activation!r}; choose one of {sorted(_MLP_ACTIVATIONS)}")
     layers: list[nn.Module] = []
     for width in hidden_sizes:
         layers += [nn.Linear(in_size, width), _MLP_ACTIVATIONS[activation](), nn.Dropout(dropout)]
@@ -64,7 +65,7 @@ class DirectHead(nn.Module):
     ) -> None:
         super().__init__()
         if horizon < 1:
-            raise ValueError(f"the direct head needs a regular horizon >= 1, got {horizon}")
+            raise UserError(f"the direct head needs a regular horizon >= 1, got {horizon}")
         self.shape = (horizon, n_targets, n_outputs)
         self.n_future = n_future
         self.net = mlp(
@@ -198,12 +199,12 @@ def build_head(
     common = dict(hidden_sizes=hidden_sizes, activation=activation, dropout=dropout, n_context=n_context)
     if name == "direct":
         if not horizon:
-            raise ValueError("head='direct' needs a regular horizon (count windows); use head='continuous'")
+            raise UserError("head='direct' needs a regular horizon (count windows); use head='continuous'")
         return DirectHead(hidden_size, n_targets, n_outputs, horizon, n_future, **common)
     if name == "continuous":
         return ContinuousHead(hidden_size, n_targets, n_outputs, n_future, cell_units=cell_units, **common)
     if name == "step":
         if n_future:
-            raise ValueError(f"head='step' cannot use the {n_future} known-future covariates; drop them from the data")
+            raise UserError(f"head='step' cannot use the {n_future} known-future covariates; drop them from the data")
         return StepHead(hidden_size, n_targets, n_outputs, **common)
-    raise ValueError(f"unknown head {name!r}; choose one of ['continuous', 'direct', 'step']")
+    raise UserError(f"unknown head {name!r}; choose one of ['continuous', 'direct', 'step']")

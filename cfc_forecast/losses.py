@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from cfc_forecast.errors import UserError
+
 LossName = Literal["mse", "mae", "huber", "pinball"]
 LOSSES = ("mse", "mae", "huber", "pinball")
 Reduction = Literal["values", "variables"]
@@ -56,7 +58,7 @@ def masked_loss(
         ValueError: an unknown name, or Q that does not fit the loss.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
+        raise UserError(f"unknown loss reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
     return reduce_sums(*_per_variable(*_weighted(pred, y, mask, name, quantiles, huber_delta)), reduction)
 
 
@@ -92,7 +94,7 @@ def reduce_sums(total: Tensor, count: Tensor, reduction: Reduction = "values") -
         ValueError: an unknown reduction.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
+        raise UserError(f"unknown loss reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
     if reduction == "values":
         return total.sum() / count.sum().clamp(min=1)
     seen = count > 0
@@ -104,7 +106,7 @@ def _weighted(
 ) -> tuple[Tensor, Tensor]:
     """Elementwise masked losses (..., C, Q) and their weights (..., C, Q) or (..., C, 1) (1 where observed)."""
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSSES)}")
+        raise UserError(f"unknown loss {name!r}; choose one of {list(LOSSES)}")
     weight = mask.to(pred.dtype)[..., None]  # (..., C, 1)
     if name == "pinball":
         if not quantiles or pred.shape[-1] != len(quantiles):

@@ -156,7 +156,7 @@ class ForecastModule(L.LightningModule):
         self.save_hyperparameters()
         _check_quantiles(loss, quantiles)
         if loss_reduction not in REDUCTIONS:
-            raise ValueError(f"unknown loss_reduction {loss_reduction!r}; choose one of {list(REDUCTIONS)}")
+            raise UserError(f"unknown loss_reduction {loss_reduction!r}; choose one of {list(REDUCTIONS)}")
         self.head_name = _resolve_head(head, horizon)
         self.n_outputs = len(quantiles) if loss == "pinball" else 1
         self.point = point_index(quantiles if loss == "pinball" else None)
@@ -175,7 +175,7 @@ class ForecastModule(L.LightningModule):
         t = self.hparams.target_inputs
         if t is None or (every and any(i < 0 for i in t)):
             need = "every target among the inputs" if every else "target_inputs"
-            raise ValueError(
+            raise UserError(
                 f"{option}=True needs {need} (the input column of each target; the CLI links it), got target_inputs={t}"
             )
         return list(t)
@@ -211,7 +211,7 @@ class ForecastModule(L.LightningModule):
         elif h.encoder in ("lstm", "gru"):
             encoder = RNNEncoder(h.encoder, inputs.size, h.hidden_size, h.rnn_layers, h.backbone_dropout)
         else:
-            raise ValueError(f"unknown encoder {h.encoder!r}; choose one of ['cfc', 'gru', 'lstm']")
+            raise UserError(f"unknown encoder {h.encoder!r}; choose one of ['cfc', 'gru', 'lstm']")
         head = build_head(
             self.head_name,
             encoder.output_size if isinstance(encoder, WiredCfCEncoder) else h.hidden_size,  # wired: motor neurons
@@ -229,7 +229,7 @@ class ForecastModule(L.LightningModule):
         linear = None
         if h.linear_path:
             if self.head_name != "direct" or not h.lookback or not h.horizon:
-                raise ValueError(
+                raise UserError(
                     "linear_path=True needs count windows (a lookback and a horizon, which the CLI links from the "
                     f"DataModule) and the direct head; got head={self.head_name!r}, lookback={h.lookback}, "
                     f"horizon={h.horizon}"
@@ -238,7 +238,7 @@ class ForecastModule(L.LightningModule):
         skip = None
         if h.last_value_skip:
             if self.head_name == "step":
-                raise ValueError("last_value_skip=True needs a forecast head; the per-step head ('step') has none")
+                raise UserError("last_value_skip=True needs a forecast head; the per-step head ('step') has none")
             skip = LastValueSkip(self._targets_in_inputs("last_value_skip"))
         clock = ElapsedTime(h.time_scale, h.learn_time_scale)
         return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin, h.static_into,
@@ -251,7 +251,7 @@ class ForecastModule(L.LightningModule):
     def _truth(self, batch: Batch) -> tuple[Tensor, Tensor]:
         if self.head_name == "step":
             if batch.y_step is None:
-                raise ValueError("head='step' needs per-step targets: build the DataModule with step_targets=True")
+                raise UserError("head='step' needs per-step targets: build the DataModule with step_targets=True")
             return batch.y_step, batch.y_step_mask
         if batch.y is None:
             raise ValueError("this batch has no targets (a prediction batch?)")
@@ -359,7 +359,7 @@ class ForecastModule(L.LightningModule):
         for key in ("input_names", "target_names"):
             ours, theirs = self.hparams.get(key), saved.get(key)
             if ours is not None and theirs is not None and list(ours) != list(theirs):
-                raise ValueError(
+                raise UserError(
                     f"the checkpoint was trained with {key.split('_')[0]}s {list(theirs)}, "
                     f"the data has {list(ours)}; predict with data of the same variables"
                 )
@@ -377,6 +377,6 @@ def _check_quantiles(loss: str, quantiles: list[float] | None) -> None:
     if loss == "pinball":
         q = list(quantiles or [])
         if not q or q != sorted(q) or len(set(q)) != len(q) or not all(0 < v < 1 for v in q):
-            raise ValueError(f"loss='pinball' needs distinct sorted quantiles in (0, 1), got {quantiles}")
+            raise UserError(f"--model.loss pinball needs --model.quantiles: sorted levels in (0, 1), got {quantiles}")
     elif quantiles:
-        raise ValueError(f"quantiles {quantiles} need loss='pinball', got loss={loss!r}")
+        raise UserError(f"--model.quantiles {quantiles} need --model.loss pinball (the quantile loss), got {loss!r}")

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from cfc_forecast.batch import Batch
+from cfc_forecast.errors import UserError
 from cfc_forecast.inputs import ElapsedTime, InputEncoding
 from cfc_forecast.linear import LastValueSkip, LinearPath
 from cfc_forecast.revin import RevIN
@@ -80,13 +81,13 @@ class Forecaster(nn.Module):
     ) -> None:
         super().__init__()
         if static_into not in STATIC_INTO:
-            raise ValueError(f"unknown static_into {static_into!r}; choose one of {list(STATIC_INTO)}")
+            raise UserError(f"unknown static_into {static_into!r}; choose one of {list(STATIC_INTO)}")
         self.inputs, self.clock, self.encoder, self.head, self.revin = inputs, clock, encoder, head, revin
         self.linear, self.skip = linear, skip
         self.channel_independent = channels is not None
         if channels is not None:
             if any(c < 0 for c in channels) or len(set(channels)) != len(channels):
-                raise ValueError(
+                raise UserError(
                     f"channel independence needs a distinct input column for every target, got {channels}"
                 )
             n_in = inputs.n_inputs + len(channels) - 1
@@ -155,7 +156,7 @@ class Forecaster(nn.Module):
         for name, value, size in (("static", batch.static, self.n_static), ("future", batch.future, self.n_future)):
             got = 0 if value is None else value.shape[-1]
             if got != size:
-                raise ValueError(
+                raise UserError(
                     f"the model was built for {size} {name} covariates, the batch has {got}: "
                     f"link model.n_{name} to the DataModule (the CLI does) or rebuild the model"
                 )

@@ -7,6 +7,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from cfc_forecast.errors import UserError
+
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "cosine", "plateau", "onecycle"]
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -37,9 +39,9 @@ def configure(
         ValueError: unknown names.
     """
     if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(_OPTIMIZERS)}")
+        raise UserError(f"unknown optimizer {optimizer!r}; choose one of {sorted(_OPTIMIZERS)}")
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {list(SCHEDULERS)}")
+        raise UserError(f"unknown scheduler {scheduler!r}; choose one of {list(SCHEDULERS)}")
     extra = {"momentum": 0.9} if optimizer == "sgd" else {}
     opt = _OPTIMIZERS[optimizer](module.parameters(), lr=lr, weight_decay=weight_decay, **extra)
     if scheduler == "none":

@@ -80,7 +80,7 @@ class ForecastPlot(Callback):
     def _label(self, errors: np.ndarray, window: int, order: np.ndarray) -> str:
         err = errors[int(np.flatnonzero(order == window)[0])]
         rank = 100 * np.mean(errors[np.isfinite(errors)] <= err)
-        return f"error {err:.3g} (p{rank:.0f})"
+        return f"window MAE {err:.3g} scaled (p{rank:.0f})"
 
 
 def pick_windows(errors: np.ndarray, order: np.ndarray, percentiles: tuple[int, ...]) -> list[int]:
@@ -139,7 +139,7 @@ def draw(dm: Any, b: Batch, out: dict[str, torch.Tensor], module: Any, notes: li
             ax.set_ylabel(name, fontsize=8)
             ax.tick_params(labelsize=7)
             if np.issubdtype(_times(dm, b.origin[:1]).dtype, np.datetime64):
-                locator = mdates.AutoDateLocator()
+                locator = mdates.AutoDateLocator(minticks=3, maxticks=5)  # 4-inch panels: labels must not collide
                 ax.xaxis.set_major_locator(locator)
                 ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     handles, labels = axes[0, 0].get_legend_handles_labels()

@@ -194,3 +194,11 @@ def test_quoted_empty_cells_are_empty_cells(csv, readings_model, tmp_path):
 def test_a_list_option_given_without_brackets_says_how_to_write_it(capsys, csv):
     line = one_line(capsys, own(csv, "--data.forecast=6h", "--data.targets=temp"), "fit")
     assert "--data.targets: expected list, got 'temp'; write a list in brackets, e.g. '[temp]'" in line
+
+
+def test_model_options_that_do_not_fit_together_are_one_line(capsys, csv):
+    args = own(csv, "--data.forecast=6h", "--data.targets=[temp]", "--model.quantiles=[0.1,0.5,0.9]")
+    line = one_line(capsys, args, "fit")
+    assert "--model.quantiles [0.1, 0.5, 0.9] need --model.loss pinball" in line
+    line = one_line(capsys, own(csv, "--data.forecast=6h", "--data.targets=[temp]", "--model.head=direct"), "fit")
+    assert "head='direct' needs a regular horizon (count windows); use head='continuous'" in line

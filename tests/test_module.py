@@ -163,9 +163,9 @@ def test_covariates_are_never_silently_dropped(tiny_synthetic):
 
 
 def test_bad_choices_are_clear_errors(tiny_synthetic):
-    with pytest.raises(ValueError, match="distinct sorted quantiles"):
+    with pytest.raises(ValueError, match="needs --model.quantiles: sorted levels"):
         model_for(tiny_synthetic, loss="pinball", quantiles=[0.9, 0.1])
-    with pytest.raises(ValueError, match="need loss='pinball'"):
+    with pytest.raises(ValueError, match="need --model.loss pinball"):
         model_for(tiny_synthetic, quantiles=[0.5])
     with pytest.raises(ValueError, match="regular horizon"):
         model_for(tiny_synthetic, head="direct")
