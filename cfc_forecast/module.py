@@ -245,8 +245,16 @@ class ForecastModule(L.LightningModule):
                           linear=linear, channels=channels, skip=skip)  # fmt: skip
 
     def forward(self, batch: Batch) -> Tensor:
-        """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head."""
-        return self.net(batch)
+        """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head.
+
+        Outside training, the Q quantile outputs are sorted along Q (monotone rearrangement: Chernozhukov,
+        Fernandez-Val and Galichon, "Quantile and probability curves without crossing", Econometrica 2010), so a
+        forecast's quantiles never cross (a median above its 90% quantile) in metrics, plots or written forecasts;
+        training fits the raw outputs with the pinball loss."""
+        pred = self.net(batch)
+        if self.training or pred.shape[-1] == 1:
+            return pred
+        return pred.sort(dim=-1).values
 
     def _truth(self, batch: Batch) -> tuple[Tensor, Tensor]:
         if self.head_name == "step":

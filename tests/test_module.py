@@ -130,6 +130,21 @@ def test_predict_output_is_the_hand_inverted_scaled_forecast(tiny_synthetic):
     assert row["prediction"][0] == pytest.approx(float(by_hand[b, k, 1]), rel=1e-12)
 
 
+def test_quantile_forecasts_never_cross_outside_training(tiny_synthetic, monkeypatch):
+    model = model_for(tiny_synthetic, loss="pinball", quantiles=[0.1, 0.5, 0.9])
+    batch = _first_batch(tiny_synthetic, "test")
+    raw = model.net(batch).detach()
+    crossing = raw.clone()
+    crossing[..., 0], crossing[..., 2] = raw[..., 2] + 1.0, raw[..., 0] - 1.0  # q0.1 above q0.9 everywhere
+    monkeypatch.setattr(model.net, "forward", lambda b: crossing)
+    assert torch.equal(model.train()(batch), crossing)  # the loss sees the raw outputs
+    with torch.no_grad():
+        ordered = model.eval()(batch)
+        out = model.predict_step(batch, 0)["prediction"]
+    assert torch.equal(ordered, crossing.sort(dim=-1).values)
+    assert (out.diff(dim=-1) >= 0).all()
+
+
 def test_predict_times_are_the_float64_stamps_unless_query_t_was_replaced(tiny_synthetic):
     model = model_for(tiny_synthetic).eval()
     batch = _first_batch(tiny_synthetic, "test")
