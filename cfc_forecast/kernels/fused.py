@@ -112,7 +112,7 @@ def run_fused(
     block_b: int = BLOCK_B,
     precision: str | None = None,
 ) -> Tensor:
-    """Run ``cell`` over a sequence with the fused kernels; the caller checked :func:`cfc_forecast.kernels.fused_reason`.
+    """Run ``cell`` over a sequence with the fused kernels (the caller checked ``kernels.fused_reason``).
 
     Args:
         cell: a CfC cell with one backbone layer, mode default or no_gate, activation tanh, lecun_tanh or relu.
