@@ -64,6 +64,8 @@ class _FusedCfC(torch.autograd.Function):
     @staticmethod
     def forward(ctx, meta, xproj, h0, dt, mask, keep, w_rec, w_head, b_head):
         save = any(ctx.needs_input_grad)
+        if meta["dot_dtype"] is not None:  # autocast: the dots' operands in bfloat16, state and sums in float32
+            w_rec, w_head = w_rec.to(meta["dot_dtype"]), w_head.to(meta["dot_dtype"])
         states, z, y = _launch_forward(xproj, h0, dt, mask, keep, w_rec, w_head, b_head, meta, save)
         if save:
             ctx.meta = meta
@@ -95,8 +97,8 @@ class _FusedCfC(torch.autograd.Function):
         h_prev = torch.cat([h0[:, None], states[:, :-1]], dim=1).reshape(-1, hidden)
         z_in = (z if keep is None else z * keep).reshape(-1, units)
         dy2 = dy.reshape(-1, 4 * hidden)
-        d_w_rec = (da.reshape(-1, units).t() @ h_prev).to(w_rec.dtype)
-        d_w_head = (dy2.t() @ z_in).to(w_head.dtype)
+        d_w_rec = da.reshape(-1, units).t() @ h_prev  # float32 under autocast too (the parameters' dtype)
+        d_w_head = dy2.t() @ z_in
         d_b_head = dy2.sum(0)
         return None, da, dh0, ddt, None, None, d_w_rec, d_w_head, d_b_head
 
@@ -117,6 +119,8 @@ def run_fused(
     Args:
         cell: a CfC cell with one backbone layer, mode default or no_gate, activation tanh, lecun_tanh or relu.
         x: inputs (B, T, F), float32 or float64, on a CUDA device (or CPU tensors under ``TRITON_INTERPRET=1``).
+            Under autocast the kernels' matmul operands are in the autocast dtype (bfloat16), with float32 sums,
+            state and gradients.
         h0: initial state (B, H).
         dt: elapsed times (B, T, 1).
         mask: real steps (B, T, 1) bool, or None.
@@ -127,9 +131,13 @@ def run_fused(
     Returns:
         The states (B, T, H).
     """
-    w, spec = fold_weights(cell)
-    batch, steps, _ = x.shape
-    xproj = torch.nn.functional.linear(x, w["w_x"], w["b_x"]).contiguous()  # (B, T, U): the hoisted input GEMM
+    device = x.device.type
+    dot_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    with torch.autocast(device, enabled=False):  # the state, the pointwise math and every sum in float32
+        w, spec = fold_weights(cell)
+        batch, steps, _ = x.shape
+        # (B, T, U): the hoisted input GEMM, one matmul for all steps
+        xproj = torch.nn.functional.linear(x, w["w_x"], w["b_x"]).contiguous()
     if x.dtype == torch.float64:
         precision = "ieee"
     meta = {
@@ -138,6 +146,7 @@ def run_fused(
         "no_gate": cell.mode == "no_gate",
         "precision": precision or PRECISION,
         "block_b": block_b,
+        "dot_dtype": dot_dtype,
     }
     mask_i8 = None if mask is None else mask.reshape(batch, steps).to(torch.int8).contiguous()
     keep = None if drop is None else drop[0].contiguous()
