@@ -198,6 +198,8 @@ def test_fused_reasons_for_device_dtype_and_autocast(monkeypatch):
     assert "dtype torch.float16" in fused_reason(enc, torch.randn(2, 4, 3).half())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "autocast" in fused_reason(enc, torch.randn(2, 4, 3))
+    huge = torch.empty(2**16, 2**11, 3, device="meta")  # 2**27 rows x 4H = 80: past 2**31 elements, no memory
+    assert "2**31" in fused_reason(enc, huge)
 
 
 def test_auto_keeps_todays_path_and_the_cli_says_so(monkeypatch):

@@ -64,6 +64,9 @@ def fused_reason(encoder, x: Tensor) -> str | None:
         return f"activation {cell.activation!r} is not fused (only {', '.join(ACTIVATIONS)})"
     if max(cell.hidden_size, cell.backbone_units) > MAX_WIDTH:
         return f"hidden_size and backbone_units must be <= {MAX_WIDTH} (the weights stay on chip)"
+    batch, steps = x.shape[:2]
+    if batch * steps * max(4 * cell.hidden_size, cell.backbone_units) >= 2**31:
+        return "the saved activations would pass 2**31 elements (32-bit offsets): split the batch or the sequence"
     if x.dtype not in (torch.float32, torch.float64):
         return f"dtype {x.dtype} is not fused (float32 or float64)"
     if torch.is_autocast_enabled(x.device.type) and not ALLOW_AUTOCAST:
