@@ -217,7 +217,7 @@ def fused_correctness(dev: torch.device) -> dict:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=label == "bf16"):
                     states, _ = enc(x, dt, mask, h0)
                     (states * weights).sum().backward()
-                row[f"{label}_states_max_abs"] = float((states.double().cpu() - s64).abs().max())
+                row[f"{label}_states_max_abs"] = float((states.detach().double().cpu() - s64).abs().max())
                 row[f"{label}_grad_max_rel"] = max(
                     float((p.grad.double().cpu() - q.grad).abs().max() / q.grad.abs().max().clamp(min=1e-12))
                     for p, q in zip(enc.parameters(), ref.parameters(), strict=True)
