@@ -36,13 +36,14 @@ import torch
 from torch import nn
 
 import cfc_forecast
-from cfc_forecast import CfCEncoder, native_available
+from cfc_forecast import CfCEncoder, native, native_available
 from cfc_forecast.wired import WiredCfCEncoder
 
 CONFIGS = {"small": (64, 96), "large": (256, 1024)}
 F, H, UNITS = 7, 64, 128
 RESULTS = Path(__file__).parent / "results" / "speed.json"
 BASELINE = "ncps 1.0.1 CfC"
+OWN = "cfc-forecast CfCEncoder (native loop, own small GEMM)"
 WIRED = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (native loop, layer after layer)"
 WIRED_PYTHON = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (pure-PyTorch loop)"
 WIRED_NCPS = "ncps 1.0.1 CfC, AutoNCP(64, 16)"
@@ -82,10 +83,22 @@ def models(batch: int, steps: int, with_extras: bool) -> dict[str, tuple[nn.Modu
     ours.load_ncps_state_dict(ref.state_dict())
     fallback = CfCEncoder(F, H, backbone_units=UNITS, backbone_layers=1, impl="python", check_values=False)
     fallback.load_ncps_state_dict(ref.state_dict())
+    own = CfCEncoder(F, H, backbone_units=UNITS, backbone_layers=1, impl="native", check_values=False)
+    own.load_ncps_state_dict(ref.state_dict())
+
+    def own_gemm(x, dt):
+        """The native loop with our own small GEMM (csrc/small_gemm.h) instead of torch's BLAS."""
+        native.OWN_GEMM = True
+        try:
+            return own(x, dt)[1]
+        finally:
+            native.OWN_GEMM = False
+
     lstm = nn.LSTM(F, H, batch_first=True)
     # ncps 1.0.1 slices per-step times to (B,): expand them to (B, T, H) so the numbers are right (CFC.md)
     table = {
         "cfc-forecast CfCEncoder (native loop)": (ours, lambda x, dt: ours(x, dt)[1]),
+        OWN: (own, own_gemm),
         "cfc-forecast CfCEncoder (pure-PyTorch fallback)": (fallback, lambda x, dt: fallback(x, dt)[1]),
         "ncps 1.0.1 CfC": (ref, lambda x, dt: ref(x, timespans=dt[..., None].expand(-1, -1, H))[1]),
         "torch.nn.LSTM": (lstm, lambda x, dt: lstm(x)[0][:, -1]),

@@ -19,8 +19,8 @@ from cfc_forecast.native import native_available
 
 # the encoder's implementations: the pure-PyTorch loop, the native loop (its raw-pointer loop where it applies,
 # fused CPU kernels), the native loop over ATen views with the fused kernels, and the native loop with the
-# device-generic ATen kernels (what runs on CUDA)
-IMPLS = ["python", "native", "native-aten", "native-generic"]
+# device-generic ATen kernels (what runs on CUDA), and the raw loop with our own small GEMM instead of the BLAS
+IMPLS = ["python", "native", "native-aten", "native-generic", "native-own-gemm"]
 
 
 @pytest.fixture(params=IMPLS)
@@ -32,7 +32,8 @@ def impl(request, monkeypatch):
             pytest.fail("the native CfC loop did not build in CI")
         pytest.skip("the native CfC loop is not available here (no compiler)")
     monkeypatch.setattr(native, "ALLOW_FUSED", name != "native-generic")
-    monkeypatch.setattr(native, "ALLOW_RAW", name == "native")
+    monkeypatch.setattr(native, "ALLOW_RAW", name in ("native", "native-own-gemm"))
+    monkeypatch.setattr(native, "OWN_GEMM", name == "native-own-gemm")
     return "python" if name == "python" else "native"
 
 
