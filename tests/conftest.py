@@ -10,6 +10,9 @@ import os
 # quickstart fit on 2 cores). Set before torch loads, as the OpenMP runtime reads it then. The tests that need the
 # threaded paths of the native loop ask for them with the ``two_threads`` fixture.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Triton's CPU interpreter for the fused kernel's tests (tests/test_kernels.py): it must be on before triton is first
+# imported (torch._dynamo, loaded by lightning, imports it early), and nothing else in the suite runs triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -23,22 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def fused():
-    """The kernels' wrapper module, loaded with Triton's interpreter on (it is read when the kernels are defined)."""
+    """The kernels' wrapper module, with Triton's interpreter on (tests/conftest.py sets it before triton loads)."""
     if not triton_installed():
         if os.environ.get("CI"):
             pytest.fail("triton is not installed in CI (.ci/run installs the [kernels] extra)")
         pytest.skip("triton is not installed (pip install 'cfc-forecast[kernels]')")
-    if "cfc_forecast.kernels.cfc_triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the kernels were loaded without TRITON_INTERPRET=1 in this process")
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
+    if os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py sets it before triton loads
+        pytest.skip("TRITON_INTERPRET is not 1 in this process: the kernels would need a GPU")
     from cfc_forecast.kernels import fused as module
 
-    yield module
-    if previous is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = previous
+    return module
 
 
 def pair(dtype=torch.float64, **options):

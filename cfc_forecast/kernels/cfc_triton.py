@@ -25,6 +25,10 @@ Layout of the work (the ideas of FlashRNN, HASTE and cuDNN's persistent RNNs, wr
   sequences, in torch (cuDNN's and HASTE's backward): no atomics, no grid-wide synchronisation, and the same bits
   on every run.
 
+tanh is written as 2 sigmoid(2x) - 1 (finite for every input). The interpreter (``TRITON_INTERPRET=1``) must be on
+before triton is first imported (triton.language's own jit functions, tl.sigmoid and tl.sum, are made then); the
+test suite sets it in tests/conftest.py, since torch._dynamo (loaded by lightning) imports triton early.
+
 Every tile dimension is a power of two >= 16 (what ``tl.dot`` needs on a GPU); sizes that are not (H = 20, a
 batch of 37) are padded in registers: loads outside the real sizes read 0 and stores are masked. A zero-padded
 hidden unit stays exactly 0 (its heads are 0, so tanh(0) = 0 on both branches), so it never leaks into real ones.
@@ -37,12 +41,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-
-@triton.jit
-def _tanh(x):
-    # tanh through the sigmoid: finite for every input (exp overflows to inf, and 2 / inf = 0)
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
 
 @triton.jit
@@ -103,7 +101,7 @@ def cfc_forward_kernel(
         xp = tl.load(xp_ptr + row_u + t * U, mask=m_bu, other=0.0)
         a = xp + tl.dot(h.to(wrec_t.dtype), wrec_t, input_precision=PRECISION)
         if ACT == 1:
-            z = _tanh(a)
+            z = 2.0 * tl.sigmoid(2.0 * a) - 1.0
         else:
             z = tl.maximum(a, 0.0)
         if SAVE:
@@ -122,8 +120,8 @@ def cfc_forward_kernel(
             tl.store(y_t + 2 * H, ta, mask=m_bh)
             tl.store(y_t + 3 * H, tb, mask=m_bh)
         d = tl.load(dt_ptr + rb * T + t, mask=mb, other=0.0)[:, None]
-        f1 = HEAD_SCALE * _tanh(ff1)
-        f2 = HEAD_SCALE * _tanh(ff2)
+        f1 = HEAD_SCALE * (2.0 * tl.sigmoid(2.0 * ff1) - 1.0)
+        f2 = HEAD_SCALE * (2.0 * tl.sigmoid(2.0 * ff2) - 1.0)
         g = tl.sigmoid(ta * d + tb)
         if NO_GATE:
             h_new = f1 + g * f2
@@ -201,8 +199,8 @@ def cfc_backward_kernel(
         ta = tl.load(y_t + 2 * H, mask=m_bh, other=0.0)
         tb = tl.load(y_t + 3 * H, mask=m_bh, other=0.0)
         d = tl.load(dt_ptr + rb * T + t, mask=mb, other=0.0)[:, None]
-        th1 = _tanh(ff1)
-        th2 = _tanh(ff2)
+        th1 = 2.0 * tl.sigmoid(2.0 * ff1) - 1.0
+        th2 = 2.0 * tl.sigmoid(2.0 * ff2) - 1.0
         g = tl.sigmoid(ta * d + tb)
         if NO_GATE:
             d_f1 = d_new
