@@ -35,6 +35,12 @@ ALLOW_RAW = True
 # the raw loop's matmuls: our own small GEMM (csrc/small_gemm.h, the same ISA path on every x86 vendor) with
 # CFC_FORECAST_GEMM=own; torch's BLAS otherwise (the default until timed on an idle machine)
 OWN_GEMM = os.environ.get("CFC_FORECAST_GEMM", "blas") == "own"
+if os.environ.get("CFC_FORECAST_GEMM", "blas") not in ("own", "blas"):
+    warnings.warn(
+        f"CFC_FORECAST_GEMM={os.environ['CFC_FORECAST_GEMM']!r} is neither 'own' nor 'blas': torch's BLAS runs",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _build_flags() -> tuple[str, list[str]]:
