@@ -7,8 +7,14 @@
    LSTM beside ours.
 3. ``cfc-forecast fit`` of configs/quickstart.yaml on one GPU, then the same under ``--trainer.strategy=ddp`` on
    one GPU (NCCL), with their test metrics.
+4. The fused Triton kernel (cfc_forecast/kernels, issue 19): its numbers against our float64 CPU loop in float32
+   with IEEE and with TF32 dots and in bfloat16 autocast, per mode and activation, with padding, H = 20 and B = 37;
+   bit-equal reruns; its speed beside the rows of 2. with an estimate of the fraction of the chip's copy bandwidth
+   it reaches; then 1 epoch of ETTh1 (50 training batches) and 2 tuning trials with ``CFC_FORECAST_FUSED=1``.
 
     python benchmarks/gpu_check.py --out DIR    # writes gpu_check.json and the fits' logs to DIR
+    # the fused kernel's device check (under 8 minutes on an H200; the fused rows need `pip install .[kernels]`):
+    python benchmarks/gpu_check.py --out DIR --skip correctness fit ddp --reps 15 --data DIR_WITH_ETT
 
 Nothing in the test suite depends on this; it is run by hand when a GPU machine is at hand.
 """
@@ -28,9 +34,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cfc_forecast.kernels as kernels  # noqa: E402
 from benchmarks.speed import CONFIGS, UNITS, F, H  # noqa: E402
 from cfc_forecast import CfCEncoder  # noqa: E402
+from cfc_forecast.kernels import fused_status  # noqa: E402
 from cfc_forecast.native import native_available, native_status  # noqa: E402
+
+FUSED = "cfc-forecast CfCEncoder (fused Triton kernel, TF32)"
+FUSED_BF16 = "cfc-forecast CfCEncoder (fused Triton kernel, bfloat16 autocast)"
 
 
 def cuda_medians(fns: dict, reps: int, warmup: int = 3, block: int = 5) -> dict[str, float]:
@@ -99,7 +110,18 @@ def speed_at(dev: torch.device, batch: int, steps: int, reps: int) -> dict[str, 
     dt = torch.rand(batch, steps, device=dev) + 0.5
     span = dt[..., None].expand(-1, -1, H)
     target = torch.randn(batch, H, device=dev)
-    table = {
+    table = {}
+    if fused_ready():
+        fused = CfCEncoder(F, H, backbone_units=UNITS, impl="fused", check_values=False).to(dev)
+        fused.load_ncps_state_dict(ref.state_dict())
+        table[FUSED] = (fused, lambda: fused(x, dt)[1])
+
+        def bf16():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return fused(x, dt)[1]
+
+        table[FUSED_BF16] = (fused, bf16)
+    table |= {
         "cfc-forecast CfCEncoder (native loop, ATen kernels)": (native, lambda: native(x, dt)[1]),
         "cfc-forecast CfCEncoder (pure-PyTorch loop)": (python, lambda: python(x, dt)[1]),
         "ncps 1.0.1 CfC": (ref, lambda: ref(x, timespans=span)[1]),
@@ -123,20 +145,119 @@ def speed_at(dev: torch.device, batch: int, steps: int, reps: int) -> dict[str, 
 
 def speed(dev: torch.device, reps: int) -> list[dict]:
     rows = []
+    copy_gbs = copy_bandwidth()
+    print(f"  device-to-device copy: {copy_gbs:.0f} GB/s", flush=True)
     for name_cfg, (batch, steps) in CONFIGS.items():
         for name, (train_ms, forward_ms) in speed_at(dev, batch, steps, reps).items():
-            rows.append({"config": name_cfg, "batch": batch, "steps": steps, "implementation": name,
-                         "train_ms": train_ms, "forward_ms": forward_ms})  # fmt: skip
+            row = {"config": name_cfg, "batch": batch, "steps": steps, "implementation": name,
+                   "train_ms": train_ms, "forward_ms": forward_ms}  # fmt: skip
+            if name == FUSED:  # what the two kernels and the weight-gradient matmuls read and write, float32
+                row["fused_train_bytes"] = fused_train_bytes(batch, steps)
+                row["copy_bandwidth_gbs"] = copy_gbs
+                row["bandwidth_fraction"] = row["fused_train_bytes"] / (train_ms * 1e-3) / (copy_gbs * 1e9)
+            rows.append(row)
             print(f"  {batch} x {steps} {name}: train {train_ms:.2f} ms, forward {forward_ms:.2f} ms", flush=True)
     return rows
 
 
-def fit(out: Path, runs: Path, extra: list[str], tag: str) -> dict:
-    cmd = [sys.executable, "-m", "cfc_forecast.cli", "fit", "--config", "configs/quickstart.yaml",
+def fused_ready() -> bool:
+    """Whether triton is installed (the fused rows need it)."""
+    from cfc_forecast.kernels import triton_installed
+
+    return triton_installed()
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a device-to-device copy of 1 GiB (read + write counted), median of 10: the chip's usable bandwidth."""
+    src = torch.empty(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * 4 / sorted(times[2:])[5] / 1e9
+
+
+def fused_train_bytes(batch: int, steps: int) -> int:
+    """Bytes a fused training step moves at least, float32: forward (reads xproj; writes states, z, y), backward
+    kernel (reads grad, z, y, dt; writes da, dy, ddt), weight gradients (read da, h, dy, z). Weights are on chip."""
+    rows, u, h = batch * steps, UNITS, H
+    forward = u + h + u + 4 * h
+    backward = h + u + 4 * h + 1 + u + 4 * h + 1
+    weights = u + h + 4 * h + u
+    return 4 * rows * (forward + backward + weights)
+
+
+def fused_correctness(dev: torch.device) -> dict:
+    """The fused kernel against our float64 CPU loop (pure PyTorch): float32 IEEE, float32 TF32, bfloat16 autocast."""
+    from cfc_forecast.kernels import fused as fused_mod
+
+    out = {}
+    torch.manual_seed(0)
+    batch, steps, hidden = 37, 50, 20  # B not a multiple of the tile, H not a power of two
+    x = torch.randn(batch, steps, F, device=dev)
+    dt = torch.rand(batch, steps, device=dev) + 0.2
+    mask = torch.rand(batch, steps, device=dev) > 0.2
+    h0 = 0.5 * torch.randn(batch, hidden, device=dev)
+    weights = torch.randn(batch, steps, hidden, device=dev)
+    for mode in ("default", "no_gate"):
+        for act in ("lecun_tanh", "tanh", "relu"):
+            ref = CfCEncoder(F, hidden, mode=mode, activation=act, backbone_units=UNITS, impl="python").double()
+            enc = CfCEncoder(F, hidden, mode=mode, activation=act, backbone_units=UNITS, impl="fused").to(dev)
+            enc.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+            s64, _ = ref(x.double().cpu(), dt.double().cpu(), mask.cpu(), h0.double().cpu())
+            (s64 * weights.double().cpu()).sum().backward()
+            row = {}
+            for label in ("ieee", "tf32", "bf16"):
+                fused_mod.PRECISION = "ieee" if label == "ieee" else "tf32"
+                enc.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=label == "bf16"):
+                    states, _ = enc(x, dt, mask, h0)
+                    (states * weights).sum().backward()
+                row[f"{label}_states_max_abs"] = float((states.detach().double().cpu() - s64).abs().max())
+                row[f"{label}_grad_max_rel"] = max(
+                    float((p.grad.double().cpu() - q.grad).abs().max() / q.grad.abs().max().clamp(min=1e-12))
+                    for p, q in zip(enc.parameters(), ref.parameters(), strict=True)
+                )
+                if label == "tf32":  # a second run: the same bits
+                    first = (states.detach().clone(), [p.grad.clone() for p in enc.parameters()])
+                    enc.zero_grad(set_to_none=True)
+                    again, _ = enc(x, dt, mask, h0)
+                    (again * weights).sum().backward()
+                    row["tf32_rerun_bit_equal"] = bool(
+                        torch.equal(again, first[0])
+                        and all(torch.equal(p.grad, g) for p, g in zip(enc.parameters(), first[1], strict=True))
+                    )
+            fused_mod.PRECISION = "tf32"
+            out[f"{mode}/{act}"] = row
+            print(f"  fused {mode:8s} {act:10s} {row}", flush=True)
+    return out
+
+
+def tune_fused(out: Path, runs: Path) -> dict:
+    """2 trials of the ETTh1 study (each 1 epoch of 50 batches) with the fused kernel on."""
+    cmd = [sys.executable, "-m", "cfc_forecast.cli", "tune", "--config", "configs/tune/etth1.yaml", "--n_trials=2",
+           f"--study_dir={runs / 'tune_fused'}",
+           '--fit_args={"trainer.max_epochs": 1, "trainer.limit_train_batches": 50, "trainer.accelerator": "gpu",'
+           ' "trainer.devices": 1, "trainer.enable_progress_bar": false}']  # fmt: skip
+    start = time.perf_counter()
+    env = {**os.environ, "CFC_FORECAST_FUSED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    seconds = time.perf_counter() - start
+    (out / "tune_fused.log").write_text(proc.stdout + proc.stderr)
+    print(f"--- tune_fused: exit {proc.returncode}, {seconds:.1f} s\n{(proc.stdout + proc.stderr)[-2000:]}", flush=True)
+    return {"command": " ".join(cmd), "returncode": proc.returncode, "seconds": seconds}
+
+
+def fit(out: Path, runs: Path, extra: list[str], tag: str, config: str = "configs/quickstart.yaml", env=None) -> dict:
+    cmd = [sys.executable, "-m", "cfc_forecast.cli", "fit", "--config", config,
            "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
            f"--run_dir={runs / tag}", *extra]  # fmt: skip
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     seconds = time.perf_counter() - start
     tail = (proc.stdout + proc.stderr)[-2500:]
     (out / f"{tag}.log").write_text(proc.stdout + proc.stderr)
@@ -151,8 +272,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", type=Path, default=Path("/tmp/gpu_check_runs"), help="the fits' run directories")
     parser.add_argument("--reps", type=int, default=25)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["correctness", "speed", "fit", "ddp"])
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["correctness", "speed", "fit", "ddp", "fused", "fit_fused", "tune_fused"],
+    )
+    parser.add_argument("--data", type=Path, help="the folder with ETT/ (default $CFC_FORECAST_DATA, ../shared/data)")
     args = parser.parse_args()
+    if args.data:
+        os.environ["CFC_FORECAST_DATA"] = str(args.data.resolve())
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: this check needs a GPU")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +298,12 @@ def main() -> None:
     def save() -> None:
         path.write_text(json.dumps(report, indent=1))
 
+    report["fused"] = fused_status()
+    # bfloat16 autocast on the fused kernel, for this check only: recording its numbers is what the check is for
+    kernels.ALLOW_AUTOCAST = True
+    if "fused" not in args.skip and fused_ready():
+        report["fused_correctness"] = fused_correctness(dev)
+        save()
     if "correctness" not in args.skip:
         report["correctness"] = correctness(dev)
         save()
@@ -183,6 +318,14 @@ def main() -> None:
         report["fit_ddp_one_gpu"] = fit(
             args.out, args.runs, ["--trainer.strategy=ddp", "--trainer.max_epochs=10"], "fit_ddp"
         )
+        save()
+    fused_env = {**os.environ, "CFC_FORECAST_FUSED": "1"}
+    if "fit_fused" not in args.skip and fused_ready():
+        extra = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=50"]
+        report["fit_etth1_fused"] = fit(args.out, args.runs, extra, "fit_etth1_fused", "configs/etth1.yaml", fused_env)
+        save()
+    if "tune_fused" not in args.skip and fused_ready():
+        report["tune_fused"] = tune_fused(args.out, args.runs)
         save()
     print(json.dumps(report, indent=1))
 

@@ -6,8 +6,11 @@ CfC (an AutoNCP wiring of 64 neurons, 16 motor neurons, seed 0; no backbone) aga
 column compares it with that ncps model. ncps's wired CfC runs without timespans (dt = 1): its forward slices them to
 (B,), which does not broadcast against its layers' widths; ours reads the (B, T) elapsed times.
 A training step is zero_grad + forward + MSE on the last state + backward; forward-only runs under
-``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up, the implementations taking turns in blocks. Our
-encoder runs with the weights of the ncps model. Also run: batch 256 with 1,024 steps.
+``torch.no_grad()``. Median over ``--reps`` (>= 20) after warm-up, the implementations taking turns in blocks; the
+whole interleaved measurement runs ``--runs`` times (default 3) and the table shows the median of the runs' medians
+(each run's medians are kept in the results). Our encoder runs with the weights of the ncps model. Also run: batch
+256 with 1,024 steps. The results record the machine: the CPU model and vendor (lscpu), torch's BLAS and its
+version, ``torch.backends.cpu.get_cpu_capability()`` and the threads.
 
     python benchmarks/speed.py                  # both configurations, prints the README table
     python benchmarks/speed.py --configs small  # only 64 x 96
@@ -21,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -31,13 +36,14 @@ import torch
 from torch import nn
 
 import cfc_forecast
-from cfc_forecast import CfCEncoder, native_available
+from cfc_forecast import CfCEncoder, native, native_available
 from cfc_forecast.wired import WiredCfCEncoder
 
 CONFIGS = {"small": (64, 96), "large": (256, 1024)}
 F, H, UNITS = 7, 64, 128
 RESULTS = Path(__file__).parent / "results" / "speed.json"
 BASELINE = "ncps 1.0.1 CfC"
+OWN = "cfc-forecast CfCEncoder (native loop, own small GEMM)"
 WIRED = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (native loop, layer after layer)"
 WIRED_PYTHON = "cfc-forecast WiredCfCEncoder, AutoNCP(64, 16) (pure-PyTorch loop)"
 WIRED_NCPS = "ncps 1.0.1 CfC, AutoNCP(64, 16)"
@@ -77,10 +83,22 @@ def models(batch: int, steps: int, with_extras: bool) -> dict[str, tuple[nn.Modu
     ours.load_ncps_state_dict(ref.state_dict())
     fallback = CfCEncoder(F, H, backbone_units=UNITS, backbone_layers=1, impl="python", check_values=False)
     fallback.load_ncps_state_dict(ref.state_dict())
+    own = CfCEncoder(F, H, backbone_units=UNITS, backbone_layers=1, impl="native", check_values=False)
+    own.load_ncps_state_dict(ref.state_dict())
+
+    def own_gemm(x, dt):
+        """The native loop with our own small GEMM (csrc/small_gemm.h) instead of torch's BLAS."""
+        native.OWN_GEMM = True
+        try:
+            return own(x, dt)[1]
+        finally:
+            native.OWN_GEMM = False
+
     lstm = nn.LSTM(F, H, batch_first=True)
     # ncps 1.0.1 slices per-step times to (B,): expand them to (B, T, H) so the numbers are right (CFC.md)
     table = {
         "cfc-forecast CfCEncoder (native loop)": (ours, lambda x, dt: ours(x, dt)[1]),
+        OWN: (own, own_gemm),
         "cfc-forecast CfCEncoder (pure-PyTorch fallback)": (fallback, lambda x, dt: fallback(x, dt)[1]),
         "ncps 1.0.1 CfC": (ref, lambda x, dt: ref(x, timespans=dt[..., None].expand(-1, -1, H))[1]),
         "torch.nn.LSTM": (lstm, lambda x, dt: lstm(x)[0][:, -1]),
@@ -161,11 +179,43 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def machine() -> dict[str, str]:
+    """The CPU (lscpu's model name and vendor), torch's BLAS and its version, and the ISA path torch dispatches to."""
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_vendor": "", "blas": "", "blas_version": ""}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        lscpu = ""
+    for key, field in (("Model name", "cpu"), ("Vendor ID", "cpu_vendor")):
+        if m := re.search(rf"^{key}:\s*(.+)$", lscpu, re.M):
+            info[field] = m.group(1).strip()
+    config = torch.__config__.show()
+    if m := re.search(r"BLAS_INFO=(\w+)", config):
+        info["blas"] = m.group(1)
+    if m := re.search(r"^\s*- (.*(?:Math Kernel Library|OpenBLAS|BLIS|Accelerate).*)$", config, re.M):
+        info["blas_version"] = m.group(1).strip()
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return info
+
+
+def median_of_runs(runs: list[list[dict]]) -> list[dict]:
+    """Per implementation, the median over runs of each run's median (train and forward separately)."""
+    rows = []
+    for i, first in enumerate(runs[0]):
+        row = dict(first)
+        for key in ("train_ms", "forward_ms"):
+            row[f"{key}_runs"] = [run[i][key] for run in runs]
+            row[key] = statistics.median(row[f"{key}_runs"])
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "large"])
     parser.add_argument("--reps", type=int, default=25, help="timed repetitions per row (>= 20)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3, help="whole interleaved measurements; the table: their median")
     parser.add_argument("--no-extras", action="store_true",
                         help="skip ncps LTC (seconds per step), mixed memory and the wired CfC")  # fmt: skip
     parser.add_argument("--only", help="only the rows whose implementation contains this text, e.g. AutoNCP")
@@ -180,14 +230,18 @@ def main() -> None:
         # LTC at 256 x 1024 needs minutes per step and tens of GB: it, mixed memory and the wired CfC run at the
         # small size only
         extras = not args.no_extras and cfg == "small"
-        rows += measure(batch, steps, max(20, args.reps), extras, args.only)
+        runs = []
+        for run in range(max(1, args.runs)):
+            print(f" run {run + 1} of {args.runs}:", flush=True)
+            runs.append(measure(batch, steps, max(20, args.reps), extras, args.only))
+        rows += median_of_runs(runs)
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "cfc_forecast": cfc_forecast.__version__,
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "runs": args.runs,
+        **machine(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []

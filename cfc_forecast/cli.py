@@ -491,6 +491,9 @@ def _dispatch(argv: list[str], args: list[str] | None) -> int:
             raise UserError(f"native takes no arguments, got {' '.join(argv[1:])}")
         ok = native_available()
         print(native_status())
+        from cfc_forecast.kernels import fused_status  # no triton import: only whether it is installed
+
+        print(fused_status())
         return 0 if ok else 1
     if argv[:1] == ["tune"]:  # Optuna studies over fit configs (cfc_forecast/tune)
         from cfc_forecast.tune import main as tune_main

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from cfc_forecast.cell import Activation, CfCCell, HeadActivation, Mode
 from cfc_forecast.checks import check_sequence_inputs, initial_state, load_converted
+from cfc_forecast.kernels import fused_by_default, fused_reason, run_fused
 from cfc_forecast.memory import LSTMMemoryCell
 from cfc_forecast.native import native_available, run_native
 
@@ -30,7 +31,10 @@ class CfCEncoder(nn.Module):
             *input* while the CfC keeps its own state (the paper's TensorFlow code).
         forget_bias: the memory cell's forget-gate bias.
         impl: ``"auto"`` uses the native loop when it builds and the pure-PyTorch loop otherwise;
-            ``"native"`` insists on the native loop; ``"python"`` forces the pure-PyTorch loop.
+            ``"native"`` insists on the native loop; ``"python"`` forces the pure-PyTorch loop; ``"fused"`` runs
+            the fused Triton kernel on CUDA (:mod:`cfc_forecast.kernels`: what it covers; ``forward`` raises a
+            ValueError saying why when it cannot run). ``"auto"`` picks the fused kernel on CUDA only with
+            ``CFC_FORECAST_FUSED=1`` (off by default until measured on a device).
         check_values: check x for NaN and dt for negative or non-finite values on every call (shapes are
             always checked); switch off on a GPU hot path, where the check forces a device sync.
     """
@@ -49,14 +53,14 @@ class CfCEncoder(nn.Module):
         mixed_memory: bool = False,
         memory_wiring: Literal["ncps", "paper"] = "ncps",
         forget_bias: float = 1.0,
-        impl: Literal["auto", "native", "python"] = "auto",
+        impl: Literal["auto", "native", "python", "fused"] = "auto",
         check_values: bool = True,
     ) -> None:
         super().__init__()
         if memory_wiring not in ("ncps", "paper"):
             raise ValueError(f"unknown memory_wiring {memory_wiring!r}; choose one of ['ncps', 'paper']")
-        if impl not in ("auto", "native", "python"):
-            raise ValueError(f"unknown impl {impl!r}; choose one of ['auto', 'native', 'python']")
+        if impl not in ("auto", "native", "python", "fused"):
+            raise ValueError(f"unknown impl {impl!r}; choose one of ['auto', 'fused', 'native', 'python']")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.mixed_memory, self.memory_wiring = mixed_memory, memory_wiring
         self.impl, self.check_values = impl, check_values
@@ -75,7 +79,7 @@ class CfCEncoder(nn.Module):
 
     def uses_native(self) -> bool:
         """Whether ``forward`` runs the native loop (builds it on first call)."""
-        if self.impl == "python":
+        if self.impl in ("python", "fused"):
             return False
         if native_available():
             return True
@@ -110,6 +114,13 @@ class CfCEncoder(nn.Module):
         h, c = self._initial_state(state, x)
         drop = self._dropout_masks(x)
         cell = self.cell
+        if self.impl == "fused" or (self.impl == "auto" and x.is_cuda and fused_by_default()):
+            reason = fused_reason(self, x)
+            if reason is None:
+                states = run_fused(cell, x, h, dt, mask, drop)
+                return states, states[:, -1]
+            if self.impl == "fused":
+                raise ValueError(f"impl='fused' cannot run here: {reason}")
         if self.uses_native():
             states, c_states = run_native(cell, x, h, dt, mask, drop, self.memory, c, self.memory_wiring)
             return states, (states[:, -1] if c_states is None else (states[:, -1], c_states[:, -1]))

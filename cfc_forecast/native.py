@@ -32,6 +32,15 @@ _status: dict[str, object] = {}
 ALLOW_FUSED = True
 # the raw-pointer loop and backward (csrc/raw_loop.h) where they apply; False runs the ATen loop, for tests
 ALLOW_RAW = True
+# the raw loop's matmuls: our own small GEMM (csrc/small_gemm.h, the same ISA path on every x86 vendor) with
+# CFC_FORECAST_GEMM=own; torch's BLAS otherwise (the default until timed on an idle machine)
+OWN_GEMM = os.environ.get("CFC_FORECAST_GEMM", "blas") == "own"
+if os.environ.get("CFC_FORECAST_GEMM", "blas") not in ("own", "blas"):
+    warnings.warn(
+        f"CFC_FORECAST_GEMM={os.environ['CFC_FORECAST_GEMM']!r} is neither 'own' nor 'blas': torch's BLAS runs",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _build_flags() -> tuple[str, list[str]]:
@@ -133,6 +142,8 @@ def native_status() -> str:
         return "native CfC loop: not built yet (it builds at first use)"
     if _status["ok"]:
         raw = "yes" if torch.ops.cfc_forecast.raw_loop_available() else "no (torch exports no BLAS symbols)"
+        if raw == "yes":
+            raw += ", matmuls: " + ("our own small GEMM (CFC_FORECAST_GEMM=own)" if OWN_GEMM else "torch's BLAS")
         return f"native CfC loop: ready ({_status['name']}, flags {' '.join(_status['flags'])}; raw loop: {raw})"
     return f"native CfC loop: unavailable, the pure-PyTorch loop runs. Reason: {_status['error']}"
 
@@ -199,6 +210,7 @@ def _seq_forward(
     """The native forward: the op's outputs, (states, cell states) first."""
     n = len(layers) // 2
     memory = [t for t in (mproj, c0, w_mrec, w_x) if t is not None]
+    torch.ops.cfc_forecast.set_own_gemm(OWN_GEMM)
     outs = torch.ops.cfc_forecast.seq_forward(
         xproj, h0, dt, mask, w_rec, list(layers[:n]), list(layers[n:]), w_head, b_head, A, w_tau, drop,
         memory, spec.layers, spec.mode, spec.act, spec.wiring, spec.head_scale, spec.forget_bias, save, ALLOW_FUSED,
@@ -215,7 +227,7 @@ class _CfCSequence(torch.autograd.Function):
         args = (xproj, h0, dt, mask, w_rec, w_head, b_head, A, w_tau, drop, mproj, c0, w_mrec, w_x)
         states, c_states, outs = _seq_forward(spec, *args, layers, save)
         if save:
-            ctx.spec, ctx.allow_fused, ctx.allow_raw = spec, ALLOW_FUSED, ALLOW_RAW
+            ctx.spec, ctx.allow_fused, ctx.allow_raw, ctx.own_gemm = spec, ALLOW_FUSED, ALLOW_RAW, OWN_GEMM
             ctx.save_for_backward(h0, dt, mask, w_rec, w_head, A, w_tau, drop, c0, w_mrec, w_x, states, *layers[:n])
             ctx.intermediates = outs[1:]  # neither inputs nor outputs: kept on ctx, freed with the graph
         return states, c_states
@@ -227,6 +239,7 @@ class _CfCSequence(torch.autograd.Function):
         spec = ctx.spec
         # the op reads memory[1:] here (c0, w_mrec, w_x); the forward's mproj slot is not needed, c0 holds it
         memory = [] if not spec.wiring else [c0, c0, w_mrec] + ([w_x] if w_x is not None else [])
+        torch.ops.cfc_forecast.set_own_gemm(ctx.own_gemm)
         grads = torch.ops.cfc_forecast.seq_backward(
             grad_states, h0, dt, mask, w_rec, w_layers, w_head, A, w_tau, drop, [states, *ctx.intermediates],
             memory, grad_c, spec.layers, spec.mode, spec.act, spec.wiring, spec.head_scale, ctx.allow_fused,

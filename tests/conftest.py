@@ -10,6 +10,9 @@ import os
 # quickstart fit on 2 cores). Set before torch loads, as the OpenMP runtime reads it then. The tests that need the
 # threaded paths of the native loop ask for them with the ``two_threads`` fixture.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Triton's CPU interpreter for the fused kernel's tests (tests/test_kernels.py): it must be on before triton is first
+# imported (torch._dynamo, loaded by lightning, imports it early), and nothing else in the suite runs triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -19,8 +22,8 @@ from cfc_forecast.native import native_available
 
 # the encoder's implementations: the pure-PyTorch loop, the native loop (its raw-pointer loop where it applies,
 # fused CPU kernels), the native loop over ATen views with the fused kernels, and the native loop with the
-# device-generic ATen kernels (what runs on CUDA)
-IMPLS = ["python", "native", "native-aten", "native-generic"]
+# device-generic ATen kernels (what runs on CUDA), and the raw loop with our own small GEMM instead of the BLAS
+IMPLS = ["python", "native", "native-aten", "native-generic", "native-own-gemm"]
 
 
 @pytest.fixture(params=IMPLS)
@@ -32,7 +35,8 @@ def impl(request, monkeypatch):
             pytest.fail("the native CfC loop did not build in CI")
         pytest.skip("the native CfC loop is not available here (no compiler)")
     monkeypatch.setattr(native, "ALLOW_FUSED", name != "native-generic")
-    monkeypatch.setattr(native, "ALLOW_RAW", name == "native")
+    monkeypatch.setattr(native, "ALLOW_RAW", name in ("native", "native-own-gemm"))
+    monkeypatch.setattr(native, "OWN_GEMM", name == "native-own-gemm")
     return "python" if name == "python" else "native"
 
 

@@ -322,8 +322,13 @@ bool raw_loop_available() {
   return raw_blas_found(at::empty({0}, at::kFloat)) && raw_blas_found(at::empty({0}, at::kDouble));
 }
 
+// Our own small GEMM (small_gemm.h) instead of the BLAS in the raw loop, from now on in this process; returns the
+// previous setting.
+bool set_own_gemm(bool on) { return cfc_gemm::enabled().exchange(on); }
+
 TORCH_LIBRARY(cfc_forecast, m) {
   m.def("raw_loop_available", &raw_loop_available);
+  m.def("set_own_gemm", &set_own_gemm);
   m.def("pool_empty", &pool_empty);
   m.def("seq_forward", &seq_forward);
   m.def("seq_backward", &seq_backward);

@@ -20,6 +20,7 @@
 
 #include "cell_cpu.h"
 #include "common.h"
+#include "small_gemm.h"
 
 namespace cfc {
 
@@ -44,9 +45,14 @@ GemmFn<T> find_gemm() {
 
 // C (M, N) = op(A) (M, K) @ op(X) (K, N) + beta * C on contiguous row-major blocks, op = transpose where asked
 // (then A is stored (K, M), X (N, K)): the column-major call C^T = op(X)^T op(A)^T.
+// With CFC_FORECAST_GEMM=own (cfc_gemm::enabled()), our own small GEMM (small_gemm.h) runs instead of the BLAS.
 template <typename T>
 inline void gemm_rows(GemmFn<T> gemm, const T* A, const T* X, T* C, int64_t M, int64_t K, int64_t N, T beta,
                       bool trans_a = false, bool trans_x = false) {
+  if (!trans_a && cfc_gemm::enabled().load(std::memory_order_relaxed)) {
+    cfc_gemm::gemm<T>(A, X, C, M, K, N, beta, trans_x);
+    return;
+  }
   const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
   const int ldx = trans_x ? k : m, lda = trans_a ? n : k;
   const T one(1);
