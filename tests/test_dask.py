@@ -12,6 +12,7 @@ from tests.deploy_support import assert_same_forecasts, fit_tiny, need
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    need("dask.dataframe")  # before the fit: a skip costs nothing
     return fit_tiny(tmp_path_factory.mktemp("dask"))
 
 

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("deadline")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    need("mlflow")  # before the fit: a skip costs nothing
     return fit_tiny(tmp_path_factory.mktemp("mlflow"))
 
 

@@ -2,7 +2,7 @@
 part for part; no series lost or duplicated; an actor killed on its first chunk retried by the engine; resumable.
 
 The pool is one 1-CPU actor beside a free CPU: two 1-CPU actors on 2 CPUs starve the read tasks (the job waits
-forever without an error), so every test here also has a 120 s deadline.
+forever without an error), so every test here also has a 120 s deadline. The cluster's tests are slow (CI runs them).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("deadline")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    need("ray.data")  # before the fit: a skip costs nothing
     return fit_tiny(tmp_path_factory.mktemp("ray-job"))
 
 
@@ -49,6 +50,7 @@ def parts(out: Path) -> dict[str, pl.DataFrame]:
     return {p.name: pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))}
 
 
+@pytest.mark.slow  # a Ray cluster: about 40 s each on 2 cores; CI runs them
 def test_the_ray_job_equals_the_single_machine_job_part_for_part(trained, ray_cluster, tmp_path):
     # rows of the series interleaved: the engine must group them itself
     shuffled = pl.read_parquet(trained["data"]).sample(fraction=1.0, shuffle=True, seed=0)
@@ -79,6 +81,7 @@ class DiesOnce(ChunkWorker):
         return super().__call__(table)
 
 
+@pytest.mark.slow  # a Ray cluster: about 40 s each on 2 cores; CI runs them
 def test_an_actor_killed_on_its_first_chunk_is_retried_and_nothing_is_duplicated(trained, ray_cluster, tmp_path):
     from cfc_forecast.forecast.engine import RayForecastJob
     from cfc_forecast.forecast.prepare import Options
@@ -92,6 +95,7 @@ def test_an_actor_killed_on_its_first_chunk_is_retried_and_nothing_is_duplicated
     assert_same_forecasts(every, trained["predict"])
 
 
+@pytest.mark.slow  # a Ray cluster: about 40 s each on 2 cores; CI runs them
 def test_a_job_stopped_midway_is_finished_by_the_ray_engine(trained, ray_cluster, tmp_path, monkeypatch):
     from cfc_forecast.forecast.store import OutputFolder
 
