@@ -145,3 +145,13 @@ def test_mlflow_models_serve_answers_predicts_forecasts_over_http(trained, track
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_export_errors_are_one_line_each(trained, tracking, tmp_path, capsys):
+    assert main(["export", f"--ckpt_path={trained['ckpt']}"]) == 2
+    assert main(["export", f"--ckpt_path={tmp_path / 'missing.ckpt'}", f"--output={tmp_path / 'm'}"]) == 2
+    assert main(["export", f"--ckpt_path={trained['ckpt']}", "--format=onnx", f"--output={tmp_path / 'm'}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("cfc-forecast export: error: ") for line in lines), lines
+    assert "--output DIR" in lines[0] and "missing.ckpt" in lines[1] and "--format" in lines[2]
+    assert not (tmp_path / "m").exists()
