@@ -45,7 +45,8 @@ class CfCForecastModel(PythonModel):
         self.scorer = Scorer(context.artifacts["checkpoint"], device=device)
         self.scorer.warm_up(pl.read_parquet(context.artifacts["input_example"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # no type hint on model_input: MLflow would read one as a signature; the model's signature is given at export
+    def predict(self, context, model_input, params=None):
         from cfc_forecast.forecast.scorer import as_polars
         from cfc_forecast.forecast.trained import JobError
 

@@ -74,8 +74,8 @@ def forecast(
             the cluster at ``address``: ``cfc_forecast.forecast.engine``; the same parts, records and manifest).
         address: the Ray cluster ("auto": the one ``ray start`` runs; default: a local one for this job).
         workers: Ray actors scoring chunks (default: the cluster's CPUs - 1, at least 1).
-        cpus_per_worker: CPUs per Ray actor (fractions allowed). gpus_per_worker: GPUs per Ray actor (default: 1
-            where the cluster has GPUs, else 0).
+        cpus_per_worker: CPUs per Ray actor (fractions allowed).
+        gpus_per_worker: GPUs per Ray actor (default: 1 where the cluster has GPUs, else 0).
 
     Returns:
         The exit status: 0 forecasts written, 1 nothing could be forecast, 2 the job cannot run.
