@@ -185,7 +185,6 @@ class RayForecastJob(ForecastJob):
         return frame.filter(pl.col(CHUNK).is_in(pending)).to_arrow()
 
 
-
 def ray_available() -> None:
     """Raise a ``JobError`` saying how to install Ray when ``ray.data`` cannot be imported."""
     try:
