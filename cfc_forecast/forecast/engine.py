@@ -22,8 +22,9 @@ and time, which is the input order for every model except one trained to keep th
 time stamps (refused here: the single-machine job keeps the input's order).
 
 Resources: the reads, the shuffle and the actors share the cluster's CPUs; an actor pool that takes every CPU
-starves the read tasks and the job waits forever without an error (measured: 2 one-CPU actors on 2 CPUs). So the
-default pool leaves one CPU free: ``workers`` = CPUs - 1 (at least 1) actors of ``cpus_per_worker`` = 1.
+starves the read tasks and the job waits forever without an error (measured here when issue 23 was filed: 2
+one-CPU actors on 2 CPUs). So the default pool leaves one CPU free: ``workers`` = CPUs - 1 (at least 1) actors of
+``cpus_per_worker`` = 1.
 """
 
 from __future__ import annotations
