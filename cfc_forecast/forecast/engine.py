@@ -18,8 +18,8 @@ own ``write_parquet`` is neither atomic nor resumable, and is not used.
 
 Every node must see the checkpoint, the input and the output folder under the same paths (a shared file system, or
 object storage mounted as one). Rows within a chunk reach the actor in no fixed order: they are sorted by series
-and time, which is the input order for every model except one trained to keep the "first" or "last" of duplicate
-time stamps (refused here: the single-machine job keeps the input's order).
+and time, which gives what the input order gives for every model but one trained to keep the "first" or "last" of
+duplicate time stamps (refused here: the single-machine job keeps the input's order).
 
 Resources: the reads, the shuffle and the actors share the cluster's CPUs; an actor pool that takes every CPU
 starves the read tasks and the job waits forever without an error (measured here when issue 23 was filed: 2
