@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/forecast_job.py            # 10,000 and 100,000 series (about 8 min on 2 cores)
     python benchmarks/forecast_job.py --sizes 2000 --repeats 1   # a quick look
+    python benchmarks/forecast_job.py --engine ray --sizes 100000 --repeats 1   # Ray Data against the local job
 
 A model with the quickstart's architecture (CfC 64 units, backbone 128, continuous head, RevIN) is fitted for an
 epoch on synthetic series (speed does not depend on how well it is trained); then synthetic irregular series
@@ -11,6 +12,10 @@ epoch on synthetic series (speed does not depend on how well it is trained); the
 beforehand and timed alone, in another fresh process. Job and forward take turns ``--repeats`` times and the best
 of each counts, in wall time and in CPU time (this machine is shared: other jobs only ever add time, and CPU time
 is what they disturb least). Results are appended to ``benchmarks/results/forecast_job.json``; a table is printed.
+
+``--engine ray``: the same job with ``--engine ray`` (a local Ray cluster started by the job on this machine's
+CPUs, the default pool of CPUs - 1 one-CPU actors) against the single-machine job, taking turns; results go to
+``benchmarks/results/forecast_job_ray.json``.
 """
 
 from __future__ import annotations
@@ -69,13 +74,14 @@ def fit_model(work: Path, epochs: int, threads: int) -> Path:
     return ckpt
 
 
-def child_job(ckpt: str, data: str, out: str, chunk_size: int, batch_size: int) -> dict:
+def child_job(ckpt: str, data: str, out: str, chunk_size: int, batch_size: int, engine: str = "local") -> dict:
     """Run the job in this (fresh) process; its wall time and this process's peak RSS."""
     from cfc_forecast.forecast import main
 
     start, cpu = time.perf_counter(), time.process_time()
     status = main(["--ckpt_path", ckpt, "--input", data, "--output", out, f"--chunk_size={chunk_size}",
-                   f"--batch_size={batch_size}", "--accelerator=cpu", "--progress=false"])  # fmt: skip
+                   f"--batch_size={batch_size}", "--accelerator=cpu", "--progress=false",
+                   f"--engine={engine}"])  # fmt: skip
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     manifest = json.loads((Path(out) / "manifest.json").read_text())["summary"]
     shutil.rmtree(out)
@@ -142,6 +148,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="job and forward take turns this many times")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cfc-forecast-job-bench")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray job against local job")
     parser.add_argument("--child", choices=["job", "forward"])
     parser.add_argument("--child_args", default="{}")
     args = parser.parse_args()
@@ -151,6 +158,14 @@ def main() -> None:
         print(json.dumps(fn(**json.loads(args.child_args))))
         return
     ckpt = str(fit_model(args.work, args.fit_epochs, args.threads))
+    if args.engine == "ray":
+        ray_rows = [measure_ray(n, ckpt, args) for n in args.sizes]
+        print("\n| series | local job (s) | series/s, local | Ray job (s) | series/s, Ray | Ray / local |")
+        print("|---|---|---|---|---|---|")
+        for r in ray_rows:
+            print(f"| {r['series']:,} | {r['local_seconds']:.1f} | {r['series_per_s_local']:,.0f} | "
+                  f"{r['ray_seconds']:.1f} | {r['series_per_s_ray']:,.0f} | {r['ray_over_local']:.2f}x |")  # fmt: skip
+        return
     rows = [measure(n, ckpt, args) for n in args.sizes]
     print(
         "\n| series | job (s) | job CPU (s) | series/s, job | bare forward (s) | forward CPU (s) | series/s, forward "
@@ -193,6 +208,32 @@ def measure(n: int, ckpt: str, args: argparse.Namespace) -> dict:
         "cpu": platform.machine(), "load_average_1min": round(os.getloadavg()[0], 2),
     }  # fmt: skip
     append(result)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def measure_ray(n: int, ckpt: str, args: argparse.Namespace) -> dict:
+    """The local job and the Ray job on ``n`` series, taking turns ``repeats`` times (the best of each)."""
+    data = str(make_input(args.work / f"input-{n}", n))
+    common = dict(ckpt=ckpt, data=data, chunk_size=args.chunk_size, batch_size=args.batch_size, threads=args.threads)
+    runs: dict[str, list[dict]] = {"local": [], "ray": []}
+    for _ in range(args.repeats):
+        for engine in runs:
+            out = str(args.work / f"out-{engine}-{n}-{time.time_ns()}")
+            runs[engine].append(_in_child("job", out=out, engine=engine, **common))
+    local, ray = (min(runs[e], key=lambda r: r["seconds"]) for e in ("local", "ray"))
+    assert local["rows_written"] == ray["rows_written"] and ray["series_forecast"] == n
+    result = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "series": n, "chunk_size": args.chunk_size,
+        "batch_size": args.batch_size, "repeats": args.repeats, "local_seconds": round(local["seconds"], 3),
+        "ray_seconds": round(ray["seconds"], 3), "series_per_s_local": round(n / local["seconds"], 1),
+        "series_per_s_ray": round(n / ray["seconds"], 1), "ray_over_local": round(ray["seconds"] / local["seconds"], 3),
+        "rows_written": ray["rows_written"], "cpus": os.cpu_count(), "torch": torch.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
+    path = RESULTS.with_name("forecast_job_ray.json")
+    runs_so_far = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([*runs_so_far, result], indent=2) + "\n")
     print(json.dumps(result), flush=True)
     return result
 

@@ -54,10 +54,12 @@ from cfc_forecast.runs import (
     FolderLock,
     compare_with_baselines,
     has_results,
+    is_global_zero,
     keep_previous_config,
     new_run_dir,
     record_run,
 )
+from cfc_forecast.tracking import log_run_files
 from cfc_forecast.writer import ParquetForecastWriter
 from datamodules import SeriesDataModule
 
@@ -177,7 +179,7 @@ class ForecastCLI(LightningCLI):
             group, name = key.split(".")
             (cfg.data.init_args if group == "data" else cfg.trainer)[name] = value
         self.early_stopping = "trainer.max_epochs" in chosen
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # each DDP process parses again: one line, from the first
+        if is_global_zero():  # each DDP process parses again: one line, from the first
             print(defaults.describe(chosen, cfg.monitor if self.early_stopping else None), flush=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -246,10 +248,10 @@ class ForecastCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
-        rank0 = os.environ.get("LOCAL_RANK", "0") == "0"
+        rank0 = is_global_zero()  # of every node: one run folder, one writer
         if cfg.run_dir:
             self.run_dir = Path(cfg.run_dir)
-            self.created_run_dir = not self.run_dir.exists()
+            self.created_run_dir = rank0 and not self.run_dir.exists()
         else:
             self.run_dir = new_run_dir(cfg.runs_root, self.subcommand)
             self.created_run_dir = rank0
@@ -305,9 +307,13 @@ class ForecastCLI(LightningCLI):
             stop = EarlyStopping(monitor=cfg.monitor, mode=cfg.monitor_mode, patience=defaults.PATIENCE)
             self.trainer_defaults["callbacks"] = [*self.trainer_defaults.get("callbacks", []), stop]
         trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if trainer_cfg.get("logger") in (None, True):
-            # appends to an existing metrics.csv: a resumed fit keeps the epochs before the kill
-            kwargs.setdefault("logger", AppendingCSVLogger(save_dir=str(self.run_dir), name="", version=""))
+        given = trainer_cfg.get("logger")
+        if given is not False:
+            # appends to an existing metrics.csv: a resumed fit keeps the epochs before the kill; a logger given with
+            # --trainer.logger (MLFlowLogger, ...) logs beside it (cfc_forecast.tracking)
+            csv = AppendingCSVLogger(save_dir=str(self.run_dir), name="", version="")
+            extra = [] if given in (None, True) else list(given) if isinstance(given, (list, tuple)) else [given]
+            kwargs.setdefault("logger", [csv, *extra] if extra else csv)
         if not trainer_cfg.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
@@ -328,19 +334,21 @@ class ForecastCLI(LightningCLI):
         check_splits(self.datamodule, ("test",))
 
     def after_fit(self) -> None:
-        if not self.config.fit.test_after_fit:
-            return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        # a fast_dev_run tests one batch: no table of numbers that would look like a result
-        if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
-            metrics = {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
-            table = compare_with_baselines(self.datamodule, metrics, self.run_dir, self.model)
-            print(f"\n{table}\nrun directory: {self.run_dir}", flush=True)
+        if self.config.fit.test_after_fit:
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            self._baselines()
+        log_run_files(self.trainer, self.run_dir)
 
     def after_test(self) -> None:
-        # `test` prints the baselines beside the model, as fit --test_after_fit does (the model holds the checkpoint's
-        # weights: trainer.test restored them into it)
+        self._baselines()
+        log_run_files(self.trainer, self.run_dir)
+
+    def _baselines(self) -> None:
+        """After a test (``test``, ``fit --test_after_fit``): the naive and linear baselines beside the model, printed
+        and saved in ``test_metrics.json`` (the model holds the tested checkpoint's weights: trainer.test restored
+        them into it)."""
+        # a fast_dev_run tests one batch: no table of numbers that would look like a result
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             metrics = {
                 k.removeprefix("test/"): float(v)
@@ -457,18 +465,20 @@ def main(args: list[str] | None = None) -> int:
 
 
 def _options_of(command: str | None) -> list[str]:
-    """The option names of ``tune`` and ``forecast`` (their own parsers), for the suggestion of a parse error."""
+    """The option names of ``tune``, ``forecast``, ``export`` and ``backtest`` (their own parsers), for the suggestion
+    of a parse error."""
     from jsonargparse import ArgumentParser
 
     if command == "tune":
         from cfc_forecast.tune.cli import build_parser
 
         parser = build_parser()
-    elif command == "forecast":
+    elif command in ("forecast", "export"):
+        from cfc_forecast.export import export
         from cfc_forecast.forecast import forecast
 
         parser = ArgumentParser()
-        parser.add_function_arguments(forecast, as_positional=False)
+        parser.add_function_arguments(forecast if command == "forecast" else export, as_positional=False)
     elif command == "backtest":
         from cfc_forecast.backtest import backtest
 
@@ -509,6 +519,10 @@ def _dispatch(argv: list[str], args: list[str] | None) -> int:
         from cfc_forecast.backtest import main as backtest_main
 
         return backtest_main(argv[1:])
+    if argv[:1] == ["export"]:  # an MLflow pyfunc model (cfc_forecast/export)
+        from cfc_forecast.export import main as export_main
+
+        return export_main(argv[1:])
     cli(args)  # None: LightningCLI reads sys.argv itself
     return 0
 

@@ -29,14 +29,34 @@ from cfc_forecast.errors import UserError
 RUN_DIR_ENV = "CFC_FORECAST_RUN_DIR"  # rank 0 passes its run directory to the processes DDP re-executes
 
 
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 of every process on every node, read from the launcher's environment (the CLI
+    asks before the process group exists): ``RANK`` where the launcher sets it (torchrun), else the node's rank
+    (``NODE_RANK``, or torchrun's ``GROUP_RANK``) and ``LOCAL_RANK`` (Lightning's launcher, one per node). Keying on
+    ``LOCAL_RANK`` alone made the first process of every node a writer: two nodes, two run folders."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))
+    return int(node) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def new_run_dir(root: str | os.PathLike, subcommand: str) -> Path:
     """Create and return ``<root>/<YYYYmmdd-HHMMSS>-<subcommand>[-n]``, a folder no other run uses.
 
-    A process that Lightning's DDP launcher started (``LOCAL_RANK`` set) takes its rank 0's folder instead.
+    A process that Lightning's DDP launcher started takes its rank 0's folder instead (``CFC_FORECAST_RUN_DIR``).
+
+    Raises:
+        UserError: processes started by an outside launcher (torchrun, several nodes: ``WORLD_SIZE`` > 1 and no
+            folder from a parent) cannot agree on a new folder's name: each must be given ``--run_dir``.
     """
     inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+    if inherited and not is_global_zero():
         return Path(inherited)
+    if not inherited and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            f"{os.environ['WORLD_SIZE']} processes started by a launcher (torchrun, several nodes) share one run "
+            "folder: give every process the same --run_dir, on a file system every node sees"
+        )
     return unique_dir(Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{subcommand}")
 
 

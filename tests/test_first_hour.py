@@ -54,9 +54,9 @@ def readings_csv(path: Path, devices: int = 4, days: int = 16, seed: int = 0) ->
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "forecast", "backtest", "tune", "native"):
+    for command in ("fit", "validate", "test", "predict", "forecast", "backtest", "export", "tune", "native"):
         assert re.search(rf"^  {command} +\S", out, re.M), command
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "forecast", "backtest", "tune", "native"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "forecast", "backtest", "export", "tune", "native"}
     assert "--threads" in out and "--debug" in out
 
 

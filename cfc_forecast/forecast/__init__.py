@@ -43,6 +43,11 @@ def forecast(
     strategy: str = "auto",
     progress: bool = True,
     output_format: Literal["parquet", "csv"] = "parquet",
+    engine: Literal["local", "ray"] = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float | None = None,
 ) -> int:
     """Forecast every series of the input with a trained model; write Parquet parts, a report and a manifest.
 
@@ -61,6 +66,12 @@ def forecast(
         strategy: Lightning strategy; several devices default to "ddp".
         progress: show the progress bar (series/s and ETA).
         output_format: the parts' format: "parquet" (typed, compact) or "csv" (date-times as ISO 8601 text).
+        engine: "local" (this machine; ``devices`` processes) or "ray" (chunks scored by a Ray Data actor pool on
+            the cluster at ``address``: ``cfc_forecast.forecast.engine``; the same parts, records and manifest).
+        address: the Ray cluster ("auto": the one ``ray start`` runs; default: a local one for this job).
+        workers: Ray actors scoring chunks (default: the cluster's CPUs - 1, at least 1).
+        cpus_per_worker: CPUs per Ray actor (fractions allowed).
+        gpus_per_worker: GPUs per Ray actor (default: 1 where the cluster has GPUs, else 0).
 
     Returns:
         The exit status: 0 forecasts written, 1 nothing could be forecast, 2 the job cannot run.
@@ -69,7 +80,15 @@ def forecast(
         job_options = {"origins": origins, "query_times": query_times, "min_rows": min_rows}
         job_options["output_format"] = output_format
         trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
-        job = ForecastJob(
+        job_class, engine_kwargs = ForecastJob, {}
+        if engine == "ray":
+            from cfc_forecast.forecast.engine import RayForecastJob, ray_available
+
+            ray_available()
+            job_class = RayForecastJob
+            engine_kwargs = dict(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                                 gpus_per_worker=gpus_per_worker)  # fmt: skip
+        job = job_class(
             ckpt_path,
             input,
             output,
@@ -80,6 +99,7 @@ def forecast(
             progress,
             job_options,
             output_format,
+            **engine_kwargs,
         )
         time_dtype = job.lf.collect_schema()[job.trained.time_column]
         job.options = options_for(job.trained, time_dtype, origins, query_times, min_rows)

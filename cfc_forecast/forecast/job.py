@@ -9,7 +9,6 @@ forecasts gathered on rank 0, and only rank 0 writes.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from cfc_forecast.forecast.rows import KEYS, predict_chunk, sorted_frame, spacin
 from cfc_forecast.forecast.source import ChunkReader, Plan, describe_ids, input_files, plan, scan
 from cfc_forecast.forecast.store import OutputFolder, fingerprint, reason_kind
 from cfc_forecast.forecast.trained import JobError, model_from, read_checkpoint
+from cfc_forecast.runs import is_global_zero
 
 
 @dataclass
@@ -37,8 +37,23 @@ class JobResult:
 
 
 def _rank() -> int:
-    # before Lightning has launched the processes, the launcher's environment says which one this is
-    return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
+    # before Lightning has launched the processes, the launcher's environment says which one this is (0: the writer)
+    return 0 if is_global_zero() else 1
+
+
+def chunk_record(chunk: Chunk, frame: pl.DataFrame) -> dict[str, Any]:
+    """What the job records for a finished chunk (its forecasts' row count, skipped series, row counts, spacing);
+    ``OutputFolder.write_chunk`` adds the part's file name. Every engine writes the same records."""
+    return {
+        "series": chunk.n_series,
+        "series_forecast": chunk.n_forecast,
+        "rows": frame.height,
+        "n_skipped": chunk.skipped.height,
+        "skipped": list(zip(describe_ids(chunk.skipped["series"]), chunk.skipped["reason"].to_list(), strict=True)),
+        "row_counts": chunk.row_counts,
+        "spacing": chunk.spacing,
+        "file": None,
+    }
 
 
 @contextmanager
@@ -101,8 +116,6 @@ class ForecastJob:
         start = time.perf_counter()
         the_plan = plan(self.lf, self.trained, self.chunk_size)
         reader = ChunkReader(self.lf, self.sliceable, self.trained, the_plan, self.out.spill)
-        if _rank() == 0:
-            reader.prepare()
         done = self.out.done()
         self._forecast_chunks(the_plan, reader, done)
         return self._finish(the_plan, start)
@@ -111,6 +124,8 @@ class ForecastJob:
         """Forecast the chunks not done yet. While the model runs on chunk k, a thread reads and prepares chunk
         k + 1 and another writes chunk k - 1 (polars, numpy and torch release the GIL in their heavy work), so
         with a core to spare the data handling hides behind the forward pass; at most three chunks are held."""
+        if _rank() == 0:
+            reader.prepare()  # spill unsorted input into chunks (other engines read the input themselves)
         model = model_from(self.ckpt)
         trainer = trainer_for(self.trainer_kwargs)
         pending = [k for k in range(the_plan.n_chunks) if k not in done]
@@ -153,21 +168,9 @@ class ForecastJob:
         frame = sorted_frame(outputs, chunk, self.trained.quantiles)
         if several and frame.height:  # the distributed sampler gives each window to one process, or pads
             frame = frame.unique(KEYS, maintain_order=True).sort(KEYS, maintain_order=True)
-        self.out.write_chunk(k, frame, self._record(chunk, frame))
+        self.out.write_chunk(k, frame, chunk_record(chunk, frame))
         if self.on_chunk_written is not None:
             self.on_chunk_written(k)
-
-    def _record(self, chunk: Chunk, frame: pl.DataFrame) -> dict[str, Any]:
-        return {
-            "series": chunk.n_series,
-            "series_forecast": chunk.n_forecast,
-            "rows": frame.height,
-            "n_skipped": chunk.skipped.height,
-            "skipped": list(zip(describe_ids(chunk.skipped["series"]), chunk.skipped["reason"].to_list(), strict=True)),
-            "row_counts": chunk.row_counts,
-            "spacing": chunk.spacing,
-            "file": None,
-        }
 
     def _finish(self, the_plan: Plan, start: float) -> JobResult:
         records = self.out.done()

@@ -34,7 +34,7 @@ from cfc_forecast.errors import UserError, parse_error, report
 from cfc_forecast.forecast.rows import Forecasts, forecast_report
 from cfc_forecast.forecast.store import atomic_write, reason_kind
 from cfc_forecast.forecast.trained import JobError
-from cfc_forecast.runs import RUN_DIR_ENV, FolderLock, new_run_dir, record_run
+from cfc_forecast.runs import RUN_DIR_ENV, FolderLock, is_global_zero, new_run_dir, record_run
 
 PROG = "cfc-forecast predict"
 # what may still be given of the fit command's groups: the checkpoint defines everything else
@@ -145,7 +145,7 @@ def _run(args: Any) -> int:
         if not args.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a refused command leaves no empty run directory behind
         raise
-    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+    if not is_global_zero():
         return 0
     lock = FolderLock(run_dir, "run")  # one process writes into a run folder at a time
     try:
@@ -182,5 +182,5 @@ def main(argv: list[str]) -> int:
     except UserError as err:  # e.g. a file system that refuses a write: exit status 3
         return report("predict", err)
     finally:
-        if os.environ.get("LOCAL_RANK", "0") == "0":
+        if is_global_zero():
             os.environ.pop(RUN_DIR_ENV, None)
