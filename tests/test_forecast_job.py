@@ -24,6 +24,7 @@ from cfc_forecast.forecast import main
 from cfc_forecast.forecast.prepare import Options, prepare
 from cfc_forecast.forecast.trained import read_checkpoint
 from datamodules.synthetic import synthetic_frame
+from tests.deploy_support import fit_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -39,23 +40,7 @@ def _bare_argv(monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny quantile model fitted for one epoch on 12 synthetic series, and predict's forecasts for them."""
-    root = tmp_path_factory.mktemp("forecast-job")
-    data = root / "series.parquet"
-    synthetic_frame(N_SERIES, 60, 40.0, seed=1).write_parquet(data)
-    common = ["--data=SeriesDataModule", f"--data.path={data}", "--data.id_column=series", "--data.time_unit=s",
-              "--data.observe=4", "--data.forecast=2", "--data.every=1", "--data.batch_size=16"]  # fmt: skip
-    model = ["--model.hidden_size=8", "--model.backbone_units=16", "--model.query_cell_units=8",
-             "--model.loss=pinball", "--model.quantiles=[0.1, 0.5, 0.9]"]  # fmt: skip
-    old = sys.argv
-    sys.argv = ["cfc-forecast"]
-    try:
-        cli(["fit", *common, *model, f"--run_dir={root / 'run'}", "--trainer.max_epochs=1", "--seed_everything=0",
-             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])  # fmt: skip
-        ckpt = root / "run" / "checkpoints" / "last.ckpt"
-        cli(["predict", f"--config={root / 'run' / 'config.yaml'}", f"--ckpt_path={ckpt}", f"--run_dir={root / 'p'}"])
-    finally:
-        sys.argv = old
-    return {"ckpt": ckpt, "data": data, "predict": pl.read_parquet(root / "p" / "predictions.parquet")}
+    return fit_tiny(tmp_path_factory.mktemp("forecast-job"), N_SERIES)
 
 
 def run_job(trained, out: Path, *extra: str, data: Path | None = None) -> int:
