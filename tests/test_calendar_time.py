@@ -258,3 +258,13 @@ def test_naive_stamps_read_in_a_time_zone_refuse_a_repeated_hour(tmp_path):
     with pytest.raises(UserError, match="--data.time_zone 'Europe/Berlinn' is not a time zone"):
         SeriesDataModule.from_frame(frame, id_column="id", time_column="t", targets=["y"], lookback=2, horizon=1,
                                     time_zone="Europe/Berlinn")._ensure_built()  # fmt: skip
+
+
+def test_an_origin_before_the_data_skips_every_series_with_its_reason(daily, tmp_path, capsys):
+    # a model with calendar inputs and no window left once every origin is skipped: the job once crashed (exit 1
+    # with a traceback) building the calendar inputs of zero windows
+    job = ["--ckpt_path", str(daily["ckpt"]), "--input", str(daily["root"] / "train.parquet"), "--progress=false"]
+    assert job_main([*job, "--output", str(tmp_path / "job"), "--origins=['2025-06-01']"]) == 1
+    skipped = pl.read_csv(tmp_path / "job" / "skipped_series.csv")
+    assert skipped.height == 2 and skipped["reason"].str.contains("too short for the model's context").all()
+    assert "nothing could be forecast" in capsys.readouterr().out

@@ -167,7 +167,7 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
     order = np.argsort(w.in_hi - w.in_lo, kind="stable")  # similar lengths together: less padding per batch
     w, q, valid = w.select(order), q[order], valid[order]
     future = None
-    if trained.calendar:
+    if trained.calendar and len(w):  # no window left (every origin skipped): nothing to encode
         cal = calendar_features((w.origin[:, None] + q).reshape(-1), codec, trained.calendar)
         future = torch.from_numpy(cal.reshape(*q.shape, -1) * valid[..., None])
     dataset = None
