@@ -238,6 +238,12 @@ def test_a_csv_with_utc_offsets_read_in_its_time_zone_keeps_local_midnight_acros
     run = tmp_path / "p"
     assert main(["predict", f"--ckpt_path={ckpt}", f"--data.path={path}", f"--run_dir={run}"]) == 0
     assert local(pl.read_parquet(run / "predictions.parquet")) == FALL_BACK
+    # the same rows as naive wall-clock stamps (the training format without its offset, or another separator): read
+    # in the model's zone, the same forecasts (they were all "unparseable time stamps")
+    with_offsets = forecast_rows(ckpt, pl.read_csv(path))
+    for stamp in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"):
+        naive = frame.with_columns(pl.col("t").dt.strftime(stamp))
+        assert forecast_rows(ckpt, naive).equals(with_offsets), stamp
 
 
 def test_prediction_input_is_read_in_the_training_data_zone(daily, tmp_path):

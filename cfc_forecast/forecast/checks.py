@@ -12,6 +12,8 @@ ignored, and as in training. ``cfc-forecast predict``, ``forecast_rows`` and the
 
 from __future__ import annotations
 
+import logging
+
 import polars as pl
 
 from cfc_forecast.errors import UserError
@@ -21,6 +23,7 @@ from datamodules.stamps import in_zone, infer_time_format, parse_stamps
 from datamodules.timing import TimeCodec
 
 ID = "__id"
+log = logging.getLogger(__name__)
 
 
 def parse_time(frame: pl.DataFrame, trained: Trained) -> tuple[pl.DataFrame, TimeCodec]:
@@ -43,7 +46,27 @@ def parse_time(frame: pl.DataFrame, trained: Trained) -> tuple[pl.DataFrame, Tim
             fmt = fmt or infer_time_format(col, trained.time_column, "input")
         except UserError as err:
             raise JobError(str(err)) from None
-        col = parse_stamps(col, fmt)
+        text, col = col, parse_stamps(col, fmt)
+        naive_fmt = fmt.removesuffix("%#z").removesuffix("%z")
+        missing = col.is_null() & text.is_not_null()
+        if naive_fmt != fmt and missing.any():  # trained on stamps with UTC offsets, given stamps without: their
+            # wall-clock times in the training data's zone (UTC when it had none), as for any naive input
+            naive = parse_stamps(text, naive_fmt)
+            try:
+                local = in_zone(naive, trained.time_zone or "UTC", f"input column {trained.time_column!r}")
+            except UserError as err:
+                raise JobError(str(err)) from None
+            col = col.fill_null(local.dt.convert_time_zone(col.dtype.time_zone or "UTC"))
+        if text.is_not_null().any() and col.null_count() == len(col):
+            # not one stamp is written as in training (another separator, no seconds, ...): this input's own one
+            # format, refused when it could be read more than one way, and logged
+            try:
+                own = infer_time_format(text, trained.time_column, "input")
+            except UserError as err:
+                raise JobError(f"{err} (training read {fmt!r})") from None
+            log.warning("input column %r: no time stamp has the training format %r; read with %r", trained.time_column,
+                        fmt, own)  # fmt: skip
+            fmt, col = own, parse_stamps(text, own)
     elif col.dtype == pl.String:
         try:
             col = col.str.to_datetime(strict=False, time_unit="us")
