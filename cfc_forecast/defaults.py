@@ -27,7 +27,6 @@ OBSERVE_PER_FORECAST = 4
 DEFAULT_EPOCHS = 100
 PATIENCE = 5
 DAY_US, HOUR_US = 86_400e6, 3_600e6
-_WINDOW_KEYS = ("lookback", "horizon", "observe", "every", "origin")
 
 
 def times_four(duration: str | float) -> str | float:
@@ -41,12 +40,17 @@ def times_four(duration: str | float) -> str | float:
 
 
 def window_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """``observe`` and ``every`` from ``forecast`` when no other window argument is set."""
-    if data.get("forecast") is None or any(data.get(k) is not None for k in _WINDOW_KEYS):
+    """``observe`` and ``every`` from ``forecast``, each only where unset, for duration windows (no count windows
+    or fixed origin given)."""
+    if data.get("forecast") is None or any(data.get(k) is not None for k in ("lookback", "horizon", "origin")):
         return {}
-    if data.get("origin_anchor") is not None:  # anchored origins repeat every day (week) unless every says otherwise
-        return {"observe": times_four(data["forecast"])}
-    return {"observe": times_four(data["forecast"]), "every": data["forecast"]}
+    if data.get("observe") is not None:  # every then defaults to forecast in the DataModule itself
+        return {}
+    chosen = {"observe": times_four(data["forecast"])}
+    # anchored origins repeat every day (week) unless every says otherwise
+    if data.get("every") is None and data.get("origin_anchor") is None:
+        chosen["every"] = data["forecast"]
+    return chosen
 
 
 def calendar_defaults(data: dict[str, Any]) -> dict[str, Any]:

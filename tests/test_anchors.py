@@ -132,3 +132,6 @@ def test_backtest_origins_are_anchor_times_across_the_dst_change():
     when = origins(end, 4.0, 3, "1d", codec, "12:00")
     assert local(codec.decode(when)) == ["03-28 12:00 +0100", "03-29 12:00 +0200", "03-30 12:00 +0200"]
     assert local(codec.decode(origins(end, 5.0, 1, "1d", codec, "12:00"))) == ["03-29 12:00 +0200"]
+    for step in ("5h", 3.0):  # origins `step` apart would leave the anchor (they once did, silently)
+        with pytest.raises(UserError, match="anchored at '12:00'; give whole days"):
+            origins(end, 4.0, 3, step, codec, "12:00")

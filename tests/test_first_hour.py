@@ -93,6 +93,7 @@ def test_defaults_only_fill_what_is_unset():
     assert defaults.times_four("6h") == "24h" and defaults.times_four(1.5) == 6.0
     assert defaults.window_defaults({"forecast": "6h"}) == {"observe": "24h", "every": "6h"}
     assert defaults.window_defaults({"forecast": "6h", "observe": "2d"}) == {}
+    assert defaults.window_defaults({"forecast": "6h", "every": "1d"}) == {"observe": "24h"}  # was refused
     assert defaults.window_defaults({"lookback": 96, "horizon": 24}) == {}
     assert defaults.epoch_defaults({"max_epochs": None, "max_steps": -1}) == {"max_epochs": 100}
     assert defaults.epoch_defaults({"max_epochs": 3, "max_steps": -1}) == {}

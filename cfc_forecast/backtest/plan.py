@@ -109,6 +109,9 @@ def origins(
         last = float(found.max())
     back = np.arange(n_windows - 1, -1, -1)  # steps before the last origin
     days = duration_days(step) if codec.time_zone is not None else 0
+    if anchor is not None and not duration_days(step):  # origins on the anchor are whole days apart
+        raise UserError(f"--step {step!r}: the model's origins are anchored at {anchor!r}; give whole days (or weeks "
+                        "for a weekday anchor), e.g. --step 1d")  # fmt: skip
     if days:
         return last + calendar_offsets(np.array([last]), -days * back[None, :], codec)[0]
     return last - size * back
