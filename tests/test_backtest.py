@@ -134,6 +134,7 @@ def test_refusals_are_one_line(fitted, capsys):
     ]
     assert main(args) == 2
     assert "inside the checkpoint's train / validation range" in capsys.readouterr().err
+    assert not (tmp / "no").exists()  # a refused backtest leaves no folder (a rerun into it would be refused)
     assert main(["backtest", f"--config={cfg}", "--n_windows=2", "--step=1d", "--refit=sometimes"]) == 2
     assert "--refit must be" in capsys.readouterr().err
     assert main(["backtest", f"--config={tmp / 'none.yaml'}", "--n_windows=2", "--step=1d", "--refit=every"]) == 2

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ def backtest(
         raise UserError("--ckpt_path is for --refit never; with --refit every each fold fits its own model")
     cfg = plan.read_config(config)
     out = Path(output)
+    made = not out.exists()
     lock = FolderLock(out, "backtest")
     try:
         return _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, list(fit_args or []), batch_size)
@@ -149,6 +151,16 @@ def backtest(
         raise UserError(str(err)) from None
     finally:
         lock.release()
+        if made and _holds_nothing(out):  # a failed backtest leaves no folder of its own (a rerun would refuse it)
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _holds_nothing(out: Path) -> bool:
+    """Whether a backtest folder holds no forecast and no fold's fit: only its lock, settings and empty folders."""
+    if not out.is_dir():
+        return False
+    left = {p.name for p in out.iterdir()} - {".lock", "backtest.json"}
+    return all(p.is_dir() and not any(p.iterdir()) for p in (out / name for name in left))
 
 
 def _origins(
