@@ -70,7 +70,8 @@ def fit_model(work: Path, epochs: int, threads: int) -> Path:
             f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
             f"--run_dir={work / 'run'}"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run([sys.executable, "-m", "cfc_forecast.cli", *args], check=True, stdout=subprocess.DEVNULL, env=env)
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", *args]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     return ckpt
 
 

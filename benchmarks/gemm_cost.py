@@ -1,8 +1,8 @@
 """What the per-step matmuls of the native CPU loop cost on this machine, and which code path the BLAS takes.
 
-The raw CPU loop (cfc_forecast/csrc/raw_loop.h) calls torch's BLAS (MKL's ``sgemm_`` in torch's CPU build) six times
-per step for the benchmark model (7 features, 64 units, backbone 1 x 128, lecun_tanh, batch 64 or 256): two in the
-forward, four in the backward. This script times each of those shapes as T = 96 matmuls in one batched call
+The raw CPU loop (cfc_forecast/core/csrc/raw_loop.h) calls torch's BLAS (MKL's ``sgemm_`` in torch's CPU build)
+six times per step for the benchmark model (7 features, 64 units, backbone 1 x 128, lecun_tanh, batch 64 or 256):
+two in the forward, four in the backward. This script times each of those shapes as T = 96 matmuls in one batched call
 (``torch.bmm`` into a preallocated output: MKL's batched GEMM, no Python per matmul), so its time per matmul is close
 to what the loop pays per step; it sums them into the GEMM time of one training step and sets that beside the native
 loop's measured training step (median of ``--reps``). It also records the code path MKL picks on this CPU

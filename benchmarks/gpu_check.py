@@ -7,10 +7,13 @@
    LSTM beside ours.
 3. ``cfc-forecast fit`` of configs/quickstart.yaml on one GPU, then the same under ``--trainer.strategy=ddp`` on
    one GPU (NCCL), with their test metrics.
-4. The fused Triton kernel (cfc_forecast/kernels, issue 19): its numbers against our float64 CPU loop in float32
+4. The fused Triton kernel (cfc_forecast/core/kernels, issue 19): its numbers against our float64 CPU loop in float32
    with IEEE and with TF32 dots and in bfloat16 autocast, per mode and activation, with padding, H = 20 and B = 37;
    bit-equal reruns; its speed beside the rows of 2. with an estimate of the fraction of the chip's copy bandwidth
    it reaches; then 1 epoch of ETTh1 (50 training batches) and 2 tuning trials with ``CFC_FORECAST_FUSED=1``.
+5. CUDA graphs of the loop (``cuda_graphs=True``, cfc_forecast/core/graphs.py): states and gradients against the
+   eager loop (native and pure-PyTorch, padding, mixed memory, two batch shapes), a row in the speed table of 2.,
+   and 1 epoch of ETTh1 (50 training batches) with ``--model.cuda_graphs=true``.
 
     python benchmarks/gpu_check.py --out DIR    # writes gpu_check.json and the fits' logs to DIR
     # the fused kernel's device check (under 8 minutes on an H200; the fused rows need `pip install .[kernels]`):
@@ -34,14 +37,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cfc_forecast.kernels as kernels  # noqa: E402
+import cfc_forecast.core.kernels as kernels  # noqa: E402
 from benchmarks.speed import CONFIGS, UNITS, F, H  # noqa: E402
 from cfc_forecast import CfCEncoder  # noqa: E402
-from cfc_forecast.kernels import fused_status  # noqa: E402
-from cfc_forecast.native import native_available, native_status  # noqa: E402
+from cfc_forecast.core.kernels import fused_status  # noqa: E402
+from cfc_forecast.core.native import native_available, native_status  # noqa: E402
 
 FUSED = "cfc-forecast CfCEncoder (fused Triton kernel, TF32)"
 FUSED_BF16 = "cfc-forecast CfCEncoder (fused Triton kernel, bfloat16 autocast)"
+GRAPHED = "cfc-forecast CfCEncoder (native loop, CUDA graphs)"
 
 
 def cuda_medians(fns: dict, reps: int, warmup: int = 3, block: int = 5) -> dict[str, float]:
@@ -121,6 +125,9 @@ def speed_at(dev: torch.device, batch: int, steps: int, reps: int) -> dict[str, 
                 return fused(x, dt)[1]
 
         table[FUSED_BF16] = (fused, bf16)
+    graphed = CfCEncoder(F, H, backbone_units=UNITS, impl="native", check_values=False, cuda_graphs=True).to(dev)
+    graphed.load_ncps_state_dict(ref.state_dict())
+    table[GRAPHED] = (graphed, lambda: graphed(x, dt)[1])  # training steps replay a graph; the forward runs eagerly
     table |= {
         "cfc-forecast CfCEncoder (native loop, ATen kernels)": (native, lambda: native(x, dt)[1]),
         "cfc-forecast CfCEncoder (pure-PyTorch loop)": (python, lambda: python(x, dt)[1]),
@@ -162,7 +169,7 @@ def speed(dev: torch.device, reps: int) -> list[dict]:
 
 def fused_ready() -> bool:
     """Whether triton is installed (the fused rows need it)."""
-    from cfc_forecast.kernels import triton_installed
+    from cfc_forecast.core.kernels import triton_installed
 
     return triton_installed()
 
@@ -193,7 +200,7 @@ def fused_train_bytes(batch: int, steps: int) -> int:
 
 def fused_correctness(dev: torch.device) -> dict:
     """The fused kernel against our float64 CPU loop (pure PyTorch): float32 IEEE, float32 TF32, bfloat16 autocast."""
-    from cfc_forecast.kernels import fused as fused_mod
+    from cfc_forecast.core.kernels import fused as fused_mod
 
     out = {}
     torch.manual_seed(0)
@@ -237,9 +244,43 @@ def fused_correctness(dev: torch.device) -> dict:
     return out
 
 
+def graphs_correctness(dev: torch.device) -> dict:
+    """CUDA graphs of the loop (cfc_forecast/core/graphs.py) against the same encoder run eagerly: states, the last
+    state and every parameter gradient over three training steps (one graph, replayed), for the native and the
+    pure-PyTorch loop, with padding, mixed memory, H = 20, and a second batch shape (a second graph)."""
+    rows = {}
+    for impl in ("native", "python"):
+        for label, kwargs in (("plain", {}), ("mixed_memory", {"mixed_memory": True}), ("H=20", {})):
+            hidden = 20 if label == "H=20" else H
+            torch.manual_seed(0)
+            eager = CfCEncoder(F, hidden, backbone_units=UNITS, impl=impl, check_values=False, **kwargs).to(dev)
+            graphed = CfCEncoder(F, hidden, backbone_units=UNITS, impl=impl, check_values=False, cuda_graphs=True,
+                                 **kwargs).to(dev)  # fmt: skip
+            graphed.load_state_dict(eager.state_dict())
+            worst = {"states": 0.0, "grads": 0.0}
+            for batch, steps in ((37, 50), (37, 50), (37, 50), (16, 30)):
+                x = torch.randn(batch, steps, F, device=dev, requires_grad=True)
+                dt = torch.rand(batch, steps, device=dev) + 0.1
+                mask = torch.rand(batch, steps, device=dev) > 0.2
+                outs = []
+                for enc in (eager, graphed):
+                    enc.zero_grad(set_to_none=True)
+                    states, last = enc(x, dt, mask)
+                    last = last[0] if isinstance(last, tuple) else last
+                    (states.square().mean() + last.sum()).backward()
+                    outs.append((states.detach(), [p.grad.clone() for p in enc.parameters()]))
+                worst["states"] = max(worst["states"], (outs[0][0] - outs[1][0]).abs().max().item())
+                grads = max((a - b).abs().max().item() for a, b in zip(outs[0][1], outs[1][1], strict=True))
+                worst["grads"] = max(worst["grads"], grads)
+            worst["graphs"] = len(graphed.graphs)
+            rows[f"{impl} {label}"] = worst
+            print(f"  graphs {impl:6s} {label:12s} {worst}", flush=True)
+    return rows
+
+
 def tune_fused(out: Path, runs: Path) -> dict:
     """2 trials of the ETTh1 study (each 1 epoch of 50 batches) with the fused kernel on."""
-    cmd = [sys.executable, "-m", "cfc_forecast.cli", "tune", "--config", "configs/tune/etth1.yaml", "--n_trials=2",
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", "tune", "--config", "configs/tune/etth1.yaml", "--n_trials=2",
            f"--study_dir={runs / 'tune_fused'}",
            '--fit_args={"trainer.max_epochs": 1, "trainer.limit_train_batches": 50, "trainer.accelerator": "gpu",'
            ' "trainer.devices": 1, "trainer.enable_progress_bar": false}']  # fmt: skip
@@ -253,7 +294,7 @@ def tune_fused(out: Path, runs: Path) -> dict:
 
 
 def fit(out: Path, runs: Path, extra: list[str], tag: str, config: str = "configs/quickstart.yaml", env=None) -> dict:
-    cmd = [sys.executable, "-m", "cfc_forecast.cli", "fit", "--config", config,
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", "fit", "--config", config,
            "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
            f"--run_dir={runs / tag}", *extra]  # fmt: skip
     start = time.perf_counter()
@@ -276,7 +317,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["correctness", "speed", "fit", "ddp", "fused", "fit_fused", "tune_fused"],
+        choices=["correctness", "speed", "fit", "ddp", "fused", "fit_fused", "tune_fused", "graphs", "fit_graphs"],
     )
     parser.add_argument("--data", type=Path, help="the folder with ETT/ (default $CFC_FORECAST_DATA, ../shared/data)")
     args = parser.parse_args()
@@ -304,6 +345,9 @@ def main() -> None:
     if "fused" not in args.skip and fused_ready():
         report["fused_correctness"] = fused_correctness(dev)
         save()
+    if "graphs" not in args.skip:
+        report["graphs_correctness"] = graphs_correctness(dev)
+        save()
     if "correctness" not in args.skip:
         report["correctness"] = correctness(dev)
         save()
@@ -323,6 +367,10 @@ def main() -> None:
     if "fit_fused" not in args.skip and fused_ready():
         extra = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=50"]
         report["fit_etth1_fused"] = fit(args.out, args.runs, extra, "fit_etth1_fused", "configs/etth1.yaml", fused_env)
+        save()
+    if "fit_graphs" not in args.skip:
+        extra = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=50", "--model.cuda_graphs=true"]
+        report["fit_etth1_graphs"] = fit(args.out, args.runs, extra, "fit_etth1_graphs", "configs/etth1.yaml")
         save()
     if "tune_fused" not in args.skip and fused_ready():
         report["tune_fused"] = tune_fused(args.out, args.runs)

@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from cfc_forecast import native  # noqa: E402
+from cfc_forecast.core import native  # noqa: E402
 
 # a claim runs the seeds given, skipping the (case, seed) pairs already done; it yields (case, seed, values, holds)
 Claim = Callable[[list[int], set[tuple[str, int]]], Iterator[tuple[str, int, dict[str, float], bool]]]

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 import cfc_forecast
-from cfc_forecast import CfCEncoder, native, native_available
-from cfc_forecast.wired import WiredCfCEncoder
+from cfc_forecast import CfCEncoder, native_available
+from cfc_forecast.core import native
+from cfc_forecast.core.wired import WiredCfCEncoder
 
 CONFIGS = {"small": (64, 96), "large": (256, 1024)}
 F, H, UNITS = 7, 64, 128

@@ -7,8 +7,8 @@ Each measurement is the wall time of ``cfc-forecast fit --config configs/quickst
 (start-up, data, E epochs with validation): what a person waits for. A condition runs ``copies`` such fits at once
 (1: idle; 2: beside one copy; 4: beside three copies), all with the same setting, and records each one's time.
 Settings: ``default`` (the ``cfc-forecast`` launcher's choice: no variable set), ``threads=N`` (``--threads N``:
-the launcher's passive OpenMP waits) and ``torch-default`` (no launcher: ``python -m cfc_forecast.cli``, torch's own
-threads and OpenMP's spinning waits, what the command did before). Results go to ``--out`` after each condition;
+the launcher's passive OpenMP waits) and ``torch-default`` (no launcher: ``python -m cfc_forecast.commands``, torch's
+own threads and OpenMP's spinning waits, what the command did before). Results go to ``--out`` after each condition;
 a rerun skips the conditions already there (delete the file to measure again). The summary prints, per condition,
 the median time of each setting and the default's ratio to the best fixed thread count.
 """
@@ -36,7 +36,7 @@ def settings(cores: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     out: dict[str, tuple[list[str], dict[str, str]]] = {"default": (launcher, {})}
     for n in sorted({1, 2, cores}):
         out[f"threads={n}"] = ([*launcher, f"--threads={n}"], {})
-    out["torch-default"] = ([sys.executable, "-m", "cfc_forecast.cli"], {})
+    out["torch-default"] = ([sys.executable, "-m", "cfc_forecast.commands"], {})
     return out
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 __version__ = "0.1.0"
 _PUBLIC = {
-    "CfCCell": "cfc_forecast.cell",
-    "CfCEncoder": "cfc_forecast.encoder",
-    "LSTMMemoryCell": "cfc_forecast.memory",
-    "native_available": "cfc_forecast.native",
-    "WiredCfCEncoder": "cfc_forecast.wired",
+    "CfCCell": "cfc_forecast.core.cell",
+    "CfCEncoder": "cfc_forecast.core.encoder",
+    "LSTMMemoryCell": "cfc_forecast.core.memory",
+    "native_available": "cfc_forecast.core.native",
+    "WiredCfCEncoder": "cfc_forecast.core.wired",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

@@ -3,7 +3,7 @@
 A :class:`UserError` (bad data, bad option, missing file) is reported as one line on stderr,
 ``cfc-forecast <command>: error: <message>``, and the command exits with ``status`` (2 unless a subclass says
 otherwise); no traceback. The message names the file, column, series or argument and the fix. Code anywhere in the
-package raises it; the entry points (``cfc_forecast.cli.main`` and the commands it dispatches to) report it.
+package raises it; the entry points (``cfc_forecast.commands.main`` and the commands it dispatches to) report it.
 
 ``UserError`` subclasses ``ValueError`` so that callers of the Python API catching ``ValueError`` keep working.
 """

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from cfc_forecast.cell import Activation, CfCCell, Mode
+from cfc_forecast.core.cell import Activation, CfCCell, Mode
 from cfc_forecast.errors import UserError
 
 HeadName = Literal["direct", "continuous", "step"]

@@ -16,8 +16,10 @@ import lightning.pytorch as L
 from torch import Tensor, nn
 
 from cfc_forecast.batch import Batch
-from cfc_forecast.cell import Activation, HeadActivation, Mode
-from cfc_forecast.encoder import CfCEncoder
+from cfc_forecast.core.cell import Activation, HeadActivation, Mode
+from cfc_forecast.core.encoder import CfCEncoder
+from cfc_forecast.core.wired import WiredCfCEncoder, build_wired_encoder
+from cfc_forecast.core.wiring import WiringName
 from cfc_forecast.errors import UserError
 from cfc_forecast.heads import MLPActivation, build_head
 from cfc_forecast.inputs import ElapsedTime, Fill, InputEncoding
@@ -28,8 +30,6 @@ from cfc_forecast.network import Forecaster, StaticInto
 from cfc_forecast.optim import OptimizerName, SchedulerName, configure
 from cfc_forecast.revin import RevIN
 from cfc_forecast.rnn import RNNEncoder
-from cfc_forecast.wired import WiredCfCEncoder, build_wired_encoder
-from cfc_forecast.wiring import WiringName
 
 EncoderName = Literal["cfc", "lstm", "gru"]
 HeadChoice = Literal["auto", "direct", "continuous", "step"]
@@ -53,8 +53,8 @@ class ForecastModule(L.LightningModule):
         encoder: "cfc" (closed-form continuous-time) or the baselines "lstm" / "gru".
         hidden_size: H, state units.
         mode, backbone_units, backbone_layers, backbone_dropout, activation, head_activation, mixed_memory,
-            memory_wiring, forget_bias: the CfC options (see :class:`~cfc_forecast.encoder.CfCEncoder`).
-        wiring: a sparse Neural Circuit Policy wiring of the CfC (Lechner et al. 2020; :mod:`cfc_forecast.wiring`):
+            memory_wiring, forget_bias: the CfC options (see :class:`~cfc_forecast.core.encoder.CfCEncoder`).
+        wiring: a sparse Neural Circuit Policy wiring of the CfC (Lechner et al. 2020; :mod:`cfc_forecast.core.wiring`):
             "auto_ncp", "ncp" (sizes from ``wiring_ncp``), "fully_connected", or None (the unwired CfC with its
             backbone). A wired CfC has no backbone (``backbone_*`` are not used); it runs the native loop layer after
             layer (``impl``), or with mixed memory (wired as ncps wires it) the pure-PyTorch loop. The head reads the
@@ -65,7 +65,7 @@ class ForecastModule(L.LightningModule):
         wiring_outputs: M, the motor neurons of auto_ncp (the head's input width); None: 30% of the neurons.
         wiring_seed: the random seed of the synapses (auto_ncp, ncp); the masks are also saved in the checkpoint.
         wiring_sparsity: auto_ncp's sparsity in [0.1, 1.0]. wiring_ncp: the sizes of "ncp" (the arguments of
-            :func:`cfc_forecast.wiring.ncp`: inter_neurons, command_neurons, motor_neurons, sensory_fanout,
+            :func:`cfc_forecast.core.wiring.ncp`: inter_neurons, command_neurons, motor_neurons, sensory_fanout,
             inter_fanout, recurrent_command_synapses, motor_fanin).
         rnn_layers: stacked layers of the LSTM / GRU baselines.
         fill: missing inputs: "locf" carries each feature's last observation forward, "zeros" leaves 0.
@@ -95,6 +95,10 @@ class ForecastModule(L.LightningModule):
         quantiles: sorted levels in (0, 1) for the pinball loss; the one nearest 0.5 is the point forecast.
         optimizer, lr, weight_decay, scheduler: see :func:`cfc_forecast.optim.configure`.
         impl: the CfC loop: "auto" (native when it builds), "native" or "python".
+        cuda_graphs: on CUDA, run each training step's CfC loop from a CUDA graph, one per batch shape, forward and
+            backward (``cfc_forecast.core.graphs``; a plain CfC encoder only, without a wiring; not yet run on a GPU:
+            ``benchmarks/gpu_check.py`` checks and times it). Switches the encoder's per-call value checks off (the
+            DataModule has checked the data). Elsewhere (CPU, validation, autocast) the loop runs as without it.
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class ForecastModule(L.LightningModule):
         weight_decay: float = 0.0,
         scheduler: SchedulerName = "none",
         impl: Literal["auto", "native", "python"] = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -185,6 +190,11 @@ class ForecastModule(L.LightningModule):
         channels = self._targets_in_inputs("channel_independent", every=True) if h.channel_independent else None
         inputs = InputEncoding(h.n_inputs - len(channels) + 1 if channels else h.n_inputs, h.fill, h.append_mask,
                                h.append_delta)  # fmt: skip
+        if h.cuda_graphs and (h.wiring is not None or h.encoder != "cfc"):
+            raise UserError(
+                f"cuda_graphs=true graphs the plain CfC encoder only, not encoder={h.encoder!r}"
+                + (f" with wiring={h.wiring!r}" if h.wiring is not None else "") + ": leave --model.cuda_graphs out"
+            )
         if h.wiring is not None and h.encoder != "cfc":
             raise UserError(f"wiring={h.wiring!r} needs encoder='cfc', got encoder={h.encoder!r}")
         if h.wiring is not None:
@@ -207,6 +217,8 @@ class ForecastModule(L.LightningModule):
                 memory_wiring=h.memory_wiring,
                 forget_bias=h.forget_bias,
                 impl=h.impl,
+                check_values=not h.cuda_graphs,
+                cuda_graphs=h.cuda_graphs,
             )
         elif h.encoder in ("lstm", "gru"):
             encoder = RNNEncoder(h.encoder, inputs.size, h.hidden_size, h.rnn_layers, h.backbone_dropout)

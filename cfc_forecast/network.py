@@ -46,7 +46,7 @@ class Forecaster(nn.Module):
     Args:
         inputs: builds the per-step features (missing values, masks, times since observed).
         clock: maps elapsed times in the data's unit to the model's time scale.
-        encoder: a :class:`CfCEncoder`, :class:`~cfc_forecast.wired.WiredCfCEncoder` or
+        encoder: a :class:`CfCEncoder`, :class:`~cfc_forecast.core.wired.WiredCfCEncoder` or
             :class:`~cfc_forecast.rnn.RNNEncoder` over the features (a wired one hands the head its motor neurons).
         head: one of the heads in :mod:`cfc_forecast.heads`.
         n_static: S, static covariates (0: none expected).

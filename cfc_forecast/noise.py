@@ -1,6 +1,6 @@
 """Lines a ``cfc-forecast`` command does not print: each names its exact message and the module that emits it.
 
-Installed by the entry point (``cfc_forecast.cli.main``) only, never on import: a Python user keeps every warning.
+Installed by the entry point (``cfc_forecast.commands.main``) only, never on import: a Python user keeps every warning.
 No blanket filter: each entry says why the line does not apply to a person running the command.
 """
 

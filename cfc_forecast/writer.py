@@ -94,27 +94,3 @@ class ParquetForecastWriter(BasePredictionWriter):
             for p in parts:
                 p.unlink(missing_ok=True)
         trainer.strategy.barrier("forecast-writer-done")
-
-
-def predict_frame(
-    model: str | Path | L.LightningModule, data: pl.DataFrame | str | Path | list[str], **options: Any
-) -> pl.DataFrame:
-    """Forecast from the end of every series of ``data`` and return the long-layout frame (the Python counterpart
-    of ``cfc-forecast predict``; the same as ``cfc_forecast.forecast.forecast_rows``).
-
-    Args:
-        model: a checkpoint path, or a ``ForecastModule`` fitted in Python (on ``datamodule=``, default the
-            DataModule of its last ``Trainer.fit``).
-        data: a polars frame, or CSV / Parquet file(s), in the layout the model was trained on (columns by name).
-        options: ``datamodule``, ``origins``, ``query_times``, ``min_rows``, ``batch_size`` and ``Trainer``
-            arguments (see ``forecast_rows``).
-
-    Returns:
-        See :func:`forecast_frame`; skipped series are logged.
-
-    Raises:
-        ValueError: an unusable checkpoint, a missing column or one of the wrong kind, bad options.
-    """
-    from cfc_forecast.forecast.rows import forecast_rows
-
-    return forecast_rows(model, data, **options)

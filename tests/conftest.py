@@ -17,8 +17,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cfc_forecast import native
-from cfc_forecast.native import native_available
+from cfc_forecast.core import native
+from cfc_forecast.core.native import native_available
 
 # the encoder's implementations: the pure-PyTorch loop, the native loop (its raw-pointer loop where it applies,
 # fused CPU kernels), the native loop over ATen views with the fused kernels, and the native loop with the

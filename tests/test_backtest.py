@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from cfc_forecast.backtest import backtest
-from cfc_forecast.cli import cli, main
+from cfc_forecast.cli import cli
+from cfc_forecast.commands import main
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast import forecast_rows
 

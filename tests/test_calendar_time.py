@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cfc_forecast.cli import main
+from cfc_forecast.commands import main
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast import forecast_rows
 from cfc_forecast.forecast import main as job_main

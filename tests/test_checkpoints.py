@@ -13,7 +13,8 @@ import torch
 
 from cfc_forecast import checkpoints
 from cfc_forecast.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
-from cfc_forecast.cli import cli, main
+from cfc_forecast.cli import cli
+from cfc_forecast.commands import main
 from cfc_forecast.errors import StorageError
 from cfc_forecast.forecast import main as forecast_main
 from cfc_forecast.module import ForecastModule

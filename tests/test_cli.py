@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from cfc_forecast import __version__, native_available
-from cfc_forecast.cli import cli, main
+from cfc_forecast.cli import cli
+from cfc_forecast.commands import main
 from cfc_forecast.errors import UserError
 from cfc_forecast.module import ForecastModule
 
@@ -121,7 +122,7 @@ def test_two_process_ddp_fit_and_predict_on_cpu(tmp_path):
     import sys
 
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-    base = [sys.executable, "-m", "cfc_forecast.cli"]
+    base = [sys.executable, "-m", "cfc_forecast.commands"]
     fit = [*base, "fit", *TINY_DATA, *TINY_MODEL, *ddp, "--trainer.max_epochs=1", "--seed_everything=0",
            "--trainer.enable_progress_bar=false", f"--run_dir={tmp_path / 'run'}"]  # fmt: skip
     subprocess.run(fit, check=True, cwd=ROOT, timeout=300)

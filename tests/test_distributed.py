@@ -161,6 +161,6 @@ def test_the_test_command_on_two_ddp_processes_scores_as_on_one(tmp_path, monkey
             f"--ckpt_path={tmp_path / 'fit' / 'checkpoints' / 'best.ckpt'}"]  # fmt: skip
     one = cli([*test, f"--run_dir={tmp_path / 'one'}"]).trainer.callback_metrics
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", f"--run_dir={tmp_path}/two"]
-    subprocess.run([sys.executable, "-m", "cfc_forecast.cli", *test, *ddp], check=True, cwd=ROOT, timeout=300)
+    subprocess.run([sys.executable, "-m", "cfc_forecast.commands", *test, *ddp], check=True, cwd=ROOT, timeout=300)
     two = pl.read_csv(tmp_path / "two" / "metrics.csv").select(pl.col("^test/.*$")).drop_nulls().row(0, named=True)
     assert two == pytest.approx(evaluated(one, "test"), rel=TOLERANCE, abs=TOLERANCE)

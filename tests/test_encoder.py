@@ -186,7 +186,7 @@ def test_the_raw_loop_runs_where_torch_ships_its_blas():
     # fall back to the ATen loop (the tests above would still pass, only slower)
     import platform
 
-    from cfc_forecast.native import native_available
+    from cfc_forecast.core.native import native_available
 
     if not native_available():
         pytest.skip("the native CfC loop is not available here (no compiler)")

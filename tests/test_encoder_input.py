@@ -75,7 +75,7 @@ def test_without_the_native_loop_the_python_loop_runs_the_same_numbers():
 
 def test_a_lock_left_by_a_killed_process_does_not_hang_the_next_build():
     # torch's build lock is a plain file that it waits on forever; a process killed while loading leaves it
-    from cfc_forecast.native import _build_flags, build_lock_path
+    from cfc_forecast.core.native import _build_flags, build_lock_path
 
     if not native_available():
         pytest.skip("the native CfC loop is not available here (no compiler)")

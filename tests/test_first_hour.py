@@ -18,8 +18,10 @@ import pytest
 import yaml
 
 from cfc_forecast import defaults
-from cfc_forecast.cli import cli, main
-from cfc_forecast.launch import COMMANDS, take_option, thread_env
+from cfc_forecast.argv import COMMANDS, take_option
+from cfc_forecast.cli import cli
+from cfc_forecast.commands import main
+from cfc_forecast.launch import thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

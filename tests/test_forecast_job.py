@@ -120,7 +120,7 @@ def test_a_process_killed_with_sigkill_resumes(trained, tmp_path):
     data = tmp_path / "many.parquet"
     synthetic_frame(120, 60, 40.0, seed=2).write_parquet(data)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cfc_forecast.cli", "forecast", "--ckpt_path", str(trained["ckpt"]),
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", "forecast", "--ckpt_path", str(trained["ckpt"]),
            "--input", str(data), "--output", str(out), "--chunk_size=1", "--progress=false"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = out / ".work" / "chunks"
@@ -247,7 +247,7 @@ def test_the_shipped_job_config_runs(trained, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_on_cpu_give_the_one_process_forecasts(trained, tmp_path):
-    cmd = [sys.executable, "-m", "cfc_forecast.cli", "forecast", "--ckpt_path", str(trained["ckpt"]),
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", "forecast", "--ckpt_path", str(trained["ckpt"]),
            "--input", str(trained["data"]), "--output", str(tmp_path / "ddp"), "--chunk_size=5",
            "--accelerator=cpu", "--devices=2", "--progress=false"]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=300, capture_output=True)

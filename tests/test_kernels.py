@@ -1,6 +1,6 @@
 """The fused Triton CfC kernel, checked in Triton's CPU interpreter (``TRITON_INTERPRET=1``) against the PyTorch loop.
 
-What the interpreter cannot check (cfc_forecast/kernels/__init__.py, README): bfloat16 (its ``tl.dot`` on bf16 is
+What the interpreter cannot check (cfc_forecast/core/kernels/__init__.py, README): bfloat16 (its ``tl.dot`` on bf16 is
 wrong), TF32 (its float32 dots are exact), programs running in parallel, registers and shared memory. Those are
 for ``benchmarks/gpu_check.py`` on a device; here float32 and float64 numbers, gradients, padding and determinism.
 """
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cfc_forecast import CfCEncoder
-from cfc_forecast.kernels import fused_reason, fused_status, triton_installed
+from cfc_forecast.core.kernels import fused_reason, fused_status, triton_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def fused():
         pytest.skip("triton is not installed (pip install 'cfc-forecast[kernels]')")
     if os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py sets it before triton loads
         pytest.skip("TRITON_INTERPRET is not 1 in this process: the kernels would need a GPU")
-    from cfc_forecast.kernels import fused as module
+    from cfc_forecast.core.kernels import fused as module
 
     return module
 
@@ -205,7 +205,7 @@ def test_auto_keeps_todays_path_and_the_cli_says_so(monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "CFC_FORECAST_FUSED"}
     env["CFC_FORECAST_NATIVE"] = "0"  # the line on the native loop without building it
     out = subprocess.run(
-        [sys.executable, "-m", "cfc_forecast.cli", "native"], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "cfc_forecast.commands", "native"], capture_output=True, text=True, env=env, cwd=ROOT
     )
     assert "fused CUDA kernel (Triton)" in out.stdout and "off by default" in out.stdout, out.stdout + out.stderr
 
@@ -213,7 +213,7 @@ def test_auto_keeps_todays_path_and_the_cli_says_so(monkeypatch):
 def test_importing_the_package_does_not_import_triton():
     # (torch._dynamo, which lightning loads, imports triton itself where it is installed: not in this list)
     code = (
-        "import sys, cfc_forecast, cfc_forecast.encoder, cfc_forecast.kernels, cfc_forecast.native\n"
+        "import sys, cfc_forecast, cfc_forecast.core.encoder, cfc_forecast.core.kernels, cfc_forecast.core.native\n"
         "assert 'triton' not in sys.modules, 'triton imported'\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -223,7 +223,7 @@ def test_importing_the_package_does_not_import_triton():
 def test_autocast_plumbing_in_float16(fused, monkeypatch):
     """The autocast path (16-bit matmul operands, float32 state, sums and gradients), with float16 standing in for
     bfloat16, whose dots the interpreter gets wrong. Off by default until a device run has checked bfloat16."""
-    import cfc_forecast.kernels as kernels
+    import cfc_forecast.core.kernels as kernels
 
     monkeypatch.setattr(kernels, "ALLOW_AUTOCAST", True)
     ref, fz = pair(dtype=torch.float32)

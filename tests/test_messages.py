@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cfc_forecast.cli import main
+from cfc_forecast.commands import main
 from cfc_forecast.errors import UserError
 from tests.test_first_hour import readings_csv
 

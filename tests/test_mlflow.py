@@ -16,7 +16,7 @@ import urllib.request
 import polars as pl
 import pytest
 
-from cfc_forecast.cli import main
+from cfc_forecast.commands import main
 from tests.deploy_support import assert_same_forecasts, deadline, fit_tiny, need  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("deadline")

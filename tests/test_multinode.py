@@ -68,7 +68,7 @@ def test_two_torchrun_nodes_write_one_run_folder(tmp_path):
     data = tmp_path / "series.parquet"
     synthetic_frame(16, 60, 40.0, seed=1).write_parquet(data)
     run = tmp_path / "run"
-    fit = ["-m", "cfc_forecast.cli", "fit", "--data=SeriesDataModule", f"--data.path={data}",
+    fit = ["-m", "cfc_forecast.commands", "fit", "--data=SeriesDataModule", f"--data.path={data}",
            "--data.id_column=series", "--data.time_unit=s", "--data.observe=4", "--data.forecast=2",
            "--data.every=2", "--data.batch_size=64", "--model.hidden_size=8", "--model.backbone_units=16",
            "--model.query_cell_units=8", "--model.impl=python", "--trainer.max_epochs=1",

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from cfc_forecast.cli import main
+from cfc_forecast.commands import main
 from cfc_forecast.scores import scores_in_units
 from datamodules import SeriesDataModule
 from datamodules.synthetic import synthetic_frame

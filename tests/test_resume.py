@@ -18,7 +18,8 @@ import yaml
 from lightning.pytorch import Callback
 
 from cfc_forecast.checkpoints import load_checkpoint
-from cfc_forecast.cli import cli, main
+from cfc_forecast.cli import cli
+from cfc_forecast.commands import main
 from cfc_forecast.runs import FolderLock
 from tests.test_cli import TINY_DATA, TINY_MODEL
 
@@ -57,7 +58,7 @@ def killed_and_resumed(tmp_path_factory):
     sys.argv = ["cfc-forecast"]
     try:
         cli(["fit", *FIT, f"--run_dir={root / 'whole'}", "--trainer.max_epochs=4"])
-        cmd = [sys.executable, "-m", "cfc_forecast.cli", "fit", *FIT, f"--run_dir={root / 'killed'}",
+        cmd = [sys.executable, "-m", "cfc_forecast.commands", "fit", *FIT, f"--run_dir={root / 'killed'}",
                "--trainer.max_epochs=4", f"--trainer.callbacks+={KILLER}"]  # fmt: skip
         path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
         env = {**os.environ, KILL_ENV: "2", "PYTHONPATH": path}
@@ -236,7 +237,7 @@ def test_test_without_test_windows_fails_instead_of_printing_nothing(tmp_path, c
 
 def test_step_checkpoints_protect_work_within_an_epoch(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cfc_forecast.cli", "fit", *FIT, f"--run_dir={run}", "--trainer.max_epochs=2",
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", "fit", *FIT, f"--run_dir={run}", "--trainer.max_epochs=2",
            "--save_every_n_steps=1", f"--trainer.callbacks+={KILLER}"]  # fmt: skip
     env = {**os.environ, KILL_ENV: "0", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300).returncode == -signal.SIGKILL

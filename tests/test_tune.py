@@ -87,7 +87,7 @@ def wait_for(predicate, what: str, limit_s: float = 300) -> None:
 def tune_process(study: Path, log: Path) -> Iterator[subprocess.Popen]:
     """``cfc-forecast tune --config study`` in a process of its own (killed on the way out if still running)."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cfc_forecast.cli", "tune", "--config", str(study)],
+        proc = subprocess.Popen([sys.executable, "-m", "cfc_forecast.commands", "tune", "--config", str(study)],
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         yield proc

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from cfc_forecast.core.wired import WiredCfCEncoder, build_wired_encoder
+from cfc_forecast.core.wiring import Wiring, auto_ncp, from_ncps, fully_connected, make_wiring, ncp
 from cfc_forecast.errors import UserError
-from cfc_forecast.wired import WiredCfCEncoder, build_wired_encoder
-from cfc_forecast.wiring import Wiring, auto_ncp, from_ncps, fully_connected, make_wiring, ncp
 
 ncps_torch = pytest.importorskip("ncps.torch", reason="ncps (the [dev] extra) is the test oracle")
 wirings = pytest.importorskip("ncps.wirings")
@@ -280,7 +280,7 @@ def test_a_wired_model_trains_from_its_config_and_its_checkpoint_forecasts_alone
 def test_an_impossible_wiring_from_the_command_line_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
-    from cfc_forecast.cli import main
+    from cfc_forecast.commands import main
     from tests.test_cli import TINY_DATA
 
     monkeypatch.setattr("sys.argv", ["cfc-forecast"])

@@ -23,10 +23,20 @@ from cfc_forecast.errors import StorageError, UserError, from_os_error, report
 from cfc_forecast.forecast.job import ForecastJob, JobResult
 from cfc_forecast.forecast.options import options_for
 from cfc_forecast.forecast.prepare import Options
-from cfc_forecast.forecast.rows import Forecasts, forecast_report, forecast_rows
+from cfc_forecast.forecast.rows import Forecasts, forecast_report, forecast_rows, predict_frame
 from cfc_forecast.forecast.trained import JobError
 
-__all__ = ["ForecastJob", "Forecasts", "JobError", "JobResult", "forecast", "forecast_report", "forecast_rows", "main"]
+__all__ = [
+    "ForecastJob",
+    "Forecasts",
+    "JobError",
+    "JobResult",
+    "forecast",
+    "forecast_report",
+    "forecast_rows",
+    "main",
+    "predict_frame",
+]
 
 
 def forecast(
@@ -136,5 +146,5 @@ def print_summary(result: JobResult, output: str) -> None:
 
 def main(argv: list[str]) -> int:
     """``cfc-forecast forecast ARGS``: parse the arguments (and ``--config job.yaml``), run, return the status."""
-    # exit_on_error=False: a parse error raises, and cfc_forecast.cli.main reports it as one line
+    # exit_on_error=False: a parse error raises, and cfc_forecast.commands.main reports it as one line
     return auto_cli(forecast, args=argv, as_positional=False, prog="cfc-forecast forecast", exit_on_error=False)

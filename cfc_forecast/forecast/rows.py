@@ -270,3 +270,25 @@ def forecast_rows(
         details = "; ".join(f"{r} (e.g. {s})" for r, s in reasons.iter_rows())
         log.warning("forecast_rows: %d skipped: %s", result.skipped.height, details)
     return result.frame
+
+
+def predict_frame(
+    model: str | Path | L.LightningModule, data: pl.DataFrame | str | Path | list[str], **options: Any
+) -> pl.DataFrame:
+    """Forecast from the end of every series of ``data`` and return the long-layout frame (the Python counterpart
+    of ``cfc-forecast predict``; the same as :func:`forecast_rows`).
+
+    Args:
+        model: a checkpoint path, or a ``ForecastModule`` fitted in Python (on ``datamodule=``, default the
+            DataModule of its last ``Trainer.fit``).
+        data: a polars frame, or CSV / Parquet file(s), in the layout the model was trained on (columns by name).
+        options: ``datamodule``, ``origins``, ``query_times``, ``min_rows``, ``batch_size`` and ``Trainer``
+            arguments (see ``forecast_rows``).
+
+    Returns:
+        See :func:`forecast_frame`; skipped series are logged.
+
+    Raises:
+        ValueError: an unusable checkpoint, a missing column or one of the wrong kind, bad options.
+    """
+    return forecast_rows(model, data, **options)

@@ -44,7 +44,7 @@ def build_parser() -> ArgumentParser:
     """The ``tune`` command's parser: ``--config <study.yaml>`` and every :class:`StudySpec` field as an option."""
     parser = ArgumentParser(
         prog="cfc-forecast tune", description=__doc__.splitlines()[0], allow_abbrev=False, exit_on_error=False
-    )  # a parse error raises: cfc_forecast.cli.main reports it as one line
+    )  # a parse error raises: cfc_forecast.commands.main reports it as one line
     parser.add_argument("--config", action=ActionConfigFile, help="The study file (YAML).")
     parser.add_class_arguments(StudySpec)
     return parser

@@ -95,7 +95,7 @@ class TrialRunner:
         # best.ckpt keeps the validation the study scores: its metric, in its direction
         monitor = [f"--monitor={self.metric}", f"--monitor_mode={'max' if self.maximize else 'min'}"]
         return [
-            sys.executable, "-m", "cfc_forecast.cli", "fit",
+            sys.executable, "-m", "cfc_forecast.commands", "fit",
             *[a for c in self.configs for a in ("--config", str(c.resolve()))],
             "--trainer.enable_progress_bar=false", *monitor,
             *cli_args(self.fit_args), *cli_args(values),

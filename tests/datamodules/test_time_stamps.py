@@ -72,7 +72,7 @@ def test_stamps_that_would_be_reinterpreted_are_refused_with_the_fix(stamps, kw,
 
 
 def test_numbers_as_text_reach_the_command_line_as_one_line(tmp_path, capsys):
-    from cfc_forecast.cli import main
+    from cfc_forecast.commands import main
 
     pl.DataFrame({"t": [str(1_609_459_200 + 3600 * i) for i in range(30)], "y": np.arange(30.0)}).write_parquet(
         tmp_path / "text.parquet"

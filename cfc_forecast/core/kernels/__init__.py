@@ -1,9 +1,9 @@
 """Fused GPU kernels for the CfC sequence loop (Triton), and the rules for when they run.
 
-Nothing here imports triton at import time: :func:`run_fused` loads :mod:`cfc_forecast.kernels.fused` (which does)
+Nothing here imports triton at import time: :func:`run_fused` loads :mod:`cfc_forecast.core.kernels.fused` (which does)
 on its first call. Install triton with ``pip install 'cfc-forecast[kernels]'``.
 
-What the fused kernel covers: a :class:`~cfc_forecast.encoder.CfCEncoder` without mixed memory, with one backbone
+What the fused kernel covers: a :class:`~cfc_forecast.core.encoder.CfCEncoder` without mixed memory, with one backbone
 layer, mode ``default`` or ``no_gate``, backbone activation ``tanh``, ``lecun_tanh`` or ``relu``, either head
 activation, backbone dropout, padding masks and state in/out; float32 (TF32 dots) or float64 tensors on a CUDA
 device. Everything else runs today's path (the native loop, or the pure-PyTorch loop).
@@ -50,7 +50,7 @@ def fused_reason(encoder, x: Tensor) -> str | None:
     """Why the fused kernel cannot run ``encoder`` on ``x`` (one clause), or None when it can.
 
     Args:
-        encoder: a :class:`~cfc_forecast.encoder.CfCEncoder`.
+        encoder: a :class:`~cfc_forecast.core.encoder.CfCEncoder`.
         x: its input (B, T, F).
     """
     cell = encoder.cell
@@ -79,8 +79,8 @@ def fused_reason(encoder, x: Tensor) -> str | None:
 
 
 def run_fused(cell, x, h0, dt, mask, drop) -> Tensor:
-    """The states (B, T, H) from the fused kernels; see :func:`cfc_forecast.kernels.fused.run_fused`."""
-    from cfc_forecast.kernels.fused import run_fused as run
+    """The states (B, T, H) from the fused kernels; see :func:`cfc_forecast.core.kernels.fused.run_fused`."""
+    from cfc_forecast.core.kernels.fused import run_fused as run
 
     return run(cell, x, h0, dt, mask, drop)
 

@@ -1,9 +1,9 @@
 """The fused CfC sequence kernels in Triton: a persistent forward and a reverse-time persistent backward.
 
-Imports triton: load it only through :mod:`cfc_forecast.kernels.fused`, never from ``import cfc_forecast``.
+Imports triton: load it only through :mod:`cfc_forecast.core.kernels.fused`, never from ``import cfc_forecast``.
 
 The cell (Hasani et al. 2022, ../../shared/CFC.md; one backbone layer, weights folded by
-:func:`cfc_forecast.native.fold_weights`), per step t with the hoisted input projection ``xp_t`` (B, U)::
+:func:`cfc_forecast.core.native.fold_weights`), per step t with the hoisted input projection ``xp_t`` (B, U)::
 
     a_t = xp_t + h_{t-1} W_rec^T                 (B, U)   backbone pre-activation
     z_t = act(a_t) * keep_t                      (B, U)   act: tanh (lecun_tanh folded) or relu; keep: dropout

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from cfc_forecast.checks import check_cell_inputs
+from cfc_forecast.core.checks import check_cell_inputs
 
 Mode = Literal["default", "no_gate", "pure"]
 Activation = Literal["lecun_tanh", "silu", "relu", "tanh", "gelu"]

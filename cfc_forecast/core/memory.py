@@ -1,7 +1,7 @@
 """The LSTM memory cell of the mixed-memory CfC ("CfC-mmRNN", Lechner & Hasani 2020, arXiv:2006.04418).
 
 A gated cell state c carries long-range information that the CfC state alone forgets. The two references wire it
-differently (../shared/CFC.md); :class:`~cfc_forecast.encoder.CfCEncoder` offers both.
+differently (../shared/CFC.md); :class:`~cfc_forecast.core.encoder.CfCEncoder` offers both.
 """
 
 from __future__ import annotations

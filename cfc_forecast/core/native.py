@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from cfc_forecast.cell import LECUN_SCALE, LECUN_SLOPE, CfCCell
-from cfc_forecast.memory import LSTMMemoryCell
+from cfc_forecast.core.cell import LECUN_SCALE, LECUN_SLOPE, CfCCell
+from cfc_forecast.core.memory import LSTMMemoryCell
 
 _CSRC = Path(__file__).parent / "csrc"
 _MODES = {"default": 0, "no_gate": 1, "pure": 2}
@@ -162,7 +162,7 @@ def fold_weights(cell: CfCCell, input_mask: Tensor | None = None) -> tuple[dict,
     """The loop's weights, with lecun_tanh's constants folded in so the loop only needs tanh.
 
     ``input_mask`` (N1, F), 0/1, multiplies the input half of the first layer: a wired cell's synapses
-    (:class:`~cfc_forecast.wired.WiredCfCEncoder`).
+    (:class:`~cfc_forecast.core.wired.WiredCfCEncoder`).
 
     lecun(p) = c * tanh(a * p): the slope a scales the layer that produces p, the scale c the layer that reads
     it. Rounding differs from the unfolded form by a few ulps; the values are the same function.
@@ -277,7 +277,7 @@ def run_native(
         drop: dropout keep masks scaled by 1 / (1 - p), (L, B, T, U), or None.
         memory: the LSTM memory cell of a mixed-memory encoder, or None.
         c0: the memory's initial cell state (B, H), with ``memory``.
-        wiring: ``"ncps"`` or ``"paper"``, see :class:`~cfc_forecast.encoder.CfCEncoder`.
+        wiring: ``"ncps"`` or ``"paper"``, see :class:`~cfc_forecast.core.encoder.CfCEncoder`.
         input_mask: (N1, F) 0/1 synapses on the input half of the first layer, or None (see :func:`fold_weights`).
 
     Returns:

@@ -8,11 +8,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from cfc_forecast.cell import Activation, CfCCell, HeadActivation, Mode
-from cfc_forecast.checks import check_sequence_inputs, initial_state, load_converted
-from cfc_forecast.kernels import fused_by_default, fused_reason, run_fused
-from cfc_forecast.memory import LSTMMemoryCell
-from cfc_forecast.native import native_available, run_native
+from cfc_forecast.core.cell import Activation, CfCCell, HeadActivation, Mode
+from cfc_forecast.core.checks import check_sequence_inputs, initial_state, load_converted
+from cfc_forecast.core.graphs import LoopGraphs, graph_reason
+from cfc_forecast.core.kernels import fused_by_default, fused_reason, run_fused
+from cfc_forecast.core.memory import LSTMMemoryCell
+from cfc_forecast.core.native import native_available, run_native
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -24,7 +25,7 @@ class CfCEncoder(nn.Module):
         input_size: F, features per step.
         hidden_size: H, state units.
         mode, backbone_units, backbone_layers, backbone_dropout, activation, head_activation: the cell's
-            options, see :class:`~cfc_forecast.cell.CfCCell`.
+            options, see :class:`~cfc_forecast.core.cell.CfCCell`.
         mixed_memory: add an LSTM memory cell (CfC-mmRNN); the state becomes the pair (h, c).
         memory_wiring: ``"ncps"``: the LSTM runs first on (x_t, h) and the CfC reads its output as previous
             state (the torch reference); ``"paper"``: the LSTM runs on (x_t, h) and its output is the CfC's
@@ -32,11 +33,14 @@ class CfCEncoder(nn.Module):
         forget_bias: the memory cell's forget-gate bias.
         impl: ``"auto"`` uses the native loop when it builds and the pure-PyTorch loop otherwise;
             ``"native"`` insists on the native loop; ``"python"`` forces the pure-PyTorch loop; ``"fused"`` runs
-            the fused Triton kernel on CUDA (:mod:`cfc_forecast.kernels`: what it covers; ``forward`` raises a
+            the fused Triton kernel on CUDA (:mod:`cfc_forecast.core.kernels`: what it covers; ``forward`` raises a
             ValueError saying why when it cannot run). ``"auto"`` picks the fused kernel on CUDA only with
             ``CFC_FORECAST_FUSED=1`` (off by default until measured on a device).
         check_values: check x for NaN and dt for negative or non-finite values on every call (shapes are
             always checked); switch off on a GPU hot path, where the check forces a device sync.
+        cuda_graphs: run training steps on CUDA from CUDA graphs of the loop, one per batch shape, forward and
+            backward (:mod:`cfc_forecast.core.graphs`: the conditions; otherwise the loop runs eagerly). Not the
+            fused kernel's path: with the fused kernel running, it is off.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class CfCEncoder(nn.Module):
         forget_bias: float = 1.0,
         impl: Literal["auto", "native", "python", "fused"] = "auto",
         check_values: bool = True,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         if memory_wiring not in ("ncps", "paper"):
@@ -63,7 +68,8 @@ class CfCEncoder(nn.Module):
             raise ValueError(f"unknown impl {impl!r}; choose one of ['auto', 'fused', 'native', 'python']")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.mixed_memory, self.memory_wiring = mixed_memory, memory_wiring
-        self.impl, self.check_values = impl, check_values
+        self.impl, self.check_values, self.cuda_graphs = impl, check_values, cuda_graphs
+        self.graphs = LoopGraphs()  # CUDA graphs of the loop per batch shape (core/graphs.py); not in the state dict
         paper_memory = mixed_memory and memory_wiring == "paper"
         self.cell = CfCCell(
             hidden_size if paper_memory else input_size,
@@ -113,14 +119,30 @@ class CfCEncoder(nn.Module):
         dt, mask = check_sequence_inputs(x, dt, mask, self.input_size, self.check_values)
         h, c = self._initial_state(state, x)
         drop = self._dropout_masks(x)
+        if self.cuda_graphs and self.training and graph_reason(x) is None and not self._runs_fused(x):
+            if mask is None:
+                mask = torch.ones(dt.shape, dtype=torch.bool, device=x.device)
+            args = [x, dt, mask, h] + ([c] if c is not None else []) + ([drop] if drop is not None else [])
+            out = self.graphs.run(self, args, has_c=c is not None, has_drop=drop is not None)
+            if out is not None:
+                return out[0], (out[1] if c is None else (out[1], out[2]))
+        return self._run(x, dt, mask, h, c, drop)
+
+    def _runs_fused(self, x: Tensor) -> bool:
+        """Whether the fused kernel runs ``x``; raises the reason when ``impl="fused"`` cannot."""
+        if not (self.impl == "fused" or (self.impl == "auto" and x.is_cuda and fused_by_default())):
+            return False
+        reason = fused_reason(self, x)
+        if reason is not None and self.impl == "fused":
+            raise ValueError(f"impl='fused' cannot run here: {reason}")
+        return reason is None
+
+    def _run(self, x, dt, mask, h, c, drop) -> tuple[Tensor, State]:
+        """The loop on checked inputs: the fused kernel, the native loop or the pure-PyTorch loop."""
         cell = self.cell
-        if self.impl == "fused" or (self.impl == "auto" and x.is_cuda and fused_by_default()):
-            reason = fused_reason(self, x)
-            if reason is None:
-                states = run_fused(cell, x, h, dt, mask, drop)
-                return states, states[:, -1]
-            if self.impl == "fused":
-                raise ValueError(f"impl='fused' cannot run here: {reason}")
+        if self._runs_fused(x):
+            states = run_fused(cell, x, h, dt, mask, drop)
+            return states, states[:, -1]
         if self.uses_native():
             states, c_states = run_native(cell, x, h, dt, mask, drop, self.memory, c, self.memory_wiring)
             return states, (states[:, -1] if c_states is None else (states[:, -1], c_states[:, -1]))

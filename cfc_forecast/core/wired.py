@@ -19,12 +19,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from cfc_forecast.cell import CfCCell, HeadActivation, Mode
-from cfc_forecast.checks import check_sequence_inputs, initial_state, load_converted
+from cfc_forecast.core.cell import CfCCell, HeadActivation, Mode
+from cfc_forecast.core.checks import check_sequence_inputs, initial_state, load_converted
+from cfc_forecast.core.memory import LSTMMemoryCell
+from cfc_forecast.core.native import native_available, run_native
+from cfc_forecast.core.wiring import Wiring, WiringName, from_ncps, make_wiring
 from cfc_forecast.errors import UserError
-from cfc_forecast.memory import LSTMMemoryCell
-from cfc_forecast.native import native_available, run_native
-from cfc_forecast.wiring import Wiring, WiringName, from_ncps, make_wiring
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -33,7 +33,7 @@ class WiredCfCEncoder(nn.Module):
     """A closed-form continuous-time network with sparse, layered connectivity, over a whole sequence.
 
     Per step, for the layers l = 0..L-1 with states h_l (B, n_l) and inputs u_0 = x_t, u_l = h_{l-1}' (the new state
-    of the layer before), each layer is one :class:`~cfc_forecast.cell.CfCCell` step without backbone::
+    of the layer before), each layer is one :class:`~cfc_forecast.core.cell.CfCCell` step without backbone::
 
         ff1, ff2, t_a, t_b = split([W_u ⊙ M_l, W_h] concat[u_l, h_l] + b)    # M_l masks the ff1 and ff2 rows only
         h_l' = the cell's equation in ``mode`` with dt
@@ -42,10 +42,10 @@ class WiredCfCEncoder(nn.Module):
 
     Args:
         input_size: F, features per step (the wiring's sensory neurons).
-        wiring: a :class:`~cfc_forecast.wiring.Wiring`, or an ncps 1.0.1 wiring object (``AutoNCP``, ``NCP``,
+        wiring: a :class:`~cfc_forecast.core.wiring.Wiring`, or an ncps 1.0.1 wiring object (``AutoNCP``, ``NCP``,
             ``FullyConnected``, a hand-built ``Wiring``), built for ``input_size`` if it is not yet. The masks are
             buffers of the layers (``layers.<l>.mask``), so a state dict carries its wiring.
-        mode: ``"default"``, ``"no_gate"`` or ``"pure"`` (see :class:`~cfc_forecast.cell.CfCCell`).
+        mode: ``"default"``, ``"no_gate"`` or ``"pure"`` (see :class:`~cfc_forecast.core.cell.CfCCell`).
         head_activation: of the ff1 / ff2 heads; ncps uses tanh.
         mixed_memory: an LSTM memory cell over the whole state, wired as ncps wires it: it runs first on (x_t, h) and
             the layers read its output as their previous state. The state becomes (h, c), both (B, N).
@@ -241,12 +241,12 @@ def build_wired_encoder(
     forget_bias: float = 1.0,
     impl: Literal["auto", "native", "python"] = "auto",
 ) -> WiredCfCEncoder:
-    """A :class:`WiredCfCEncoder` from the forecaster's plain values (see :func:`~cfc_forecast.wiring.make_wiring`).
+    """A :class:`WiredCfCEncoder` from the forecaster's plain values (see :func:`.wiring.make_wiring`).
 
     Raises:
         UserError: ``impl="native"`` with mixed memory (which runs the pure-PyTorch loop only),
             ``memory_wiring="paper"`` (its LSTM output would replace the sensory inputs the wiring is drawn for), or a
-            wiring that cannot be built (see :func:`~cfc_forecast.wiring.make_wiring`).
+            wiring that cannot be built (see :func:`~.wiring.make_wiring`).
     """
     if impl == "native" and mixed_memory:
         raise UserError("a wired CfC with mixed memory runs the pure-PyTorch loop only: set impl to auto or python")

@@ -1,9 +1,10 @@
-"""The autograd wrapper of the fused Triton CfC kernels (imports triton; reach it through :mod:`cfc_forecast.kernels`).
+"""The autograd wrapper of the fused Triton CfC kernels (imports triton; reach it
+through :mod:`cfc_forecast.core.kernels`).
 
-The forward runs :func:`~cfc_forecast.kernels.cfc_triton.cfc_forward_kernel`, the backward
-:func:`~cfc_forecast.kernels.cfc_triton.cfc_backward_kernel` and then the weight gradients as one matmul each over
+The forward runs :func:`~cfc_forecast.core.kernels.cfc_triton.cfc_forward_kernel`, the backward
+:func:`~cfc_forecast.core.kernels.cfc_triton.cfc_backward_kernel` and then the weight gradients as one matmul each over
 all (sequence, step) rows. The lecun_tanh constants are folded into the weights by
-:func:`cfc_forecast.native.fold_weights` in differentiable torch ops, so autograd carries the gradients back to the
+:func:`cfc_forecast.core.native.fold_weights` in differentiable torch ops, so autograd carries the gradients back to the
 cell's own parameters.
 """
 
@@ -13,9 +14,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from cfc_forecast.cell import CfCCell
-from cfc_forecast.kernels.cfc_triton import cfc_backward_kernel, cfc_forward_kernel
-from cfc_forecast.native import fold_weights
+from cfc_forecast.core.cell import CfCCell
+from cfc_forecast.core.kernels.cfc_triton import cfc_backward_kernel, cfc_forward_kernel
+from cfc_forecast.core.native import fold_weights
 
 # the batch tile of one program: a power of two >= 16 (tl.dot's smallest tile on a GPU)
 BLOCK_B = 16
