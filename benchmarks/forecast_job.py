@@ -97,7 +97,7 @@ def child_forward(ckpt: str, data: str, chunk_size: int, batch_size: int) -> dic
     from cfc_forecast.forecast.prepare import Options, prepare
     from cfc_forecast.forecast.source import ChunkReader, input_files, plan, scan
     from cfc_forecast.forecast.trained import read_checkpoint
-    from cfc_forecast.module import ForecastModule
+    from cfc_forecast.forecaster.module import ForecastModule
 
     _, trained = read_checkpoint(ckpt)
     lf, _, sliceable = scan(input_files(data), trained)

@@ -16,6 +16,7 @@ _PUBLIC = {
     "LSTMMemoryCell": "cfc_forecast.core.memory",
     "native_available": "cfc_forecast.core.native",
     "WiredCfCEncoder": "cfc_forecast.core.wired",
+    "ForecastModule": "cfc_forecast.forecaster.module",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

@@ -42,7 +42,7 @@ from cfc_forecast.checkpoints import AtomicCheckpointIO, RngState, load_checkpoi
 from cfc_forecast.errors import UserError, parse_error
 from cfc_forecast.forecast.predict import main as predict_main
 from cfc_forecast.forecast.predict import wants_test_windows
-from cfc_forecast.module import ForecastModule
+from cfc_forecast.forecaster.module import ForecastModule
 from cfc_forecast.plot import ForecastPlot
 from cfc_forecast.preflight import check_splits
 from cfc_forecast.resume import ApplyChanges, config_files, resolve_last, resume_argv, review_changes

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from cfc_forecast.batch import Batch
-from cfc_forecast.losses import pinball, point_index
+from cfc_forecast.forecaster.losses import pinball, point_index
 
 NAMES = ("mae", "rmse", "bias", "coverage", "width", "wql")
 

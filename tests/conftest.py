@@ -68,7 +68,7 @@ def tiny_synthetic():
 
 def model_for(dm, **kwargs):
     """A small ForecastModule with the data-derived sizes linked from ``dm``, as the CLI links them."""
-    from cfc_forecast.module import ForecastModule
+    from cfc_forecast.forecaster.module import ForecastModule
 
     linked = dict(
         n_inputs=dm.n_inputs,

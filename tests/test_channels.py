@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from cfc_forecast.linear import LastValueSkip, LinearPath
+from cfc_forecast.forecaster.linear import LastValueSkip, LinearPath
 from datamodules import SeriesDataModule
 from tests.conftest import model_for
 

@@ -17,7 +17,7 @@ from cfc_forecast.cli import cli
 from cfc_forecast.commands import main
 from cfc_forecast.errors import StorageError
 from cfc_forecast.forecast import main as forecast_main
-from cfc_forecast.module import ForecastModule
+from cfc_forecast.forecaster.module import ForecastModule
 from tests.test_cli import TINY_DATA, TINY_MODEL
 
 FIT = [*TINY_DATA, *TINY_MODEL, "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]

@@ -14,7 +14,7 @@ from cfc_forecast import __version__, native_available
 from cfc_forecast.cli import cli
 from cfc_forecast.commands import main
 from cfc_forecast.errors import UserError
-from cfc_forecast.module import ForecastModule
+from cfc_forecast.forecaster.module import ForecastModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from cfc_forecast.heads import ContinuousHead, DirectHead, StepHead, build_head
-from cfc_forecast.inputs import ElapsedTime, InputEncoding, carry_forward, time_since_observed
-from cfc_forecast.losses import masked_loss
-from cfc_forecast.metrics import ForecastMetrics
-from cfc_forecast.revin import RevIN
-from cfc_forecast.rnn import RNNEncoder
+from cfc_forecast.forecaster.heads import ContinuousHead, DirectHead, StepHead, build_head
+from cfc_forecast.forecaster.inputs import ElapsedTime, InputEncoding, carry_forward, time_since_observed
+from cfc_forecast.forecaster.losses import masked_loss
+from cfc_forecast.forecaster.metrics import ForecastMetrics
+from cfc_forecast.forecaster.revin import RevIN
+from cfc_forecast.forecaster.rnn import RNNEncoder
 
 
 def test_continuous_head_is_one_cfc_step_to_each_query_time():

@@ -38,6 +38,15 @@ def test_the_core_imports_only_the_core_and_the_error_types(path: Path) -> None:
     assert not outside, f"{path.name} imports {outside}: the core must not depend on the forecaster or the applications"
 
 
+@pytest.mark.parametrize("path", sorted((PACKAGE / "forecaster").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_forecaster_imports_the_core_and_no_application(path: Path) -> None:
+    # batch: the data's contract with the model; checkpoints: the one safe way to load a file (load_from_checkpoint)
+    allowed = ("cfc_forecast.core", "cfc_forecast.forecaster", "cfc_forecast.errors", "cfc_forecast.batch",
+               "cfc_forecast.checkpoints")  # fmt: skip
+    outside = sorted(n for n in imported(path) if not n.startswith(allowed) and n != "cfc_forecast")
+    assert not outside, f"{path.name} imports {outside}: the forecaster must not depend on the applications"
+
+
 def test_no_module_of_the_package_imports_in_a_circle() -> None:
     """Module-level graph over every file of ``cfc_forecast`` and ``datamodules`` (a package counts as its
     ``__init__``); the only cycles allowed are a package with its own submodules (``pkg/__init__`` re-exporting)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cfc_forecast.losses import masked_loss
-from cfc_forecast.metrics import ForecastMetrics, MaskedLoss
+from cfc_forecast.forecaster.losses import masked_loss
+from cfc_forecast.forecaster.metrics import ForecastMetrics, MaskedLoss
 
 
 @pytest.mark.parametrize("reduction", ["values", "variables"])

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cfc_forecast.forecast import predict_frame
-from cfc_forecast.losses import masked_loss
-from cfc_forecast.module import ForecastModule
+from cfc_forecast.forecaster.losses import masked_loss
+from cfc_forecast.forecaster.module import ForecastModule
 from cfc_forecast.writer import forecast_frame
 from datamodules import SeriesDataModule
 from tests.conftest import model_for

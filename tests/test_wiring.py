@@ -255,7 +255,7 @@ def test_a_wired_model_trains_from_its_config_and_its_checkpoint_forecasts_alone
     from pathlib import Path
 
     from cfc_forecast.cli import cli
-    from cfc_forecast.module import ForecastModule
+    from cfc_forecast.forecaster.module import ForecastModule
     from tests.test_cli import TINY_DATA
 
     monkeypatch.setattr("sys.argv", ["cfc-forecast"])  # the CLI runs on its args, not pytest's

@@ -11,6 +11,5 @@ Layers (each imports only from the ones before it; nothing here imports the fore
 - ``encoder``  ``CfCEncoder``: a whole sequence through the cell, on the fastest path that applies
 - ``wired``    ``WiredCfCEncoder``: the CfC with a wiring's sparsity masks
 
-The forecaster (``cfc_forecast.network``, ``heads``, ``module``, ...) builds on these; ``import cfc_forecast.core``
-imports nothing heavy.
+The forecaster (``cfc_forecast.forecaster``) builds on these; ``import cfc_forecast.core`` imports nothing heavy.
 """

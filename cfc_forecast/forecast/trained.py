@@ -149,7 +149,7 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
             f"{state['known_future']}; forecasting from a checkpoint does not support them yet: forecast the "
             "test windows of its training data with cfc-forecast predict --predict_windows=test"
         )
-    from cfc_forecast.module import _resolve_head
+    from cfc_forecast.forecaster.module import _resolve_head
 
     head = _resolve_head(hp.get("head", "auto"), hp.get("horizon"))
     if head == "step":
@@ -193,7 +193,7 @@ def model_from(ckpt: dict[str, Any]) -> Any:
     Raises:
         JobError: hyperparameters or weights of another cfc-forecast version.
     """
-    from cfc_forecast.module import ForecastModule
+    from cfc_forecast.forecaster.module import ForecastModule
 
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     try:

@@ -1,11 +1,11 @@
-"""``ForecastModule``: the thin LightningModule around :class:`~cfc_forecast.network.Forecaster`.
+"""``ForecastModule``: the thin LightningModule around :class:`~cfc_forecast.forecaster.network.Forecaster`.
 
 It builds the network from plain values (``save_hyperparameters``, so a checkpoint alone rebuilds it and a tuner
 addresses every value as ``model.<name>``), computes the masked loss, logs ``{stage}/loss`` and the masked metrics
 ``{stage}/mse``, ``{stage}/mae``, ``{stage}/mse_per_var``, ``{stage}/mae_per_var`` (with quantiles also
 ``{stage}/wql`` and ``{stage}/coverage``) in the data's scaled units, and returns forecasts in original units from
 ``predict_step``. Evaluation logs nothing per batch: ``{stage}/loss`` and the metrics are computed once per epoch
-from summed states (:mod:`cfc_forecast.metrics`), the same on one process and on any number of DDP ranks.
+from summed states (:mod:`cfc_forecast.forecaster.metrics`), the same on one process and on any number of DDP ranks.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from cfc_forecast.core.encoder import CfCEncoder
 from cfc_forecast.core.wired import WiredCfCEncoder, build_wired_encoder
 from cfc_forecast.core.wiring import WiringName
 from cfc_forecast.errors import UserError
-from cfc_forecast.heads import MLPActivation, build_head
-from cfc_forecast.inputs import ElapsedTime, Fill, InputEncoding
-from cfc_forecast.linear import LastValueSkip, LinearPath
-from cfc_forecast.losses import REDUCTIONS, LossName, Reduction, masked_loss, point_index
-from cfc_forecast.metrics import ForecastMetrics, MaskedLoss
-from cfc_forecast.network import Forecaster, StaticInto
-from cfc_forecast.optim import OptimizerName, SchedulerName, configure
-from cfc_forecast.revin import RevIN
-from cfc_forecast.rnn import RNNEncoder
+from cfc_forecast.forecaster.heads import MLPActivation, build_head
+from cfc_forecast.forecaster.inputs import ElapsedTime, Fill, InputEncoding
+from cfc_forecast.forecaster.linear import LastValueSkip, LinearPath
+from cfc_forecast.forecaster.losses import REDUCTIONS, LossName, Reduction, masked_loss, point_index
+from cfc_forecast.forecaster.metrics import ForecastMetrics, MaskedLoss
+from cfc_forecast.forecaster.network import Forecaster, StaticInto
+from cfc_forecast.forecaster.optim import OptimizerName, SchedulerName, configure
+from cfc_forecast.forecaster.revin import RevIN
+from cfc_forecast.forecaster.rnn import RNNEncoder
 
 EncoderName = Literal["cfc", "lstm", "gru"]
 HeadChoice = Literal["auto", "direct", "continuous", "step"]
@@ -75,10 +75,10 @@ class ForecastModule(L.LightningModule):
         learn_time_scale: learn that factor, starting from ``time_scale``.
         revin: reversible instance normalisation (per window, per variable, masked).
         linear_path: add a linear forecast from each target's own last L values, one map shared by all targets
-            (DLinear / RLinear style, :mod:`cfc_forecast.linear`): the encoder and head learn what it misses.
+            (DLinear / RLinear style, :mod:`cfc_forecast.forecaster.linear`): the encoder and head learn what it misses.
             Count windows and the direct head only.
         last_value_skip: the head forecasts the change from each target's last observed value in the window
-            (:class:`~cfc_forecast.linear.LastValueSkip`); any window kind, not the per-step head.
+            (:class:`~cfc_forecast.forecaster.linear.LastValueSkip`); any window kind, not the per-step head.
         channel_independent: one sequence per target through the same encoder and head (its input column beside
             the non-target inputs), as PatchTST; needs every target among the inputs (``target_inputs``).
         static_into: where static covariates go: "state" (the encoder's initial state), "head" (read by the
@@ -93,7 +93,7 @@ class ForecastModule(L.LightningModule):
             first, then the mean over targets: trains for the per-variable metrics, as PhysioNet's protocol
             reports them).
         quantiles: sorted levels in (0, 1) for the pinball loss; the one nearest 0.5 is the point forecast.
-        optimizer, lr, weight_decay, scheduler: see :func:`cfc_forecast.optim.configure`.
+        optimizer, lr, weight_decay, scheduler: see :func:`cfc_forecast.forecaster.optim.configure`.
         impl: the CfC loop: "auto" (native when it builds), "native" or "python".
         cuda_graphs: on CUDA, run each training step's CfC loop from a CUDA graph, one per batch shape, forward and
             backward (``cfc_forecast.core.graphs``; a plain CfC encoder only, without a wiring; not yet run on a GPU:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cfc_forecast.revin import register_target_sources
+from cfc_forecast.forecaster.revin import register_target_sources
 
 
 class LinearPath(nn.Module):

@@ -1,6 +1,6 @@
 """The forecasting network: batch -> scaled forecasts, composed of input encoding, a sequence encoder and a head.
 
-A plain ``nn.Module`` (no Lightning): :class:`~cfc_forecast.module.ForecastModule` builds it from plain values.
+A plain ``nn.Module`` (no Lightning): :class:`~.module.ForecastModule` builds it from plain values.
 Imports torch only.
 """
 
@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from cfc_forecast.batch import Batch
 from cfc_forecast.errors import UserError
-from cfc_forecast.inputs import ElapsedTime, InputEncoding
-from cfc_forecast.linear import LastValueSkip, LinearPath
-from cfc_forecast.revin import RevIN
+from cfc_forecast.forecaster.inputs import ElapsedTime, InputEncoding
+from cfc_forecast.forecaster.linear import LastValueSkip, LinearPath
+from cfc_forecast.forecaster.revin import RevIN
 
 StaticInto = Literal["state", "head", "both"]
 STATIC_INTO = ("state", "head", "both")
@@ -47,16 +47,16 @@ class Forecaster(nn.Module):
         inputs: builds the per-step features (missing values, masks, times since observed).
         clock: maps elapsed times in the data's unit to the model's time scale.
         encoder: a :class:`CfCEncoder`, :class:`~cfc_forecast.core.wired.WiredCfCEncoder` or
-            :class:`~cfc_forecast.rnn.RNNEncoder` over the features (a wired one hands the head its motor neurons).
-        head: one of the heads in :mod:`cfc_forecast.heads`.
+            :class:`~.rnn.RNNEncoder` over the features (a wired one hands the head its motor neurons).
+        head: one of the heads in :mod:`cfc_forecast.forecaster.heads`.
         n_static: S, static covariates (0: none expected).
         static_into: where they go: "state" maps them into the encoder's initial state, "head" hands them to the
             head's readout beside the state (build the head with ``n_context=S``), "both" does both.
         n_future: Fk, known-future covariates the head reads at the query times (0: none expected).
         revin: reversible instance normalisation, or None.
-        linear: a :class:`~cfc_forecast.linear.LinearPath` whose forecast from each target's (normalised)
+        linear: a :class:`~cfc_forecast.forecaster.linear.LinearPath` whose forecast from each target's (normalised)
             history is added to the head's, or None.
-        skip: a :class:`~cfc_forecast.linear.LastValueSkip` (the head forecasts the change from each target's
+        skip: a :class:`~cfc_forecast.forecaster.linear.LastValueSkip` (the head forecasts the change from each target's
             last observed value), or None.
         channels: channel independence (PatchTST, Nie et al. ICLR 2023): the (C,) input column of each target.
             Every target becomes a sequence of its own, read by the same encoder and head: its input column beside

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from cfc_forecast.losses import LossName, Reduction, loss_sums, pinball, point_index, reduce_sums
+from cfc_forecast.forecaster.losses import LossName, Reduction, loss_sums, pinball, point_index, reduce_sums
 
 
 class ForecastMetrics(Metric):
@@ -71,11 +71,11 @@ class ForecastMetrics(Metric):
 
 
 class MaskedLoss(Metric):
-    """The training loss of a whole split (:func:`~cfc_forecast.losses.masked_loss` as if on one batch of it).
+    """The training loss of a whole split (:func:`~.losses.masked_loss` as if on one batch of it).
 
     Args:
         n_targets: C.
-        name, quantiles, huber_delta, reduction: the loss, as :func:`~cfc_forecast.losses.masked_loss` takes them.
+        name, quantiles, huber_delta, reduction: the loss, as :func:`~.losses.masked_loss` takes them.
     """
 
     full_state_update = False
