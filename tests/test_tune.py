@@ -160,8 +160,9 @@ def test_workers_get_equal_shares_of_the_visible_gpus(monkeypatch, visible, work
         ({"data.init_args.n_seris": {"type": "int", "low": 4, "high": 8}}, {}, "n_seris"),
         ({"model.lr": LR}, {"trainer.max_epoch": 3}, "trainer.max_epoch"),
         ({"test_after_fit": {"type": "categorical", "choices": [True]}}, {}, "set by the tuner"),
+        ({"model.lr": LR}, {"resume": "runs/earlier"}, "'resume' is set by the tuner"),
     ],
-    ids=["misspelled", "bad-choice", "data-key", "fit-args", "reserved"],
+    ids=["misspelled", "bad-choice", "data-key", "fit-args", "reserved", "resume-in-fit-args"],
 )
 def test_a_bad_key_or_value_is_rejected_before_any_trial(tmp_path, capsys, space, fit_args, expected):
     assert main(["--config", str(write_study(tmp_path, space=space, fit_args=fit_args))]) == 2

@@ -11,8 +11,9 @@ from cfc_forecast.cli import ForecastCLI
 from cfc_forecast.tune.space import Param, cli_args
 
 # keys the tuner sets for every trial; a study that sets them would fight it
+# (resume: each trial is a fresh fit in its own folder; a killed study continues with `tune`, not with fit --resume)
 RESERVED = ("run_dir", "runs_root", "test_after_fit", "ckpt_path", "trainer.callbacks", "trainer.fast_dev_run",
-            "monitor", "monitor_mode")  # fmt: skip
+            "monitor", "monitor_mode", "resume")  # fmt: skip
 
 
 class _Built(Exception):
