@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from cfc_forecast.errors import UserError
+from datamodules.categories import as_labels
 from datamodules.stamps import harmonise_zones, in_zone, to_datetime_or_number
 from datamodules.timing import TimeCodec, codec_for
 
@@ -288,8 +289,12 @@ def canonical_table(
     every_variable: bool = True,
     time_format: str | None = None,
     time_zone: str | None = None,
+    categorical: list[str] | None = None,
 ) -> Table:
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
+
+    ``categorical``: variables read as text labels (``categories.as_labels``: String columns, empty cells null)
+    instead of numbers; wide layout only (a long layout's one value column holds numbers).
 
     ``every_variable=False`` (rows to forecast, not to fit on) accepts a variable that is never observed.
     ``time_format``: the format of text time stamps (default: inferred, ``stamps.infer_time_format``).
@@ -313,13 +318,26 @@ def canonical_table(
     what = f"{source}: column {time_column!r}"
     frame = frame.with_columns(in_zone(frame[time_column], time_zone, what))
     counts: dict[str, int] = {}
+    labels = [v for v in variables if v in (categorical or [])]
+    if labels and duplicates == "mean":
+        raise UserError(
+            f"{source}: duplicates='mean' cannot average the categorical columns {labels}; give duplicates 'first' "
+            "or 'last' (or 'error')"
+        )
+    if labels and layout == "long":
+        raise UserError(
+            f"{source}: categorical columns {labels} need the wide layout (a long layout's value column holds "
+            "numbers); give them as columns of their own"
+        )
     if layout == "long":
         frame = long_to_wide(
             frame, keys, variable_column, value_column, variables, duplicates, source, counts, every_variable
         )
     else:
         require_columns(frame, variables, source, "variables")
-        frame = numeric_columns(frame.select(*keys, *variables), variables, source)
+        numbers = [v for v in variables if v not in labels]
+        frame = numeric_columns(frame.select(*keys, *variables), numbers, source)
+        frame = frame.with_columns(as_labels(frame[c]) for c in labels)
         if duplicates == "error":
             _raise_duplicates(frame, keys, source)
         elif frame.select(keys).is_duplicated().any():

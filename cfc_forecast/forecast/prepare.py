@@ -10,6 +10,7 @@ rows to forecast: ``forecast_rows`` (``cfc-forecast predict``, the Python API) a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -17,7 +18,8 @@ import torch
 
 from cfc_forecast.forecast.checks import ID, flag_values, parse_time, series_reasons
 from cfc_forecast.forecast.trained import JobError, Trained
-from datamodules.build import _first_dt
+from datamodules.build import _first_dt, series_labels, static_matrix
+from datamodules.categories import MISSING, as_labels, encode, unseen
 from datamodules.dataset import SeriesTensors, WindowDataset
 from datamodules.io import SERIES, TIME, Table, canonical_table
 from datamodules.scaling import Scaler
@@ -50,6 +52,8 @@ class Chunk:
         codec: decodes float times into the input's time stamps. skipped: columns ``series``, ``reason``.
         row_counts: skipped rows by reason (rows with no value observed, ...). spacing: median spacing, time units.
         n_series: series in the chunk. n_forecast: series with at least one forecast window.
+        unseen: per categorical column with labels unseen in training (coded unknown, ``datamodules.categories``):
+            ``{"values": how many, "examples": the first five, sorted}``.
     """
 
     dataset: WindowDataset | None
@@ -61,6 +65,7 @@ class Chunk:
     spacing: float = float("nan")
     n_series: int = 0
     n_forecast: int = 0
+    unseen: dict[str, Any] = field(default_factory=dict)  # categorical labels unseen in training, per column
 
     def decode_times(self, times: np.ndarray) -> pl.Series:
         return self.codec.decode(times)
@@ -85,8 +90,8 @@ def prepare(frame: pl.DataFrame, trained: Trained, options: Options, source: str
     else:
         frame = frame.rename({trained.id_column: ID})
     frame, codec = parse_time(frame, trained)
-    value_cols = [trained.value_column] if trained.layout == "long" else trained.variables
-    frame = flag_values(frame, value_cols)
+    value_cols = [trained.value_column] if trained.layout == "long" else trained.numeric
+    frame = flag_values(frame, value_cols).with_columns(as_labels(frame[c]) for c in trained.categorical)
     reasons = series_reasons(frame, trained, codec)
     skipped = reasons.filter(pl.col("reason").is_not_null())
     ok = reasons.filter(pl.col("reason").is_null())["series"]
@@ -114,22 +119,24 @@ def _table(frame: pl.DataFrame, trained: Trained, codec: TimeCodec, source: str)
             layout=trained.layout,
             id_column=ID,
             time_column=trained.time_column,
-            variables=trained.variables,
+            variables=trained.numeric + trained.categorical,
             time_unit=trained.time_unit,
+            categorical=trained.categorical,
             # "error": series with duplicates were skipped in series_reasons, so "first" leaves every row as it is
             duplicates="first" if trained.duplicates == "error" else trained.duplicates,
             variable_column=trained.variable_column,
             value_column=trained.value_column,
             every_variable=False,  # a chunk's series may all lack a variable (a missing value, as in training)
         )
-    empty = pl.all_horizontal(pl.col(v).is_null() for v in trained.variables)
+    columns = trained.numeric + trained.categorical
+    empty = pl.all_horizontal(pl.col(v).is_null() for v in columns)
     n_empty = int(frame.select(empty.sum()).item())
     frame = frame.filter(~empty) if n_empty else frame
     ids = frame[ID]
     frame = frame.select(
         (ids.rank("dense").cast(pl.UInt32) - 1).alias(SERIES),
         codec.encode(pl.col(trained.time_column)).alias(TIME),
-        *trained.variables,
+        *columns,
     ).sort(SERIES, TIME)
     counts = {"rows with no value observed": n_empty} if n_empty else {}
     return Table(frame=frame, series_ids=ids.unique().sort(), codec=codec, counts=counts)
@@ -145,6 +152,8 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
     mask = ~np.isnan(scaled)
     scaled[~mask] = 0.0
     loc, scale = scaler.columns(trained.targets)
+    codes, static_codes, unseen_labels = _codes(table, trained)
+    cat_dyn = list(dict.fromkeys(trained.cat_inputs + trained.cat_future))
     tensors = SeriesTensors(
         values=torch.from_numpy(scaled.astype(np.float32)),
         mask=torch.from_numpy(mask),
@@ -154,22 +163,36 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
         target_cols=torch.tensor([trained.variables.index(c) for c in trained.targets], dtype=torch.int64),
         target_loc=torch.from_numpy(loc.astype(np.float32)),
         target_scale=torch.from_numpy(scale.astype(np.float32)),
+        static=_static(table, trained),
+        codes=codes,
+        input_cat_cols=torch.tensor([cat_dyn.index(c) for c in trained.cat_inputs], dtype=torch.int64),
+        future_cat_cols=torch.tensor([cat_dyn.index(c) for c in trained.cat_future], dtype=torch.int64),
+        static_codes=static_codes,
     )
-    w, problems = _origin_windows(series, offsets, times, trained, options, codec)
+    end = _history_end(table, trained, mask, codes, offsets)
+    w, problems = _origin_windows(series, offsets, times, trained, options, codec, end)
     step = median_steps(offsets, times)
     w, q, valid = _queries(w, step, offsets, times, codec, trained, options, problems)
-    keep = ~problems.any(axis=0)
+    future_rows, no_future = _future_rows(series, times, offsets, w, q, valid, trained)
+    keep = ~problems.any(axis=0) & ~no_future
     reasons = _window_reasons(problems, w, codec, options, trained)
+    if no_future.any():  # the first query time without a row, for the windows nothing else stopped
+        first = np.argmax((future_rows < 0) & valid, axis=1)
+        stamps = codec.decode(w.origin + q[np.arange(len(w)), first]).cast(pl.String).to_numpy()
+        late = no_future & np.asarray([r is None for r in reasons])
+        reasons[late] = [f"no row at query time {t} with the known-future covariates {trained.known_future + trained.cat_future}: give rows after the end with empty targets" for t in stamps[late]]  # noqa: E501
     skipped = pl.DataFrame(
         {"series": table.series_ids.gather(w.series[~keep]), "reason": pl.Series(reasons[~keep], dtype=pl.String)}
     )
-    w, q, valid = w.select(keep), q[keep], valid[keep]
+    w, q, valid, future_rows = w.select(keep), q[keep], valid[keep], future_rows[keep]
     order = np.argsort(w.in_hi - w.in_lo, kind="stable")  # similar lengths together: less padding per batch
-    w, q, valid = w.select(order), q[order], valid[order]
-    future = None
-    if trained.calendar and len(w):  # no window left (every origin skipped): nothing to encode
-        cal = calendar_features((w.origin[:, None] + q).reshape(-1), codec, trained.calendar)
-        future = torch.from_numpy(cal.reshape(*q.shape, -1) * valid[..., None])
+    w, q, valid, future_rows = w.select(order), q[order], valid[order], future_rows[order]
+    future = future_cat = None
+    if (trained.calendar or trained.known_future) and len(w):  # no window left (every origin skipped): nothing
+        future = torch.from_numpy(_future_values(w, q, valid, future_rows, scaled, trained, codec))
+    if trained.cat_future and len(w):
+        picked = codes[torch.from_numpy(np.maximum(future_rows, 0))][..., tensors.future_cat_cols]  # (W, K, Fkc)
+        future_cat = picked * torch.from_numpy(valid)[..., None]
     dataset = None
     if len(w):
         dataset = WindowDataset(
@@ -179,11 +202,89 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
             queries=torch.from_numpy(q),
             query_mask=torch.from_numpy(valid),
             query_future=future,
+            query_future_cat=future_cat,
         )
     chunk = Chunk(dataset, table.series_ids, trained.targets, codec, skipped, dict(table.counts))
     chunk.spacing = float(np.median(step)) if len(step) else float("nan")
     chunk.n_forecast = len(np.unique(w.series))
+    chunk.unseen = unseen_labels
     return chunk
+
+
+def _codes(table: Table, trained: Trained) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """Codes of the time-varying (N, Vc) and static (n_series, Sc) categorical columns with the training
+    vocabularies, and per column with labels unseen in training: ``{"values": n, "examples": first five}``."""
+    frame, ids, vocab = table.frame, table.series_ids, trained.vocabularies
+    labels = {c: frame[c] for c in dict.fromkeys(trained.cat_inputs + trained.cat_future)}
+    static = {c: series_labels(frame, c, ids) for c in trained.cat_static}
+    unseen_labels = {}
+    for c, values in (labels | static).items():
+        n, examples = unseen(values, vocab[c])
+        if n:
+            unseen_labels[c] = {"values": n, "examples": examples}
+    stack = lambda cols: None if not cols else torch.from_numpy(  # noqa: E731
+        np.stack([encode(v, vocab[c]) for c, v in cols.items()], axis=1))  # fmt: skip
+    return stack(labels), stack(static), unseen_labels
+
+
+def _static(table: Table, trained: Trained) -> torch.Tensor | None:
+    """(n_series, S) numeric static covariates scaled with the training scaler; a missing one is 0, as in training."""
+    if not trained.static:
+        return None
+    n = len(table.series_ids)
+    raw = static_matrix(table.frame, trained.static, n, table.series_ids)
+    scaled = Scaler(trained.static_loc, trained.static_scale, trained.static).transform(raw, np.zeros(n, np.int64))
+    return torch.from_numpy(np.nan_to_num(scaled).astype(np.float32))
+
+
+def _history_end(
+    table: Table, trained: Trained, mask: np.ndarray, codes: torch.Tensor | None, offsets: np.ndarray
+) -> np.ndarray:
+    """(n_series,) each series' last history row: its last row for a model without known-future variables; else
+    its last row with a target or a past-only input observed (the rows after it, with empty targets, carry the
+    known-future values)."""
+    if not trained.has_future:
+        return offsets[1:] - 1
+    cols = [trained.variables.index(c) for c in trained.variables
+            if c in trained.targets or (c in trained.inputs and c not in trained.known_future)]  # fmt: skip
+    seen = mask[:, cols].any(axis=1)
+    cat_dyn = list(dict.fromkeys(trained.cat_inputs + trained.cat_future))
+    past = [cat_dyn.index(c) for c in trained.cat_inputs if c not in trained.cat_future]
+    if past:
+        seen |= (codes[:, past] != MISSING).any(dim=1).numpy()
+    index = np.where(seen, np.arange(len(seen)), -1)
+    return np.maximum.reduceat(index, offsets[:-1]) if len(index) else offsets[1:] - 1
+
+
+def _future_rows(
+    series: np.ndarray, times: np.ndarray, offsets: np.ndarray, w: Windows, q: np.ndarray, valid: np.ndarray,
+    trained: Trained,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(W, K) the row at each query time (-1: none; the same time within 1e-6 time units), and (W,) whether a
+    model with known-future variables lacks a row at one of its queries."""
+    if not trained.has_future or not len(w):
+        return np.full(q.shape, -1, dtype=np.int64), np.zeros(len(w), dtype=bool)
+    from datamodules.windows import searchsorted_by_series
+
+    at = (w.origin[:, None] + q).reshape(-1)
+    owner = np.repeat(w.series, q.shape[1])
+    row = searchsorted_by_series(series, times, owner, at - 1e-6, "left")
+    inside = row < offsets[owner + 1]
+    found = inside & (np.abs(times[np.minimum(row, len(times) - 1)] - at) <= 1e-6)
+    rows = np.where(found, row, -1).reshape(q.shape)
+    return rows, ((rows < 0) & valid).any(axis=1)
+
+
+def _future_values(
+    w: Windows, q: np.ndarray, valid: np.ndarray, rows: np.ndarray, scaled: np.ndarray, trained: Trained,
+    codec: TimeCodec,
+) -> np.ndarray:
+    """(W, K, Fk) float32: the numeric known-future variables at the query rows (scaled; an empty cell is 0, as in
+    training), then the calendar features of the query times; 0 at padded queries."""
+    cols = [trained.variables.index(c) for c in trained.known_future]
+    known = scaled[np.maximum(rows, 0)][..., cols]  # (W, K, Fk_numeric)
+    cal = calendar_features((w.origin[:, None] + q).reshape(-1), codec, trained.calendar).reshape(*q.shape, -1)
+    return (np.concatenate([known, cal], axis=-1) * valid[..., None]).astype(np.float32)
 
 
 def _rows_before(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, cut: np.ndarray) -> np.ndarray:
@@ -193,13 +294,13 @@ def _rows_before(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, cut
 
 
 def _last_anchor(
-    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, codec: TimeCodec
+    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, codec: TimeCodec, end: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """A model trained on anchored origins forecasts from each series' last anchor at or before its last row (inputs
     before it); a series without one gets its first time as origin (too short for the model's context)."""
     from datamodules.stamps import anchor_origins
 
-    first, last = times[offsets[:-1]], times[offsets[1:] - 1]
+    first, last = times[offsets[:-1]], times[end]
     owner, origin, _ = anchor_origins(first, last, trained.spec.anchor, max(trained.spec.every_days, 1), codec)
     at = first.copy()
     at[owner] = origin  # sorted by series then time: the last one of each series wins
@@ -213,15 +314,17 @@ def _origin_windows(
     trained: Trained,
     options: Options,
     codec: TimeCodec | None = None,
+    end: np.ndarray | None = None,
 ) -> tuple[Windows, np.ndarray]:
-    """Windows ending at each series' last row or before each origin,
+    """Windows ending at each series' last history row (``end``, default: its last row) or before each origin,
     and (3, W) flags: too few rows for the context, one row only (set by ``_queries`` when the spacing decides
     the query times), no input row."""
     spec, first = trained.spec, offsets[:-1]
+    end = offsets[1:] - 1 if end is None else end
     ends = (
-        [_last_anchor(series, offsets, times, trained, codec)]
+        [_last_anchor(series, offsets, times, trained, codec, end)]
         if options.origins is None and spec.anchor is not None
-        else [(offsets[1:], times[offsets[1:] - 1])]
+        else [(end + 1, times[end])]
         if options.origins is None
         else [
             (_rows_before(series, offsets, times, np.full(len(first), o)), np.full(len(first), o))
