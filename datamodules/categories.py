@@ -58,5 +58,5 @@ def encode(labels: pl.Series, vocab: list[str]) -> np.ndarray:
 def unseen(labels: pl.Series, vocab: list[str]) -> tuple[int, list[str]]:
     """How many non-empty labels are not in ``vocab``, and the first five of them (sorted)."""
     given = labels.drop_nulls()
-    bad = given.filter(~given.is_in(pl.Series(vocab, dtype=pl.String)))
+    bad = given.filter(~given.is_in(pl.Series(vocab, dtype=pl.String).implode()))
     return len(bad), sorted(bad.unique().to_list())[:5]

@@ -180,7 +180,9 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
         first = np.argmax((future_rows < 0) & valid, axis=1)
         stamps = codec.decode(w.origin + q[np.arange(len(w)), first]).cast(pl.String).to_numpy()
         late = no_future & np.asarray([r is None for r in reasons])
-        reasons[late] = [f"no row at query time {t} with the known-future covariates {trained.known_future + trained.cat_future}: give rows after the end with empty targets" for t in stamps[late]]  # noqa: E501
+        names = ", ".join(trained.known_future + trained.cat_future)
+        reasons[late] = [f"no row with the known-future covariates [{names}] at a query time (first: {t}); give "
+                         "rows after the end with empty targets" for t in stamps[late]]  # fmt: skip
     skipped = pl.DataFrame(
         {"series": table.series_ids.gather(w.series[~keep]), "reason": pl.Series(reasons[~keep], dtype=pl.String)}
     )

@@ -1,0 +1,215 @@
+"""Categorical covariates: the vocabulary (training split only, sorted, unknown / missing codes, the cap), learned
+embeddings, the vocabulary in the checkpoint, and every prediction path (``predict``, ``forecast_report`` with and
+without origins, the batch job) with static and known-future categoricals supplied on rows after the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from cfc_forecast.cli import main
+from cfc_forecast.forecast import main as job_main
+from cfc_forecast.forecast.prepare import Options, prepare
+from cfc_forecast.forecast.rows import forecast_report, load
+from datamodules import SeriesDataModule
+from datamodules.categories import MISSING, UNKNOWN
+
+LEVELS = {"Clouds": 0.0, "Rain": 2.0, "Sun": -2.0}  # the target's level under each weather
+N_STEPS, N_HIST = 80, 70  # steps per store, of which the history given to predict
+
+
+@pytest.fixture(autouse=True)
+def _bare_argv(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["cfc-forecast"])
+
+
+def stores(n_steps: int = N_STEPS, seed: int = 0) -> pl.DataFrame:
+    """Four stores, hourly: y = the level of that hour's weather + 0.5 * promo + noise; store_type and size are
+    static, weather (categorical) and promo (numeric) known ahead."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s, store in enumerate("ABCD"):
+        weather = rng.choice(list(LEVELS), n_steps)
+        promo = rng.integers(0, 2, n_steps).astype(float)
+        y = np.array([LEVELS[w] for w in weather]) + 0.5 * promo + rng.normal(0, 0.1, n_steps)
+        rows.append(pl.DataFrame({
+            "store": store, "time": np.arange(n_steps, dtype=float), "y": y, "promo": promo, "weather": weather,
+            "store_type": "big" if s % 2 else "small", "size": float(10 + s),
+        }))  # fmt: skip
+    return pl.concat(rows)
+
+
+def options(**extra) -> dict:
+    base = dict(id_column="store", time_unit="h", targets=["y"], inputs=["y"], static=["store_type", "size"],
+                known_future=["weather", "promo"], categorical=["weather", "store_type"], lookback=8, horizon=2,
+                batch_size=32)  # fmt: skip
+    return base | extra
+
+
+def cli_data(path: Path, *extra: str) -> list[str]:
+    return ["--data=SeriesDataModule", f"--data.path={path}", "--data.id_column=store", "--data.time_unit=h",
+            "--data.targets=[y]", "--data.inputs=[y]", "--data.static=[store_type, size]",
+            "--data.known_future=[weather, promo]", "--data.categorical=[weather, store_type]",
+            "--data.lookback=8", "--data.horizon=2", "--data.batch_size=32", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict:
+    """One epoch of ``cfc-forecast fit`` on the stores, and the rows to forecast: each store's first N_HIST hours,
+    then two rows after the end with empty targets carrying weather and promo (store A: an unseen "Snow")."""
+    import sys
+
+    root = tmp_path_factory.mktemp("categorical")
+    data = root / "stores.csv"
+    frame = stores()
+    frame.write_csv(data)
+    old, sys.argv = sys.argv, ["cfc-forecast"]
+    try:
+        assert main(["fit", *cli_data(data), "--model.hidden_size=8", "--model.backbone_units=16",
+                     "--model.head_hidden_sizes=[16]", f"--run_dir={root / 'run'}", "--trainer.max_epochs=1",
+                     "--seed_everything=0", "--trainer.enable_progress_bar=false",
+                     "--trainer.enable_model_summary=false"]) == 0  # fmt: skip
+    finally:
+        sys.argv = old
+    history = frame.filter(pl.col("time") < N_HIST)
+    future = frame.filter(pl.col("time").is_between(N_HIST, N_HIST + 1)).with_columns(pl.lit(None, pl.Float64).alias("y"))
+    future = future.with_columns(
+        pl.when((pl.col("store") == "A") & (pl.col("time") == N_HIST + 1)).then(pl.lit("Snow"))
+        .otherwise(pl.col("weather")).alias("weather")
+    )  # fmt: skip
+    rows = pl.concat([history, future])
+    rows.write_csv(root / "new.csv")
+    return {"ckpt": root / "run" / "checkpoints" / "last.ckpt", "rows": rows, "new": root / "new.csv", "root": root}
+
+
+def test_vocabulary_from_the_training_split_sorted_with_unknown_and_missing_codes():
+    frame = stores(100)
+    # "Hail" only after the training split (70% of 100 hours), "Fog" only in training, one empty cell in training
+    frame = frame.with_columns(
+        pl.when(pl.col("time") == 90).then(pl.lit("Hail")).when(pl.col("time") == 3).then(pl.lit("Fog"))
+        .when((pl.col("time") == 4) & (pl.col("store") == "A")).then(pl.lit(" ")).otherwise(pl.col("weather"))
+        .alias("weather")
+    )  # fmt: skip
+    dm = SeriesDataModule.from_frame(frame, **options())
+    dm.setup()
+    assert dm.vocabularies == {"weather": ["Clouds", "Fog", "Rain", "Sun"], "store_type": ["big", "small"]}
+    assert dm.categorical_sizes == {"inputs": [], "static": [4], "known_future": [6]}
+    assert (dm.n_static, dm.n_future, dm.input_names) == (1, 1, ["y"])  # the numeric ones: size, promo
+    codes, t = dm._built.tensors.codes[:, 0].numpy(), dm._built.tensors.times.numpy()
+    expect = {"Clouds": 2, "Fog": 3, "Rain": 4, "Sun": 5, "Hail": UNKNOWN}
+    labels = frame.sort("store", "time")["weather"].to_list()
+    assert codes[t == 90].tolist() == [UNKNOWN] * 4 and codes[t == 3].tolist() == [3] * 4
+    assert codes[(t == 4)][0] == MISSING  # store A's blank cell
+    assert all(codes[i] == expect[w] for i, w in enumerate(labels) if w.strip() and t[i] not in (3, 4, 90))
+    assert dm._built.tensors.static_codes[:, 0].tolist() == [3, 2, 3, 2]  # small, big, small, big
+    # integers are labels, sorted as text
+    ints = frame.with_columns(pl.col("weather").replace({"Clouds": "10", "Rain": "2", "Sun": "1"}).cast(pl.Int64,
+                              strict=False))  # fmt: skip
+    dm = SeriesDataModule.from_frame(ints.with_columns(pl.col("weather").fill_null(3)), **options())
+    assert dm.vocabularies["weather"] == ["1", "10", "2", "3"]
+
+
+def test_refusals_are_one_line_exit_2(tmp_path, capsys):
+    data = tmp_path / "stores.csv"
+    stores(40).write_csv(data)
+    cases = [
+        (["--data.targets=[weather]"], "a target is never categorical"),
+        (["--data.max_categories=2"], "more than the cap of 2; raise it with --data.max_categories 3"),
+        (["--data.categorical=[weather, store_type, promo2]"], "promo2"),
+        (["--data.known_future=[promo]"], "must also be an input, static or known_future covariate"),
+    ]
+    for extra, says in cases:
+        assert main(["fit", *cli_data(data, *extra), "--trainer.fast_dev_run=true", f"--run_dir={tmp_path / 'r'}"]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("cfc-forecast fit: error: ") and says in err[0], err
+
+
+def test_a_categorical_covariate_is_learned_better_than_without_it():
+    """Two seeds: with the weather known ahead the model reaches a validation MSE far below the one without it
+    (the target's level is the weather's: without it the best forecast is the mean, MSE ~ 8/3 / var(y))."""
+    import lightning.pytorch as L
+
+    from tests.conftest import model_for
+
+    frame = stores(120)
+    losses = {}
+    for with_weather in (True, False):
+        for seed in (0, 1):
+            L.seed_everything(seed)
+            kw = {} if with_weather else dict(known_future=["promo"], categorical=["store_type"])
+            dm = SeriesDataModule.from_frame(frame, **options(**kw))
+            dm.setup()
+            model = model_for(dm, categorical_sizes=dm.categorical_sizes, lr=1e-2, encoder="gru")
+            trainer = L.Trainer(max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)  # fmt: skip
+            trainer.fit(model, dm)
+            losses[with_weather, seed] = trainer.validate(model, dm, verbose=False)[0]["val/mse"]
+    worst_with = max(losses[True, s] for s in (0, 1))
+    best_without = min(losses[False, s] for s in (0, 1))
+    assert worst_with < 0.5 * best_without, losses
+
+
+def test_checkpoint_holds_the_vocabulary_as_plain_lists(fitted):
+    ckpt = torch.load(fitted["ckpt"], weights_only=True, map_location="cpu")
+    state = ckpt["SeriesDataModule"]["preprocessing"]
+    assert state["categorical"] == {
+        "inputs": [], "static": ["store_type"], "known_future": ["weather"],
+        "vocabularies": {"weather": ["Clouds", "Rain", "Sun"], "store_type": ["big", "small"]},
+    }  # fmt: skip
+    assert ckpt["hyper_parameters"]["categorical_sizes"] == {"inputs": [], "static": [4], "known_future": [5]}
+    assert set(state["static_scaler"]) == {"names", "loc", "scale"} and state["static_scaler"]["names"] == ["size"]
+
+
+def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding(fitted):
+    """Deterministic: store A's second future hour says "Snow" (unseen): its forecast equals the one computed with
+    code 0 put in by hand, and is counted; changing a future weather changes the forecast at that time only."""
+    result = forecast_report(fitted["ckpt"], fitted["rows"])
+    assert result.unseen == {"weather": {"values": 1, "examples": ["Snow"]}}
+    assert any("'weather': 1 values of categories unseen in training" in n for n in result.notes)
+    assert result.frame.height == 8 and result.frame["origin_time"].unique().to_list() == [N_HIST - 1]
+    model, trained = load(fitted["ckpt"])
+    chunk = prepare(fitted["rows"], trained, Options())
+    batch = chunk.dataset.collate(list(range(len(chunk.dataset))))
+    a = int(np.flatnonzero(chunk.series_ids.gather(batch.series.numpy()).to_numpy() == "A")[0])
+    assert batch.future_cat[a, :, 0].tolist()[1] == UNKNOWN
+    rain = batch.future_cat.clone()
+    rain[a, 1, 0] = 3  # "Rain"
+    with torch.no_grad():
+        snow = model(batch)
+        batch.future_cat = rain
+        rained = model(batch)
+    got = result.frame.filter(pl.col("series") == "A").sort("time")["prediction"].to_numpy()
+    unscale = lambda p: (p[a, :, 0, 0].double() * batch.target_scale[a, 0] + batch.target_loc[a, 0]).numpy()  # noqa: E731
+    np.testing.assert_allclose(got, unscale(snow), rtol=0, atol=1e-9)
+    assert unscale(rained)[1] != unscale(snow)[1]  # the weather at a query time moves that query's forecast
+    # a future row missing for a query time: that store is skipped with the reason, the others forecast
+    gap = fitted["rows"].filter(~((pl.col("store") == "B") & (pl.col("time") == N_HIST)))
+    result = forecast_report(fitted["ckpt"], gap)
+    assert result.skipped["series"].to_list() == ["B"]
+    assert "no row with the known-future covariates [promo, weather] at a query time (first: 70.0)" in (
+        result.skipped["reason"][0]
+    )
+    # from an origin inside the data (the backtest's way): the actual rows after it carry the future values
+    inside = forecast_report(fitted["ckpt"], stores(), origins=[60.0])
+    assert inside.frame.height == 8 and inside.skipped.height == 0 and inside.unseen == {}
+
+
+def test_predict_and_the_batch_job_with_static_and_known_future_categoricals(fitted, tmp_path, capsys):
+    assert main(["predict", f"--ckpt_path={fitted['ckpt']}", f"--data.path={fitted['new']}",
+                 f"--run_dir={tmp_path / 'p'}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "series forecast: 4 of 4" in out and "'weather': 1 values of categories unseen in training" in out
+    predicted = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
+    assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(fitted["new"]), "--output",
+                     str(tmp_path / "job"), "--progress=false"]) == 0  # fmt: skip
+    job = pl.read_parquet(sorted((tmp_path / "job").glob("part-*.parquet")))
+    keys = ["series", "origin_time", "time", "variable"]
+    assert job.sort(keys)[keys].equals(predicted.sort(keys)[keys])
+    np.testing.assert_allclose(job.sort(keys)["prediction"], predicted.sort(keys)["prediction"], atol=1e-5)
+    summary = json.loads((tmp_path / "job" / "manifest.json").read_text())["summary"]
+    assert summary["unseen_categories"] == {"weather": {"values": 1, "examples": ["Snow"]}}
