@@ -18,8 +18,8 @@ from cfc_forecast.forecast.prepare import Options, prepare
 from cfc_forecast.forecast.rows import forecast_report, load
 from datamodules import SeriesDataModule
 from datamodules.categories import MISSING, UNKNOWN
+from datamodules.synthetic import stores_frame
 
-LEVELS = {"Clouds": 0.0, "Rain": 2.0, "Sun": -2.0}  # the target's level under each weather
 N_STEPS, N_HIST = 80, 70  # steps per store, of which the history given to predict
 
 
@@ -29,19 +29,8 @@ def _bare_argv(monkeypatch):
 
 
 def stores(n_steps: int = N_STEPS, seed: int = 0) -> pl.DataFrame:
-    """Four stores, hourly: y = the level of that hour's weather + 0.5 * promo + noise; store_type and size are
-    static, weather (categorical) and promo (numeric) known ahead."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for s, store in enumerate("ABCD"):
-        weather = rng.choice(list(LEVELS), n_steps)
-        promo = rng.integers(0, 2, n_steps).astype(float)
-        y = np.array([LEVELS[w] for w in weather]) + 0.5 * promo + rng.normal(0, 0.1, n_steps)
-        rows.append(pl.DataFrame({
-            "store": store, "time": np.arange(n_steps, dtype=float), "y": y, "promo": promo, "weather": weather,
-            "store_type": "big" if s % 2 else "small", "size": float(10 + s),
-        }))  # fmt: skip
-    return pl.concat(rows)
+    """Four stores, hourly: y = the level of that hour's weather + 0.5 * promo + noise (``stores_frame``)."""
+    return stores_frame(4, n_steps, seed)
 
 
 def options(**extra) -> dict:
@@ -131,7 +120,7 @@ def test_refusals_are_one_line_exit_2(tmp_path, capsys):
 
 def test_a_categorical_covariate_is_learned_better_than_without_it():
     """Two seeds: with the weather known ahead the model reaches a validation MSE far below the one without it
-    (the target's level is the weather's: without it the best forecast is the mean, MSE ~ 8/3 / var(y))."""
+    (the target's level is the weather's: without it the best forecast is near the mean)."""
     import lightning.pytorch as L
 
     from tests.conftest import model_for
@@ -151,7 +140,7 @@ def test_a_categorical_covariate_is_learned_better_than_without_it():
             losses[with_weather, seed] = trainer.validate(model, dm, verbose=False)[0]["val/mse"]
     worst_with = max(losses[True, s] for s in (0, 1))
     best_without = min(losses[False, s] for s in (0, 1))
-    assert worst_with < 0.5 * best_without, losses
+    assert worst_with < 0.1 * best_without, losses  # measured: 0.005 with, 0.93 without
 
 
 def test_checkpoint_holds_the_vocabulary_as_plain_lists(fitted):
