@@ -391,6 +391,23 @@ class SeriesDataModule(L.LightningDataModule):
             "preprocessing": self._preprocessing(b),
         }
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check a checkpoint's categorical vocabularies against the ones built here (Lightning calls this when a
+        fit resumes, or validate / test / predict restore a checkpoint): the same codes must mean the same labels.
+
+        Raises:
+            UserError: a categorical column whose training labels differ from the checkpoint's.
+        """
+        saved = ((state_dict.get("preprocessing") or {}).get("categorical") or {}).get("vocabularies") or {}
+        built = self.vocabularies if self.cfg.get("categorical") or saved else {}
+        for c in sorted(set(saved) | set(built)):
+            if list(saved.get(c, [])) != list(built.get(c, [])):
+                raise UserError(
+                    f"categorical column {c!r}: the checkpoint's training labels {list(saved.get(c, []))[:5]} "
+                    f"differ from this data's {list(built.get(c, []))[:5]}; use the data and --data.categorical the "
+                    "model was trained with"
+                )
+
     def _preprocessing(self, b: Built) -> dict[str, Any]:
         """What a batch forecasting job (``cfc_forecast.forecast``) needs to prepare new data exactly as these
         batches were prepared, from the checkpoint alone: columns and layout, the fitted scaler, the time codec,

@@ -202,3 +202,29 @@ def test_predict_and_the_batch_job_with_static_and_known_future_categoricals(fit
     np.testing.assert_allclose(job.sort(keys)["prediction"], predicted.sort(keys)["prediction"], atol=1e-5)
     summary = json.loads((tmp_path / "job" / "manifest.json").read_text())["summary"]
     assert summary["unseen_categories"] == {"weather": {"values": 1, "examples": ["Snow"]}}
+
+
+def test_test_with_other_labels_refused_and_a_varying_static_value_skips_the_series(fitted, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    stores().with_columns(pl.col("weather").replace({"Sun": "Sunny"})).write_csv(other)
+    assert main(["test", *cli_data(other), f"--ckpt_path={fitted['ckpt']}", f"--run_dir={tmp_path / 't'}"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("cfc-forecast")]
+    assert len(err) == 1 and "categorical column 'weather': the checkpoint's training labels" in err[0], err
+    rows = fitted["rows"].with_columns(
+        pl.when((pl.col("store") == "C") & (pl.col("time") == 5)).then(pl.lit("big")).otherwise("store_type")
+        .alias("store_type")
+    )  # fmt: skip
+    result = forecast_report(fitted["ckpt"], rows)
+    assert result.skipped.rows() == [("C", "static column 'store_type' changes within the series")]
+    assert sorted(result.frame["series"].unique()) == ["A", "B", "D"]
+
+
+def test_long_layout_and_averaged_duplicates_are_refused_for_categorical_columns():
+    from cfc_forecast.errors import UserError
+
+    long = stores(20).unpivot(index=["store", "time"], on=["y", "promo"])
+    with pytest.raises(UserError, match="categorical columns need the wide layout"):
+        SeriesDataModule.from_frame(long, **options(layout="long", static=None, known_future=["promo"],
+                                                    categorical=["promo"])).setup()  # fmt: skip
+    with pytest.raises(UserError, match="duplicates='mean' cannot average the categorical columns"):
+        SeriesDataModule.from_frame(stores(20), **options(duplicates="mean")).setup()
