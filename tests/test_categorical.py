@@ -228,3 +228,12 @@ def test_long_layout_and_averaged_duplicates_are_refused_for_categorical_columns
                                                     categorical=["promo"])).setup()  # fmt: skip
     with pytest.raises(UserError, match="duplicates='mean' cannot average the categorical columns"):
         SeriesDataModule.from_frame(stores(20), **options(duplicates="mean")).setup()
+
+
+def test_a_backtest_of_a_model_with_categorical_covariates(fitted, tmp_path):
+    """Without refit: 3 origins x 4 stores x 2 steps, the known-future values from the data's own rows."""
+    out = tmp_path / "bt"
+    assert main(["backtest", f"--config={fitted['root'] / 'run' / 'config.yaml'}", f"--ckpt_path={fitted['ckpt']}",
+                 "--n_windows=3", "--step=2h", f"--output={out}"]) == 0  # fmt: skip
+    model = pl.read_parquet(out / "forecasts.parquet").filter(pl.col("forecaster") == "model")
+    assert model.height == 24 and model["actual"].null_count() == 0 and model["prediction"].is_finite().all()
