@@ -61,7 +61,7 @@ def predict_example(frame: pl.DataFrame, root: Path) -> None:
     )
     new = root / "new.csv"
     pl.concat([frame.filter(pl.col("time") < end), future]).write_csv(new)
-    print(f"\n$ cfc-forecast predict --ckpt_path run/checkpoints/last.ckpt --data.path new.csv")
+    print("\n$ cfc-forecast predict --ckpt_path run/checkpoints/last.ckpt --data.path new.csv")
     main(["predict", f"--ckpt_path={root / 'run' / 'checkpoints' / 'last.ckpt'}", f"--data.path={new}",
           f"--run_dir={root / 'predict'}"])  # fmt: skip
 

@@ -7,8 +7,9 @@ Values are scaled by the DataModule; ``target_loc`` and ``target_scale`` undo it
 
 Dimension letters (STYLE.md): B batch, T input steps, F input features, K forecast queries, C targets,
 S static covariates, Fk known-future covariates (Fc, Sc, Fkc: categorical past inputs, static and known-future
-covariates, as int64 codes: 0 unknown, 1 missing, 2 + i the i-th training label; ``datamodules.categories``). Masks are bool, True where a value was observed (or a step is
-real rather than padding). Missing and padded values are 0.
+covariates, as int64 codes: 0 unknown, 1 missing, 2 + i the i-th training label; ``datamodules.categories``).
+Masks are bool, True where a value was observed (or a step is real rather than padding). Missing and padded values
+are 0.
 
 Imports torch only: no lightning, no polars.
 """

@@ -128,5 +128,6 @@ class CategoricalEmbedding(nn.Module):
     def forward(self, codes: Tensor) -> Tensor:
         """(..., n) int64 codes -> (..., size) float embeddings."""
         if codes.shape[-1] != len(self.tables):
-            raise ValueError(f"expected {len(self.tables)} categorical columns, got codes of shape {tuple(codes.shape)}")
+            raise ValueError(f"expected {len(self.tables)} categorical columns, got codes of shape "
+                             f"{tuple(codes.shape)}")  # fmt: skip
         return torch.cat([table(codes[..., i]) for i, table in enumerate(self.tables)], dim=-1)

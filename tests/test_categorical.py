@@ -66,7 +66,9 @@ def fitted(tmp_path_factory) -> dict:
     finally:
         sys.argv = old
     history = frame.filter(pl.col("time") < N_HIST)
-    future = frame.filter(pl.col("time").is_between(N_HIST, N_HIST + 1)).with_columns(pl.lit(None, pl.Float64).alias("y"))
+    future = frame.filter(pl.col("time").is_between(N_HIST, N_HIST + 1)).with_columns(
+        pl.lit(None, pl.Float64).alias("y")
+    )
     future = future.with_columns(
         pl.when((pl.col("store") == "A") & (pl.col("time") == N_HIST + 1)).then(pl.lit("Snow"))
         .otherwise(pl.col("weather")).alias("weather")
@@ -180,8 +182,9 @@ def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding
     gap = fitted["rows"].filter(~((pl.col("store") == "B") & (pl.col("time") == N_HIST)))
     result = forecast_report(fitted["ckpt"], gap)
     assert result.skipped["series"].to_list() == ["B"]
-    assert "no row with the known-future covariates [promo, weather] at a query time (first: 70.0)" in (
-        result.skipped["reason"][0]
+    assert (
+        "no row with the known-future covariates [promo, weather] at a query time (first: 70.0)"
+        in (result.skipped["reason"][0])
     )
     # from an origin inside the data (the backtest's way): the actual rows after it carry the future values
     inside = forecast_report(fitted["ckpt"], stores(), origins=[60.0])
