@@ -15,7 +15,7 @@ import torch
 from cfc_forecast.cli import main
 from cfc_forecast.forecast import main as job_main
 from cfc_forecast.forecast.prepare import Options, prepare
-from cfc_forecast.forecast.rows import forecast_report, load
+from cfc_forecast.forecast.rows import forecast_report, forecast_rows, load
 from datamodules import SeriesDataModule
 from datamodules.categories import MISSING, UNKNOWN
 from datamodules.synthetic import stores_frame
@@ -156,7 +156,7 @@ def test_checkpoint_holds_the_vocabulary_as_plain_lists(fitted):
     assert set(state["static_scaler"]) == {"names", "loc", "scale"} and state["static_scaler"]["names"] == ["size"]
 
 
-def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding(fitted):
+def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding(fitted, caplog):
     """Deterministic: store A's second future hour says "Snow" (unseen): its forecast equals the one computed with
     code 0 put in by hand, and is counted; changing a future weather changes the forecast at that time only."""
     result = forecast_report(fitted["ckpt"], fitted["rows"])
@@ -189,6 +189,9 @@ def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding
     # from an origin inside the data (the backtest's way): the actual rows after it carry the future values
     inside = forecast_report(fitted["ckpt"], stores(), origins=[60.0])
     assert inside.frame.height == 8 and inside.skipped.height == 0 and inside.unseen == {}
+    with caplog.at_level("WARNING", logger="cfc_forecast.forecast.rows"):  # forecast_rows says it too
+        forecast_rows(fitted["ckpt"], fitted["rows"])
+    assert "'weather': 1 values of categories unseen in training, read as 'unknown' (e.g. ['Snow'])" in caplog.text
 
 
 def test_predict_and_the_batch_job_with_static_and_known_future_categoricals(fitted, tmp_path, capsys):

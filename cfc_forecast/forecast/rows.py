@@ -266,6 +266,9 @@ def forecast_rows(
         batch_size: windows per forward pass.
         trainer_kwargs: ``Trainer`` arguments (``accelerator="gpu"``, ...).
 
+    Skipped series and categorical labels unseen in training (forecast with the unknown embedding) are logged as
+    warnings; ``forecast_report`` returns them.
+
     Returns:
         Long layout: ``series, origin_time, time, variable, prediction`` (+ ``q<level>`` per quantile), one row per
         series, origin, query time and target, in the data's own units and time stamps; no rows when nothing
@@ -282,4 +285,6 @@ def forecast_rows(
         reasons = result.skipped.group_by("reason", maintain_order=True).agg(pl.col("series").head(3))
         details = "; ".join(f"{r} (e.g. {s})" for r, s in reasons.iter_rows())
         log.warning("forecast_rows: %d skipped: %s", result.skipped.height, details)
+    for note in unseen_notes(result.unseen) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else []:
+        log.warning("forecast_rows: %s", note)
     return result.frame
