@@ -243,3 +243,30 @@ def test_a_backtest_of_a_model_with_categorical_covariates(fitted, tmp_path):
                  "--n_windows=3", "--step=2h", f"--output={out}"]) == 0  # fmt: skip
     model = pl.read_parquet(out / "forecasts.parquet").filter(pl.col("forecaster") == "model")
     assert model.height == 24 and model["actual"].null_count() == 0 and model["prediction"].is_finite().all()
+
+
+def test_a_past_categorical_input_from_a_model_fitted_in_python():
+    """A categorical past input (no future rows needed): forecast_rows from the live model and its DataModule;
+    the label at the last input step moves the forecast, an unseen one is counted."""
+    import lightning.pytorch as L
+
+    from tests.conftest import model_for
+
+    frame = stores(40)
+    dm = SeriesDataModule.from_frame(frame, **options(inputs=["y", "weather"], known_future=None, static=None,
+                                                      categorical=["weather"]))  # fmt: skip
+    dm.setup()
+    assert dm.categorical_sizes == {"inputs": [5], "static": [], "known_future": []}
+    model = model_for(dm, categorical_sizes=dm.categorical_sizes, encoder="gru")
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(model, dm)  # fmt: skip
+    last = pl.col("time") == 39
+    base = forecast_report(model, frame, datamodule=dm).frame
+    other = frame.with_columns(pl.when(last).then(pl.lit("Rain")).otherwise("weather").alias("weather"))
+    snow = frame.with_columns(pl.when(last).then(pl.lit("Snow")).otherwise("weather").alias("weather"))
+    rained = forecast_report(model, other, datamodule=dm)
+    snowed = forecast_report(model, snow, datamodule=dm)
+    assert base.height == rained.frame.height == 8 and snowed.unseen == {"weather": {"values": 4, "examples": ["Snow"]}}
+    changed = frame.filter(last)["weather"] != "Rain"  # the stores whose last label did change
+    moved = (base["prediction"] - rained.frame["prediction"]).abs().to_numpy().reshape(4, 2).max(axis=1) > 0
+    assert moved.tolist() == changed.to_list()

@@ -5,6 +5,12 @@ few rows before the origin for the model's context, or none in its input span). 
 DataModule prepares it, with its own code where it can be (``canonical_table`` or an equivalent shortcut, the
 scaler fitted in training, ``SeriesTensors``, ``median_steps``, ``WindowDataset``). This is the one preparation of
 rows to forecast: ``forecast_rows`` (``cfc-forecast predict``, the Python API) and the batch job both call it.
+
+Covariates: static values are each series' one value (numeric ones scaled with the training scaler); categorical
+columns are coded with the training vocabularies (``datamodules.categories``; unseen labels counted in
+``Chunk.unseen``); a model with known-future variables reads them on the rows at its query times, which follow each
+series' history (its last row with a target or past-only input observed) with empty targets: a query time without
+such a row skips the window with its reason, nothing is filled in.
 """
 
 from __future__ import annotations
