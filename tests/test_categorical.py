@@ -135,14 +135,14 @@ def test_a_categorical_covariate_is_learned_better_than_without_it():
             kw = {} if with_weather else dict(known_future=["promo"], categorical=["store_type"])
             dm = SeriesDataModule.from_frame(frame, **options(**kw))
             dm.setup()
-            model = model_for(dm, categorical_sizes=dm.categorical_sizes, lr=1e-2, encoder="gru")
+            model = model_for(dm, categorical_sizes=dm.categorical_sizes, lr=1e-2)
             trainer = L.Trainer(max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False)  # fmt: skip
             trainer.fit(model, dm)
             losses[with_weather, seed] = trainer.validate(model, dm, verbose=False)[0]["val/mse"]
     worst_with = max(losses[True, s] for s in (0, 1))
     best_without = min(losses[False, s] for s in (0, 1))
-    assert worst_with < 0.1 * best_without, losses  # measured: 0.005 with, 0.93 without
+    assert worst_with < 0.1 * best_without, losses  # measured: 0.007 and 0.009 with, 0.93 and 0.94 without
 
 
 def test_checkpoint_holds_the_vocabulary_as_plain_lists(fitted):
