@@ -176,8 +176,9 @@ def _text_column_hint(col: pl.Series, bad: pl.Series) -> str:
     """The likely fix for text in a value column: a series label (no number at all) or stray text in numbers."""
     if len(bad) == col.drop_nulls().len():  # text throughout: a label, not a measurement
         return (
-            f"if it names the series, give --data.id_column {col.name}; otherwise leave it out of the variables "
-            "(--data.inputs, --data.targets)"
+            f"if it names the series, give --data.id_column {col.name}; if it holds categories (labels such as "
+            f"{bad[0]!r}), declare it --data.categorical '[{col.name}]' with a covariate role; otherwise leave it out "
+            "of the variables (--data.inputs, --data.targets)"
         )
     return "leave missing values empty"
 
