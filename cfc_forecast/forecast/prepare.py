@@ -6,11 +6,7 @@ DataModule prepares it, with its own code where it can be (``canonical_table`` o
 scaler fitted in training, ``SeriesTensors``, ``median_steps``, ``WindowDataset``). This is the one preparation of
 rows to forecast: ``forecast_rows`` (``cfc-forecast predict``, the Python API) and the batch job both call it.
 
-Covariates: static values are each series' one value (numeric ones scaled with the training scaler); categorical
-columns are coded with the training vocabularies (``datamodules.categories``; unseen labels counted in
-``Chunk.unseen``); a model with known-future variables reads them on the rows at its query times, which follow each
-series' history (its last row with a target or past-only input observed) with empty targets: a query time without
-such a row skips the window with its reason, nothing is filled in.
+Covariates (static values, categorical codes, known-future values on rows after the end): ``covariates``.
 """
 
 from __future__ import annotations
@@ -23,14 +19,22 @@ import polars as pl
 import torch
 
 from cfc_forecast.forecast.checks import ID, flag_values, parse_time, series_reasons
+from cfc_forecast.forecast.covariates import (
+    category_codes,
+    future_inputs,
+    history_end,
+    no_row_reasons,
+    query_rows,
+    static_values,
+)
 from cfc_forecast.forecast.trained import JobError, Trained
-from datamodules.build import _first_dt, series_labels, static_matrix
-from datamodules.categories import MISSING, as_labels, encode, unseen
+from datamodules.build import _first_dt
+from datamodules.categories import as_labels
 from datamodules.dataset import SeriesTensors, WindowDataset
 from datamodules.io import SERIES, TIME, Table, canonical_table
 from datamodules.scaling import Scaler
 from datamodules.stamps import calendar_days, calendar_offsets, clean_step
-from datamodules.timing import TimeCodec, calendar_features, median_steps
+from datamodules.timing import TimeCodec, median_steps
 from datamodules.windows import Windows
 
 
@@ -158,7 +162,7 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
     mask = ~np.isnan(scaled)
     scaled[~mask] = 0.0
     loc, scale = scaler.columns(trained.targets)
-    codes, static_codes, unseen_labels = _codes(table, trained)
+    codes, static_codes, unseen_labels = category_codes(table, trained)
     cat_dyn = list(dict.fromkeys(trained.cat_inputs + trained.cat_future))
     tensors = SeriesTensors(
         values=torch.from_numpy(scaled.astype(np.float32)),
@@ -169,38 +173,27 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
         target_cols=torch.tensor([trained.variables.index(c) for c in trained.targets], dtype=torch.int64),
         target_loc=torch.from_numpy(loc.astype(np.float32)),
         target_scale=torch.from_numpy(scale.astype(np.float32)),
-        static=_static(table, trained),
+        static=static_values(table, trained),
         codes=codes,
         input_cat_cols=torch.tensor([cat_dyn.index(c) for c in trained.cat_inputs], dtype=torch.int64),
         future_cat_cols=torch.tensor([cat_dyn.index(c) for c in trained.cat_future], dtype=torch.int64),
         static_codes=static_codes,
     )
-    end = _history_end(table, trained, mask, codes, offsets)
+    end = history_end(trained, mask, codes, offsets)
     w, problems = _origin_windows(series, offsets, times, trained, options, codec, end)
     step = median_steps(offsets, times)
     w, q, valid = _queries(w, step, offsets, times, codec, trained, options, problems)
-    future_rows, no_future = _future_rows(series, times, offsets, w, q, valid, trained)
+    future_rows, no_future = query_rows(series, times, offsets, w, q, valid, trained)
     keep = ~problems.any(axis=0) & ~no_future
     reasons = _window_reasons(problems, w, codec, options, trained)
-    if no_future.any():  # the first query time without a row, for the windows nothing else stopped
-        first = np.argmax((future_rows < 0) & valid, axis=1)
-        stamps = codec.decode(w.origin + q[np.arange(len(w)), first]).cast(pl.String).to_numpy()
-        late = no_future & np.asarray([r is None for r in reasons])
-        names = ", ".join(trained.known_future + trained.cat_future)
-        reasons[late] = [f"no row with the known-future covariates [{names}] at a query time (first: {t}); give "
-                         "rows after the end with empty targets" for t in stamps[late]]  # fmt: skip
+    no_row_reasons(reasons, no_future, future_rows, w, q, valid, trained, codec)
     skipped = pl.DataFrame(
         {"series": table.series_ids.gather(w.series[~keep]), "reason": pl.Series(reasons[~keep], dtype=pl.String)}
     )
     w, q, valid, future_rows = w.select(keep), q[keep], valid[keep], future_rows[keep]
     order = np.argsort(w.in_hi - w.in_lo, kind="stable")  # similar lengths together: less padding per batch
     w, q, valid, future_rows = w.select(order), q[order], valid[order], future_rows[order]
-    future = future_cat = None
-    if (trained.calendar or trained.known_future) and len(w):  # no window left (every origin skipped): nothing
-        future = torch.from_numpy(_future_values(w, q, valid, future_rows, scaled, trained, codec))
-    if trained.cat_future and len(w):
-        picked = codes[torch.from_numpy(np.maximum(future_rows, 0))][..., tensors.future_cat_cols]  # (W, K, Fkc)
-        future_cat = picked * torch.from_numpy(valid)[..., None]
+    future, future_cat = future_inputs(w, q, valid, future_rows, scaled, tensors, trained, codec)
     dataset = None
     if len(w):
         dataset = WindowDataset(
@@ -217,82 +210,6 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
     chunk.n_forecast = len(np.unique(w.series))
     chunk.unseen = unseen_labels
     return chunk
-
-
-def _codes(table: Table, trained: Trained) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
-    """Codes of the time-varying (N, Vc) and static (n_series, Sc) categorical columns with the training
-    vocabularies, and per column with labels unseen in training: ``{"values": n, "examples": first five}``."""
-    frame, ids, vocab = table.frame, table.series_ids, trained.vocabularies
-    labels = {c: frame[c] for c in dict.fromkeys(trained.cat_inputs + trained.cat_future)}
-    static = {c: series_labels(frame, c, ids) for c in trained.cat_static}
-    unseen_labels = {}
-    for c, values in (labels | static).items():
-        n, examples = unseen(values, vocab[c])
-        if n:
-            unseen_labels[c] = {"values": n, "examples": examples}
-    stack = lambda cols: None if not cols else torch.from_numpy(  # noqa: E731
-        np.stack([encode(v, vocab[c]) for c, v in cols.items()], axis=1))  # fmt: skip
-    return stack(labels), stack(static), unseen_labels
-
-
-def _static(table: Table, trained: Trained) -> torch.Tensor | None:
-    """(n_series, S) numeric static covariates scaled with the training scaler; a missing one is 0, as in training."""
-    if not trained.static:
-        return None
-    n = len(table.series_ids)
-    raw = static_matrix(table.frame, trained.static, n, table.series_ids)
-    scaled = Scaler(trained.static_loc, trained.static_scale, trained.static).transform(raw, np.zeros(n, np.int64))
-    return torch.from_numpy(np.nan_to_num(scaled).astype(np.float32))
-
-
-def _history_end(
-    table: Table, trained: Trained, mask: np.ndarray, codes: torch.Tensor | None, offsets: np.ndarray
-) -> np.ndarray:
-    """(n_series,) each series' last history row: its last row for a model without known-future variables; else
-    its last row with a target or a past-only input observed (the rows after it, with empty targets, carry the
-    known-future values)."""
-    if not trained.has_future:
-        return offsets[1:] - 1
-    cols = [trained.variables.index(c) for c in trained.variables
-            if c in trained.targets or (c in trained.inputs and c not in trained.known_future)]  # fmt: skip
-    seen = mask[:, cols].any(axis=1)
-    cat_dyn = list(dict.fromkeys(trained.cat_inputs + trained.cat_future))
-    past = [cat_dyn.index(c) for c in trained.cat_inputs if c not in trained.cat_future]
-    if past:
-        seen |= (codes[:, past] != MISSING).any(dim=1).numpy()
-    index = np.where(seen, np.arange(len(seen)), -1)
-    return np.maximum.reduceat(index, offsets[:-1]) if len(index) else offsets[1:] - 1
-
-
-def _future_rows(
-    series: np.ndarray, times: np.ndarray, offsets: np.ndarray, w: Windows, q: np.ndarray, valid: np.ndarray,
-    trained: Trained,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(W, K) the row at each query time (-1: none; the same time within 1e-6 time units), and (W,) whether a
-    model with known-future variables lacks a row at one of its queries."""
-    if not trained.has_future or not len(w):
-        return np.full(q.shape, -1, dtype=np.int64), np.zeros(len(w), dtype=bool)
-    from datamodules.windows import searchsorted_by_series
-
-    at = (w.origin[:, None] + q).reshape(-1)
-    owner = np.repeat(w.series, q.shape[1])
-    row = searchsorted_by_series(series, times, owner, at - 1e-6, "left")
-    inside = row < offsets[owner + 1]
-    found = inside & (np.abs(times[np.minimum(row, len(times) - 1)] - at) <= 1e-6)
-    rows = np.where(found, row, -1).reshape(q.shape)
-    return rows, ((rows < 0) & valid).any(axis=1)
-
-
-def _future_values(
-    w: Windows, q: np.ndarray, valid: np.ndarray, rows: np.ndarray, scaled: np.ndarray, trained: Trained,
-    codec: TimeCodec,
-) -> np.ndarray:
-    """(W, K, Fk) float32: the numeric known-future variables at the query rows (scaled; an empty cell is 0, as in
-    training), then the calendar features of the query times; 0 at padded queries."""
-    cols = [trained.variables.index(c) for c in trained.known_future]
-    known = scaled[np.maximum(rows, 0)][..., cols]  # (W, K, Fk_numeric)
-    cal = calendar_features((w.origin[:, None] + q).reshape(-1), codec, trained.calendar).reshape(*q.shape, -1)
-    return (np.concatenate([known, cal], axis=-1) * valid[..., None]).astype(np.float32)
 
 
 def _rows_before(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, cut: np.ndarray) -> np.ndarray:
