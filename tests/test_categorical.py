@@ -208,6 +208,21 @@ def test_predict_and_the_batch_job_with_static_and_known_future_categoricals(fit
     np.testing.assert_allclose(job.sort(keys)["prediction"], predicted.sort(keys)["prediction"], atol=1e-5)
     summary = json.loads((tmp_path / "job" / "manifest.json").read_text())["summary"]
     assert summary["unseen_categories"] == {"weather": {"values": 1, "examples": ["Snow"]}}
+    # one store per chunk: the counts add up over the chunks ("Snow" twice in store A, "Hail" in store C)
+    rows = fitted["rows"].with_columns(
+        pl.when((pl.col("store") == "C") & (pl.col("time") == N_HIST)).then(pl.lit("Hail")).otherwise("weather")
+        .alias("weather")
+    )  # fmt: skip
+    rows = rows.with_columns(
+        pl.when((pl.col("store") == "A") & (pl.col("time") == N_HIST)).then(pl.lit("Snow")).otherwise("weather")
+        .alias("weather")
+    )  # fmt: skip
+    rows.write_csv(tmp_path / "more.csv")
+    assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(tmp_path / "more.csv"), "--output",
+                     str(tmp_path / "job1"), "--chunk_size=1", "--progress=false"]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "job1" / "manifest.json").read_text())["summary"]
+    assert summary["unseen_categories"] == {"weather": {"values": 3, "examples": ["Hail", "Snow"]}}
+    assert any("'weather': 3 values of categories unseen" in n for n in summary["notes"])
 
 
 def test_test_with_other_labels_refused_and_a_varying_static_value_skips_the_series(fitted, tmp_path, capsys):
@@ -270,3 +285,27 @@ def test_a_past_categorical_input_from_a_model_fitted_in_python():
     changed = frame.filter(last)["weather"] != "Rain"  # the stores whose last label did change
     moved = (base["prediction"] - rained.frame["prediction"]).abs().to_numpy().reshape(4, 2).max(axis=1) > 0
     assert moved.tolist() == changed.to_list()
+
+
+def test_a_checkpoint_without_the_categorical_state_still_forecasts(tmp_path):
+    """A checkpoint of a model without categorical covariates, stripped of what this version adds (as an older
+    version saved it), forecasts exactly what the full one does."""
+    import lightning.pytorch as L
+
+    from tests.conftest import model_for
+
+    frame = stores(40).select("store", "time", "y", "promo")
+    dm = SeriesDataModule.from_frame(frame, id_column="store", time_unit="h", lookback=8, horizon=2)
+    model = model_for(dm, encoder="gru")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    ckpt = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    for key in ("categorical_sizes", "embedding_dim"):
+        del ckpt["hyper_parameters"][key]
+    for key in ("categorical", "static_scaler"):
+        del ckpt["SeriesDataModule"]["preprocessing"][key]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    new, old = forecast_rows(tmp_path / "new.ckpt", frame), forecast_rows(tmp_path / "old.ckpt", frame)
+    assert new.height == 16 and new.equals(old)
