@@ -6,8 +6,10 @@ unit (``dm.time_unit``), relative to each window's forecast origin: input times 
 Values are scaled by the DataModule; ``target_loc`` and ``target_scale`` undo it (``raw = y * scale + loc``).
 
 Dimension letters (STYLE.md): B batch, T input steps, F input features, K forecast queries, C targets,
-S static covariates, Fk known-future covariates. Masks are bool, True where a value was observed (or a step is
-real rather than padding). Missing and padded values are 0.
+S static covariates, Fk known-future covariates (Fc, Sc, Fkc: categorical past inputs, static and known-future
+covariates, as int64 codes: 0 unknown, 1 missing, 2 + i the i-th training label; ``datamodules.categories``).
+Masks are bool, True where a value was observed (or a step is real rather than padding). Missing and padded values
+are 0.
 
 Imports torch only: no lightning, no polars.
 """
@@ -49,6 +51,9 @@ class Batch:
         query_t_abs: (B, K) float64 absolute query times in the time unit (0 at padded queries), or None. The
             forecast's time stamps come from these: ``origin + query_t`` in float32 is off by up to a few tens of
             microseconds (a forecast at 03:37 written as 03:37:00.000086), so it never joins the data's stamps.
+        x_cat: (B, T, Fc) int64 codes of categorical past inputs (0 at padded steps), or None.
+        static_cat: (B, Sc) int64 codes of static categorical covariates, or None.
+        future_cat: (B, K, Fkc) int64 codes of categorical known-future covariates (0 at padded queries), or None.
     """
 
     x: Tensor
@@ -70,6 +75,9 @@ class Batch:
     future: Tensor | None = None
     t_abs: Tensor | None = None
     query_t_abs: Tensor | None = None
+    x_cat: Tensor | None = None
+    static_cat: Tensor | None = None
+    future_cat: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -110,6 +118,10 @@ class Batch:
             raise ValueError(f"Batch.static must have shape ({b}, S), got {tuple(self.static.shape)}")
         if self.future is not None and (self.future.dim() != 3 or self.future.shape[:2] != (b, k)):
             raise ValueError(f"Batch.future must have shape ({b}, {k}, Fk), got {tuple(self.future.shape)}")
+        for name, lead in (("x_cat", (b, t)), ("static_cat", (b,)), ("future_cat", (b, k))):
+            value = getattr(self, name)
+            if value is not None and (value.dim() != len(lead) + 1 or tuple(value.shape[:-1]) != lead):
+                raise ValueError(f"Batch.{name} must have shape {(*lead, 'n')}, got {tuple(value.shape)}")
 
     def to_original_units(self, pred: Tensor) -> Tensor:
         """Scaled forecasts (B, K, C, Q) -> float64 in the data's units: ``scaled * target_scale + target_loc``."""

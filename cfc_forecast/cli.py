@@ -73,6 +73,7 @@ LINKS = {
     "target_input_index": "target_inputs",
     "input_names": "input_names",
     "target_names": "target_names",
+    "categorical_sizes": "categorical_sizes",
 }
 
 

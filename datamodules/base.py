@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from cfc_forecast.errors import UserError
 from datamodules.build import SPLITS, Built, Roles, ScaleFit, build
+from datamodules.categories import FIRST, MAX_CATEGORIES
 from datamodules.dataset import WindowDataset
 from datamodules.io import SERIES, TIME, Duplicates, Layout, Table, canonical_table, read_files, require_columns
 from datamodules.scaling import ScaleBy, ScaleMethod
@@ -46,6 +47,12 @@ class SeriesDataModule(L.LightningDataModule):
         inputs: the F input variables (default: every variable that is not static or known-future).
         static: S per-series constant covariates. known_future: variables known ahead (given at query times).
         calendar: calendar features of the time stamps, added to the known-future covariates.
+        categorical: columns read as labels, not numbers ("Clouds", "Rain"; integers are labels too), each also
+            among ``inputs``, ``static`` or ``known_future`` (never a target); the model learns an embedding per
+            column (``datamodules.categories``: vocabulary from the training split, sorted; 0 = unknown, 1 =
+            missing). Wide layout only. Columns left out of ``inputs`` default to past inputs, never to targets.
+        max_categories: the most distinct labels a categorical column may have in training; more is an error
+            naming the column (never truncated).
         time_unit: unit of all times and durations in a batch; for numeric time columns, the numbers' unit.
         time_format: format of text time stamps, e.g. "%d/%m/%Y %H:%M" (default: the one format that reads them
             all; refused when several read them differently). Saved in the checkpoint for every later reading.
@@ -90,6 +97,8 @@ class SeriesDataModule(L.LightningDataModule):
         static: list[str] | None = None,
         known_future: list[str] | None = None,
         calendar: list[CalendarFeature] | None = None,
+        categorical: list[str] | None = None,
+        max_categories: int = MAX_CATEGORIES,
         time_unit: TimeUnit = "h",
         time_format: str | None = None,
         time_zone: str | None = None,
@@ -140,6 +149,8 @@ class SeriesDataModule(L.LightningDataModule):
             raise UserError("scale_by='series' needs split_by='time': val/test series have no training part")
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if max_categories < 1:
+            raise UserError(f"--data.max_categories must be >= 1, got {max_categories}")
         self._frame: pl.DataFrame | None = None
         self._built: Built | None = None
         self._table: Table | None = None
@@ -180,14 +191,41 @@ class SeriesDataModule(L.LightningDataModule):
         if h.layout == "wide":  # a name that is no column: say which option gave it
             for option in ("targets", "inputs", "static", "known_future"):
                 require_columns(frame, list(h[option] or []), self._source(), f"{option} (--data.{option})")
+        cat = list(dict.fromkeys(h.get("categorical") or []))
         default = [c for c in names if c not in static and c not in future]
-        roles = Roles(list(h.inputs or default), list(h.targets or default), static, future, list(h.calendar or []))
+        targets = list(h.targets or [c for c in default if c not in cat])
+        roles = Roles(list(h.inputs or default), targets, static, future, list(h.calendar or []))
         overlap = set(static) & set(roles.inputs + roles.targets + future)
         if overlap or not roles.inputs or not roles.targets:
             raise UserError(
                 f"static {sorted(overlap)} may not also be inputs, targets or known-future; "
                 f"inputs {roles.inputs} and targets {roles.targets} must not be empty"
             )
+        return self._categorical_roles(roles, cat, names)
+
+    def _categorical_roles(self, roles: Roles, cat: list[str], names: list[str]) -> Roles:
+        """Move the categorical columns out of the numeric roles; each must be a covariate, none a target."""
+        if not cat:
+            return roles
+        if self.cfg.layout == "long":
+            raise UserError(f"--data.categorical {cat}: categorical columns need the wide layout (a long layout's "
+                            "value column holds numbers); give them as columns of their own")  # fmt: skip
+        require_columns(pl.DataFrame(schema=names), cat, self._source(), "categorical (--data.categorical)")
+        if bad := [c for c in cat if c in roles.targets]:
+            raise UserError(f"--data.categorical {bad}: a target is never categorical (targets are forecast as "
+                            "numbers); remove it from --data.targets or from --data.categorical")  # fmt: skip
+        covariates = set(roles.inputs + roles.static + roles.known_future)
+        if bad := [c for c in cat if c not in covariates]:
+            raise UserError(f"--data.categorical {bad}: each categorical column must also be an input, static or "
+                            "known_future covariate; add it to --data.inputs, --data.static or --data.known_future")
+        numeric = lambda cols: [c for c in cols if c not in cat]  # noqa: E731
+        categorical = lambda cols: [c for c in cols if c in cat]  # noqa: E731
+        roles = Roles(numeric(roles.inputs), roles.targets, numeric(roles.static), numeric(roles.known_future),
+                      roles.calendar, categorical(roles.inputs), categorical(roles.static),
+                      categorical(roles.known_future))  # fmt: skip
+        if not roles.inputs:
+            raise UserError(f"the inputs are all categorical ({roles.cat_inputs}); the model needs at least one "
+                            "numeric input (the targets are inputs by default)")  # fmt: skip
         return roles
 
     def _ensure_built(self) -> Built:
@@ -217,6 +255,7 @@ class SeriesDataModule(L.LightningDataModule):
             value_column=h.value_column,
             time_format=h.time_format,
             time_zone=h.get("time_zone"),
+            categorical=roles.categorical,
         )
         if self.spec.mode == "fixed":
             self.spec.origin = user_time(h.origin, table.codec, "origin")
@@ -232,6 +271,7 @@ class SeriesDataModule(L.LightningDataModule):
                 h.scale_by,
                 h.step_targets,
                 self.first_dt_from_zero,
+                h.get("max_categories", MAX_CATEGORIES),
             )
         except ValueError as err:
             if hint:  # times in another unit than declared are the likelier cause: name the fix
@@ -277,13 +317,30 @@ class SeriesDataModule(L.LightningDataModule):
 
     @property
     def n_static(self) -> int:
-        """S: static covariates per series."""
-        return len(self.cfg.static or [])
+        """S: numeric static covariates per series."""
+        cat = self.cfg.get("categorical") or []
+        return len([c for c in self.cfg.static or [] if c not in cat])
 
     @property
     def n_future(self) -> int:
-        """Fk: known-future covariates per query (variables, then calendar features)."""
-        return len(self.cfg.known_future or []) + len(self.cfg.calendar or [])
+        """Fk: numeric known-future covariates per query (variables, then calendar features)."""
+        cat = self.cfg.get("categorical") or []
+        return len([c for c in self.cfg.known_future or [] if c not in cat]) + len(self.cfg.calendar or [])
+
+    @property
+    def categorical_sizes(self) -> dict[str, list[int]] | None:
+        """Codes per categorical column (its training labels + unknown + missing), by role: ``inputs``,
+        ``static``, ``known_future`` (the model's embedding tables); None without categorical columns."""
+        if not self.cfg.get("categorical"):
+            return None
+        b, r = self._ensure_built(), self._roles_used
+        size = lambda cols: [len(b.vocabularies[c]) + FIRST for c in cols]  # noqa: E731
+        return {"inputs": size(r.cat_inputs), "static": size(r.cat_static), "known_future": size(r.cat_future)}
+
+    @property
+    def vocabularies(self) -> dict[str, list[str]]:
+        """Each categorical column's training labels, sorted (code ``2 + i`` is label ``i``)."""
+        return dict(self._ensure_built().vocabularies)
 
     @property
     def time_unit(self) -> str:
@@ -334,11 +391,29 @@ class SeriesDataModule(L.LightningDataModule):
             "preprocessing": self._preprocessing(b),
         }
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check a checkpoint's categorical vocabularies against the ones built here (Lightning calls this when a
+        fit resumes, or validate / test / predict restore a checkpoint): the same codes must mean the same labels.
+
+        Raises:
+            UserError: a categorical column whose training labels differ from the checkpoint's.
+        """
+        saved = ((state_dict.get("preprocessing") or {}).get("categorical") or {}).get("vocabularies") or {}
+        built = self.vocabularies if self.cfg.get("categorical") or saved else {}
+        for c in sorted(set(saved) | set(built)):
+            if list(saved.get(c, [])) != list(built.get(c, [])):
+                raise UserError(
+                    f"categorical column {c!r}: the checkpoint's training labels {list(saved.get(c, []))[:5]} "
+                    f"differ from this data's {list(built.get(c, []))[:5]}; use the data and --data.categorical the "
+                    "model was trained with"
+                )
+
     def _preprocessing(self, b: Built) -> dict[str, Any]:
         """What a batch forecasting job (``cfc_forecast.forecast``) needs to prepare new data exactly as these
         batches were prepared, from the checkpoint alone: columns and layout, the fitted scaler, the time codec,
         the windowing and the prediction query rule."""
         h, spec, codec, scaler = self.cfg, self.spec, self._table.codec, b.scaler
+        r = self._roles_used
         per_series = scaler.loc.shape[0] > 1
         return {
             "version": 1,
@@ -348,8 +423,8 @@ class SeriesDataModule(L.LightningDataModule):
             "variable_column": h.variable_column,
             "value_column": h.value_column,
             "duplicates": h.duplicates,
-            "static": list(h.static or []),
-            "known_future": list(h.known_future or []),
+            "static": list(r.static),
+            "known_future": list(r.known_future),
             "calendar": list(h.calendar or []),
             "time_is_datetime": codec.is_datetime,
             "time_zone": codec.time_zone,
@@ -368,6 +443,13 @@ class SeriesDataModule(L.LightningDataModule):
                 "scale": scaler.scale.tolist(),
                 "series_ids": self._table.series_ids.to_list() if per_series else None,
             },
+            # numeric static covariates' scaler (absent from older checkpoints, which could not forecast them)
+            "static_scaler": None if b.static_scaler is None else {
+                "names": list(b.static_scaler.names), "loc": b.static_scaler.loc.tolist(),
+                "scale": b.static_scaler.scale.tolist()},  # fmt: skip
+            # plain lists of strings (safe for weights_only loads); absent from older checkpoints: none
+            "categorical": {"inputs": r.cat_inputs, "static": r.cat_static, "known_future": r.cat_future,
+                            "vocabularies": {c: list(v) for c, v in b.vocabularies.items()}},  # fmt: skip
         }
 
     # -- datasets and loaders ---------------------------------------------------------------------------

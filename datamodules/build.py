@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from datamodules.categories import MAX_CATEGORIES, encode, vocabulary
 from datamodules.dataset import SeriesTensors
 from datamodules.io import SERIES, TIME, Table
 from datamodules.scaling import ScaleBy, ScaleMethod, Scaler, fit_scaler
@@ -32,17 +33,34 @@ ScaleFit = Literal["train", "train+val", "all"]
 
 @dataclass
 class Roles:
-    """Which variables play which part; ``variables`` is their ordered union (the table's columns)."""
+    """Which variables play which part; ``variables`` is their ordered union (the table's columns).
+
+    ``inputs``, ``static`` and ``known_future`` are numeric; ``cat_inputs``, ``cat_static``, ``cat_future`` the
+    categorical columns of those roles (``datamodules.categories``); targets are always numeric.
+    """
 
     inputs: list[str]
     targets: list[str]
     static: list[str] = field(default_factory=list)
     known_future: list[str] = field(default_factory=list)
     calendar: list[str] = field(default_factory=list)
+    cat_inputs: list[str] = field(default_factory=list)
+    cat_static: list[str] = field(default_factory=list)
+    cat_future: list[str] = field(default_factory=list)
+
+    @property
+    def categorical(self) -> list[str]:
+        """Every categorical column once: past inputs, known-future, static."""
+        return list(dict.fromkeys(self.cat_inputs + self.cat_future + self.cat_static))
+
+    @property
+    def cat_dynamic(self) -> list[str]:
+        """The time-varying categorical columns (the columns of ``SeriesTensors.codes``)."""
+        return list(dict.fromkeys(self.cat_inputs + self.cat_future))
 
     @property
     def variables(self) -> list[str]:
-        return list(dict.fromkeys(self.inputs + self.targets + self.static + self.known_future))
+        return list(dict.fromkeys(self.inputs + self.targets + self.static + self.known_future + self.categorical))
 
 
 @dataclass
@@ -77,6 +95,8 @@ class Built:
     scaler: Scaler
     offsets: np.ndarray
     counts: dict[str, int]
+    static_scaler: Scaler | None = None
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _note(counts: dict[str, int], reason: str, n: int) -> None:
@@ -165,18 +185,23 @@ def build(
     scale_by: ScaleBy,
     step_targets: bool = False,
     first_dt_from_zero: bool = False,
+    max_categories: int = MAX_CATEGORIES,
 ) -> Built:
     """Scale the table, turn it into tensors and cut every split's windows.
 
+    Categorical columns get their vocabulary from the training rows only (``categories``; the training split,
+    whatever ``scale_fit`` says) and become integer codes.
+
     Raises:
-        ValueError: no training window, or a static column that varies within a series.
+        ValueError: no training window, a static column that varies within a series, or a categorical column with
+            more than ``max_categories`` labels in training.
     """
     frame, counts = table.frame, dict(table.counts)
     n_series = len(table.series_ids)
     series = frame[SERIES].to_numpy().astype(np.int64)
     times = frame[TIME].to_numpy().astype(np.float64)
     offsets = np.searchsorted(series, np.arange(n_series + 1)).astype(np.int64)
-    dynamic = [v for v in roles.variables if v not in roles.static]
+    dynamic = [v for v in roles.variables if v not in roles.static and v not in roles.categorical]
     fit_mask = plan.fit_rows(series, times)
     scaler = fit_scaler(frame.filter(pl.Series(fit_mask)), dynamic, scaling, scale_by, n_series, counts)
     scaled = scaler.transform(frame.select(dynamic).to_numpy().astype(np.float64), series)
@@ -184,6 +209,10 @@ def build(
     scaled[~mask] = 0.0
     tg_cols = [dynamic.index(c) for c in roles.targets]
     loc, scale = scaler.columns(roles.targets)
+    train_rows = SplitPlan(plan.bounds, plan.codes, "train").fit_rows(series, times)
+    vocab, codes, static_codes = _categories(frame, roles, table, train_rows, max_categories)
+    cat_dyn = roles.cat_dynamic
+    static, static_scaler = _static(frame, roles, n_series, table, plan, scaling, fit_mask, counts)
     tensors = SeriesTensors(
         values=torch.from_numpy(scaled.astype(np.float32)),
         mask=torch.from_numpy(mask),
@@ -194,8 +223,12 @@ def build(
         target_loc=torch.from_numpy(loc.astype(np.float32)),
         target_scale=torch.from_numpy(scale.astype(np.float32)),
         future=_future_rows(scaled, dynamic, roles, times, table),
-        static=_static(frame, roles, n_series, table, plan, scaling, fit_mask, counts),
+        static=static,
         step_targets=step_targets,
+        codes=codes,
+        input_cat_cols=torch.tensor([cat_dyn.index(c) for c in roles.cat_inputs], dtype=torch.int64),
+        future_cat_cols=torch.tensor([cat_dyn.index(c) for c in roles.cat_future], dtype=torch.int64),
+        static_codes=static_codes,
     )
     all_w = make_windows(series, offsets, times, spec, table.codec)
     tg_rows = mask[:, tg_cols].any(axis=1)
@@ -205,7 +238,45 @@ def build(
             f"no training window: {len(all_w)} windows in all from {n_series} series, none inside the training "
             "split; shorten lookback/horizon (or observe/forecast) or move the split cut-offs"
         )
-    return Built(tensors, windows, scaler, offsets, counts)
+    return Built(tensors, windows, scaler, offsets, counts, static_scaler, vocab)
+
+
+def series_labels(frame: pl.DataFrame, column: str, ids: pl.Series) -> pl.Series:
+    """(n_series,) each series' one label of a static categorical column (null when never given).
+
+    Raises:
+        ValueError: a series with two labels (a static column must be constant within a series).
+    """
+    per = frame.group_by(SERIES).agg(
+        pl.col(column).drop_nulls().first().alias("label"), pl.col(column).drop_nulls().n_unique().alias("n")
+    )
+    bad = per.filter(pl.col("n") > 1)
+    if bad.height:
+        examples = [ids[i] for i in bad[SERIES].head(3).to_list()]
+        raise ValueError(f"static column {column!r} changes within series {examples}; it must be constant")
+    out = pl.Series("label", [None] * len(ids), pl.String)
+    return out.scatter(per[SERIES].cast(pl.Int64).to_list(), per["label"])
+
+
+def _categories(
+    frame: pl.DataFrame, roles: Roles, table: Table, train_rows: np.ndarray, cap: int
+) -> tuple[dict[str, list[str]], torch.Tensor | None, torch.Tensor | None]:
+    """Vocabularies (from the training rows; static ones from the training rows' series) and codes:
+    (N, len(cat_dynamic)) per row, (n_series, len(cat_static)) per series; None where a role has none."""
+    vocab, train = {}, frame.filter(pl.Series(train_rows))
+    for c in roles.cat_dynamic:
+        vocab[c] = vocabulary(train[c], c, cap)
+    in_train = np.zeros(len(table.series_ids), dtype=bool)
+    in_train[frame[SERIES].to_numpy()[train_rows]] = True
+    static_labels = {c: series_labels(frame, c, table.series_ids) for c in roles.cat_static}
+    for c, labels in static_labels.items():
+        vocab[c] = vocabulary(labels.filter(pl.Series(in_train)), c, cap)
+    codes = static_codes = None
+    if roles.cat_dynamic:
+        codes = torch.from_numpy(np.stack([encode(frame[c], vocab[c]) for c in roles.cat_dynamic], axis=1))
+    if roles.cat_static:
+        static_codes = torch.from_numpy(np.stack([encode(v, vocab[c]) for c, v in static_labels.items()], axis=1))
+    return vocab, codes, static_codes
 
 
 def _future_rows(
@@ -227,13 +298,15 @@ def _static(
     scaling: ScaleMethod,
     fit_mask: np.ndarray,
     counts: dict[str, int],
-) -> torch.Tensor | None:
+) -> tuple[torch.Tensor | None, Scaler | None]:
+    """(n_series, S) scaled numeric static covariates and their scaler (fitted on the training series)."""
     if not roles.static:
-        return None
+        return None, None
     raw = static_matrix(frame, roles.static, n_series, table.series_ids)
     in_fit = np.zeros(n_series, dtype=bool)
     in_fit[frame[SERIES].to_numpy()[fit_mask]] = True
     fit = pl.DataFrame(raw[in_fit], schema=roles.static, orient="row").fill_nan(None)
     scaler = fit_scaler(fit, roles.static, scaling, "global", 1, counts)
     _note(counts, "missing static values (set to 0)", int(np.isnan(raw).sum()))
-    return torch.from_numpy(np.nan_to_num(scaler.transform(raw, np.zeros(n_series, np.int64))).astype(np.float32))
+    scaled = np.nan_to_num(scaler.transform(raw, np.zeros(n_series, np.int64)))
+    return torch.from_numpy(scaled.astype(np.float32)), scaler

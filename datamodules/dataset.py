@@ -34,6 +34,10 @@ class SeriesTensors:
         future: (N, Fk) float32 known-future covariates per row (scaled; calendar features), or None.
         static: (n_series, S) float32 scaled static covariates, or None.
         step_targets: whether batches carry per-step targets at the input rows.
+        codes: (N, Vc) int64 codes of the time-varying categorical columns per row (``datamodules.categories``),
+            or None. input_cat_cols: (Fc,) int64 columns of ``codes`` that are past inputs. future_cat_cols: (Fkc,)
+            int64 columns that are known-future covariates.
+        static_codes: (n_series, Sc) int64 codes of the static categorical columns, or None.
     """
 
     values: Tensor
@@ -47,6 +51,10 @@ class SeriesTensors:
     future: Tensor | None = None
     static: Tensor | None = None
     step_targets: bool = False
+    codes: Tensor | None = None
+    input_cat_cols: Tensor | None = None
+    future_cat_cols: Tensor | None = None
+    static_codes: Tensor | None = None
 
 
 def _rows(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,6 +76,7 @@ class WindowDataset(Dataset):
             times are the queries).
         query_mask: (W, K) bool validity of ``queries``.
         query_future: (W, K, Fk) float32 known-future covariates at ``queries``, or None.
+        query_future_cat: (W, K, Fkc) int64 codes of the categorical known-future covariates at ``queries``, or None.
     """
 
     def __init__(
@@ -78,6 +87,7 @@ class WindowDataset(Dataset):
         queries: Tensor | None = None,
         query_mask: Tensor | None = None,
         query_future: Tensor | None = None,
+        query_future_cat: Tensor | None = None,
     ) -> None:
         self.data = data
         self.series = torch.as_tensor(windows.series, dtype=torch.int64)
@@ -86,6 +96,7 @@ class WindowDataset(Dataset):
         self.origin = torch.as_tensor(windows.origin, dtype=torch.float64)
         self.with_targets = with_targets
         self.queries, self.query_mask, self.query_future = queries, query_mask, query_future
+        self.query_future_cat = query_future_cat
 
     def __len__(self) -> int:
         return len(self.series)
@@ -124,7 +135,10 @@ class WindowDataset(Dataset):
             target_scale=d.target_scale[g],
             static=None if d.static is None else d.static[series],
             t_abs=torch.where(step_mask, times, 0.0),
+            static_cat=None if d.static_codes is None else d.static_codes[series],
         )
+        if d.codes is not None and len(d.input_cat_cols):
+            batch.x_cat = d.codes[rows][..., d.input_cat_cols] * step_mask[..., None]  # (B, T, Fc), 0 at padding
         if d.step_targets:
             batch.y_step, batch.y_step_mask = _gather(d, rows, step_mask & counted[:, None], d.target_cols)
         if self.queries is not None:
@@ -133,6 +147,7 @@ class WindowDataset(Dataset):
             batch.query_mask = self.query_mask[w]
             batch.query_t_abs = torch.where(batch.query_mask, origin[:, None] + queries.double(), 0.0)
             batch.future = None if self.query_future is None else self.query_future[w]
+            batch.future_cat = None if self.query_future_cat is None else self.query_future_cat[w]
         else:
             k_rows, query_mask = _rows(tg_lo, tg_hi)  # (B, K)
             k_times = d.times[k_rows]  # (B, K) float64 absolute
@@ -141,6 +156,8 @@ class WindowDataset(Dataset):
             batch.query_t_abs = torch.where(query_mask, k_times, 0.0)
             if d.future is not None:
                 batch.future = d.future[k_rows] * query_mask[..., None]
+            if d.codes is not None and len(d.future_cat_cols):
+                batch.future_cat = d.codes[k_rows][..., d.future_cat_cols] * query_mask[..., None]  # (B, K, Fkc)
             if self.with_targets:
                 batch.y, batch.y_mask = _gather(d, k_rows, query_mask & counted[:, None], d.target_cols)
         batch.check()

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from cfc_forecast.errors import UserError
+from datamodules.categories import as_labels
 from datamodules.stamps import harmonise_zones, in_zone, to_datetime_or_number
 from datamodules.timing import TimeCodec, codec_for
 
@@ -175,8 +176,9 @@ def _text_column_hint(col: pl.Series, bad: pl.Series) -> str:
     """The likely fix for text in a value column: a series label (no number at all) or stray text in numbers."""
     if len(bad) == col.drop_nulls().len():  # text throughout: a label, not a measurement
         return (
-            f"if it names the series, give --data.id_column {col.name}; otherwise leave it out of the variables "
-            "(--data.inputs, --data.targets)"
+            f"if it names the series, give --data.id_column {col.name}; if it holds categories (labels such as "
+            f"{bad[0]!r}), declare it --data.categorical '[{col.name}]' with a covariate role; otherwise leave it out "
+            "of the variables (--data.inputs, --data.targets)"
         )
     return "leave missing values empty"
 
@@ -288,8 +290,12 @@ def canonical_table(
     every_variable: bool = True,
     time_format: str | None = None,
     time_zone: str | None = None,
+    categorical: list[str] | None = None,
 ) -> Table:
     """Validate a wide or long frame and return the canonical wide ``Table`` of ``variables``.
+
+    ``categorical``: variables read as text labels (``categories.as_labels``: String columns, empty cells null)
+    instead of numbers; wide layout only (a long layout's one value column holds numbers).
 
     ``every_variable=False`` (rows to forecast, not to fit on) accepts a variable that is never observed.
     ``time_format``: the format of text time stamps (default: inferred, ``stamps.infer_time_format``).
@@ -313,13 +319,26 @@ def canonical_table(
     what = f"{source}: column {time_column!r}"
     frame = frame.with_columns(in_zone(frame[time_column], time_zone, what))
     counts: dict[str, int] = {}
+    labels = [v for v in variables if v in (categorical or [])]
+    if labels and duplicates == "mean":
+        raise UserError(
+            f"{source}: duplicates='mean' cannot average the categorical columns {labels}; give duplicates 'first' "
+            "or 'last' (or 'error')"
+        )
+    if labels and layout == "long":
+        raise UserError(
+            f"{source}: categorical columns {labels} need the wide layout (a long layout's value column holds "
+            "numbers); give them as columns of their own"
+        )
     if layout == "long":
         frame = long_to_wide(
             frame, keys, variable_column, value_column, variables, duplicates, source, counts, every_variable
         )
     else:
         require_columns(frame, variables, source, "variables")
-        frame = numeric_columns(frame.select(*keys, *variables), variables, source)
+        numbers = [v for v in variables if v not in labels]
+        frame = numeric_columns(frame.select(*keys, *variables), numbers, source)
+        frame = frame.with_columns(as_labels(frame[c]) for c in labels)
         if duplicates == "error":
             _raise_duplicates(frame, keys, source)
         elif frame.select(keys).is_duplicated().any():

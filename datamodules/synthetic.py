@@ -88,6 +88,30 @@ def synthetic_frame(
     return frame.with_columns(**cols).unique(["series", "time"], keep="first", maintain_order=True)
 
 
+WEATHER_LEVELS = {"Clouds": 0.0, "Rain": 2.0, "Sun": -2.0}
+
+
+def stores_frame(n_stores: int = 4, n_steps: int = 80, seed: int = 0) -> pl.DataFrame:
+    """Hourly sales-like series whose level is set by a categorical covariate known ahead (an example and test
+    frame for categorical covariates; no files).
+
+    Columns: ``store`` ("A", "B", ...), ``time`` (float hours 0, 1, ...), ``y`` = the level of that hour's
+    ``weather`` (``WEATHER_LEVELS``, drawn uniformly each hour) + 0.5 * ``promo`` (0 or 1) + N(0, 0.1) noise;
+    ``store_type`` ("small" / "big", alternating) and ``size`` (10 + store index) are static per store.
+    """
+    rng = np.random.default_rng(seed)
+    parts = []
+    for s in range(n_stores):
+        weather = rng.choice(list(WEATHER_LEVELS), n_steps)
+        promo = rng.integers(0, 2, n_steps).astype(float)
+        y = np.array([WEATHER_LEVELS[w] for w in weather]) + 0.5 * promo + rng.normal(0, 0.1, n_steps)
+        parts.append(pl.DataFrame({
+            "store": chr(ord("A") + s), "time": np.arange(n_steps, dtype=float), "y": y, "promo": promo,
+            "weather": weather, "store_type": "big" if s % 2 else "small", "size": float(10 + s),
+        }))  # fmt: skip
+    return pl.concat(parts)
+
+
 class SyntheticDataModule(SeriesDataModule):
     """Seeded irregular multivariate series, no files needed: the quickstart's data.
 

@@ -110,6 +110,8 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     repeated = pl.struct(TIME, trained.variable_column).is_duplicated().any() if long else (t.sort().diff() == 0).any()
     duplicated = repeated if trained.duplicates == "error" else pl.lit(False)
     by_layout = [var.is_null().sum().alias("no_name")] if long else []
+    # a static covariate is one value per series: a series giving two is skipped (training refuses the whole data)
+    static = [pl.col(c).drop_nulls().n_unique().alias(f"static/{c}") for c in trained.static + trained.cat_static]
     per = (
         frame.with_columns(codec.encode(pl.col(trained.time_column)).alias(TIME))
         .group_by(ID)
@@ -119,6 +121,7 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
             pl.col("inf").any(),
             duplicated.alias("dup"),
             *by_layout,
+            *static,
             *[o.alias(f"has/{v}") for o, v in zip(observed, trained.variables, strict=True)],
         )
     )
@@ -132,6 +135,8 @@ def series_reasons(frame: pl.DataFrame, trained: Trained, codec: TimeCodec) -> p
     ]
     if long:
         checks.append((pl.col("no_name") > 0, pl.lit("rows with an empty variable name")))
+    for c in trained.static + trained.cat_static:
+        checks.append((pl.col(f"static/{c}") > 1, pl.lit(f"static column {c!r} changes within the series")))
     checks.append((~pl.any_horizontal(has), pl.lit("nothing observed")))
     never = pl.any_horizontal(has) & ~pl.any_horizontal(has_target)
     checks.append((never, pl.lit(f"no target observed [{', '.join(trained.targets)}]")))

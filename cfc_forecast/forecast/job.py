@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cfc_forecast.forecast.prepare import Chunk, Options, prepare
-from cfc_forecast.forecast.rows import KEYS, predict_chunk, sorted_frame, spacing_note, trainer_for
+from cfc_forecast.forecast.rows import KEYS, predict_chunk, sorted_frame, spacing_note, trainer_for, unseen_notes
 from cfc_forecast.forecast.source import ChunkReader, Plan, describe_ids, input_files, plan, scan
 from cfc_forecast.forecast.store import OutputFolder, fingerprint, reason_kind
 from cfc_forecast.forecast.trained import JobError, model_from, read_checkpoint
@@ -51,6 +51,7 @@ def chunk_record(chunk: Chunk, frame: pl.DataFrame) -> dict[str, Any]:
         "n_skipped": chunk.skipped.height,
         "skipped": list(zip(describe_ids(chunk.skipped["series"]), chunk.skipped["reason"].to_list(), strict=True)),
         "row_counts": chunk.row_counts,
+        "unseen": chunk.unseen,
         "spacing": chunk.spacing,
         "file": None,
     }
@@ -181,6 +182,12 @@ class ForecastJob:
         rows: Counter[str] = Counter()
         for r in records.values():
             rows.update(r["row_counts"])
+        unseen: dict[str, Any] = {}  # categorical labels unseen in training, over every chunk
+        for r in records.values():
+            for c, u in (r.get("unseen") or {}).items():
+                seen = unseen.setdefault(c, {"values": 0, "examples": []})
+                seen["values"] += u["values"]
+                seen["examples"] = sorted(set(seen["examples"]) | set(u["examples"]))[:5]
         n_forecast = sum(r["series_forecast"] for r in records.values())
         files = sorted(r["file"] for r in records.values() if r["file"])
         elapsed = time.perf_counter() - start
@@ -192,7 +199,8 @@ class ForecastJob:
             "rows_skipped": dict(rows),
             "rows_written": sum(r["rows"] for r in records.values()),
             "files_written": len(files),
-            "notes": self.notes + self._spacing_note(records),
+            "unseen_categories": unseen,
+            "notes": self.notes + self._spacing_note(records) + unseen_notes(unseen),
             "seconds_this_run": round(elapsed, 3),
             "status": 0 if n_forecast else 1,
         }

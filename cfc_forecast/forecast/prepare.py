@@ -5,24 +5,36 @@ few rows before the origin for the model's context, or none in its input span). 
 DataModule prepares it, with its own code where it can be (``canonical_table`` or an equivalent shortcut, the
 scaler fitted in training, ``SeriesTensors``, ``median_steps``, ``WindowDataset``). This is the one preparation of
 rows to forecast: ``forecast_rows`` (``cfc-forecast predict``, the Python API) and the batch job both call it.
+
+Covariates (static values, categorical codes, known-future values on rows after the end): ``covariates``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
 from cfc_forecast.forecast.checks import ID, flag_values, parse_time, series_reasons
+from cfc_forecast.forecast.covariates import (
+    category_codes,
+    future_inputs,
+    history_end,
+    no_row_reasons,
+    query_rows,
+    static_values,
+)
 from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.build import _first_dt
+from datamodules.categories import as_labels
 from datamodules.dataset import SeriesTensors, WindowDataset
 from datamodules.io import SERIES, TIME, Table, canonical_table
 from datamodules.scaling import Scaler
 from datamodules.stamps import calendar_days, calendar_offsets, clean_step
-from datamodules.timing import TimeCodec, calendar_features, median_steps
+from datamodules.timing import TimeCodec, median_steps
 from datamodules.windows import Windows
 
 
@@ -50,6 +62,8 @@ class Chunk:
         codec: decodes float times into the input's time stamps. skipped: columns ``series``, ``reason``.
         row_counts: skipped rows by reason (rows with no value observed, ...). spacing: median spacing, time units.
         n_series: series in the chunk. n_forecast: series with at least one forecast window.
+        unseen: per categorical column with labels unseen in training (coded unknown, ``datamodules.categories``):
+            ``{"values": how many, "examples": the first five, sorted}``.
     """
 
     dataset: WindowDataset | None
@@ -61,6 +75,7 @@ class Chunk:
     spacing: float = float("nan")
     n_series: int = 0
     n_forecast: int = 0
+    unseen: dict[str, Any] = field(default_factory=dict)  # categorical labels unseen in training, per column
 
     def decode_times(self, times: np.ndarray) -> pl.Series:
         return self.codec.decode(times)
@@ -85,8 +100,8 @@ def prepare(frame: pl.DataFrame, trained: Trained, options: Options, source: str
     else:
         frame = frame.rename({trained.id_column: ID})
     frame, codec = parse_time(frame, trained)
-    value_cols = [trained.value_column] if trained.layout == "long" else trained.variables
-    frame = flag_values(frame, value_cols)
+    value_cols = [trained.value_column] if trained.layout == "long" else trained.numeric
+    frame = flag_values(frame, value_cols).with_columns(as_labels(frame[c]) for c in trained.categorical)
     reasons = series_reasons(frame, trained, codec)
     skipped = reasons.filter(pl.col("reason").is_not_null())
     ok = reasons.filter(pl.col("reason").is_null())["series"]
@@ -114,22 +129,24 @@ def _table(frame: pl.DataFrame, trained: Trained, codec: TimeCodec, source: str)
             layout=trained.layout,
             id_column=ID,
             time_column=trained.time_column,
-            variables=trained.variables,
+            variables=trained.numeric + trained.categorical,
             time_unit=trained.time_unit,
+            categorical=trained.categorical,
             # "error": series with duplicates were skipped in series_reasons, so "first" leaves every row as it is
             duplicates="first" if trained.duplicates == "error" else trained.duplicates,
             variable_column=trained.variable_column,
             value_column=trained.value_column,
             every_variable=False,  # a chunk's series may all lack a variable (a missing value, as in training)
         )
-    empty = pl.all_horizontal(pl.col(v).is_null() for v in trained.variables)
+    columns = trained.numeric + trained.categorical
+    empty = pl.all_horizontal(pl.col(v).is_null() for v in columns)
     n_empty = int(frame.select(empty.sum()).item())
     frame = frame.filter(~empty) if n_empty else frame
     ids = frame[ID]
     frame = frame.select(
         (ids.rank("dense").cast(pl.UInt32) - 1).alias(SERIES),
         codec.encode(pl.col(trained.time_column)).alias(TIME),
-        *trained.variables,
+        *columns,
     ).sort(SERIES, TIME)
     counts = {"rows with no value observed": n_empty} if n_empty else {}
     return Table(frame=frame, series_ids=ids.unique().sort(), codec=codec, counts=counts)
@@ -145,6 +162,8 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
     mask = ~np.isnan(scaled)
     scaled[~mask] = 0.0
     loc, scale = scaler.columns(trained.targets)
+    codes, static_codes, unseen_labels = category_codes(table, trained)
+    cat_dyn = list(dict.fromkeys(trained.cat_inputs + trained.cat_future))
     tensors = SeriesTensors(
         values=torch.from_numpy(scaled.astype(np.float32)),
         mask=torch.from_numpy(mask),
@@ -154,22 +173,27 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
         target_cols=torch.tensor([trained.variables.index(c) for c in trained.targets], dtype=torch.int64),
         target_loc=torch.from_numpy(loc.astype(np.float32)),
         target_scale=torch.from_numpy(scale.astype(np.float32)),
+        static=static_values(table, trained),
+        codes=codes,
+        input_cat_cols=torch.tensor([cat_dyn.index(c) for c in trained.cat_inputs], dtype=torch.int64),
+        future_cat_cols=torch.tensor([cat_dyn.index(c) for c in trained.cat_future], dtype=torch.int64),
+        static_codes=static_codes,
     )
-    w, problems = _origin_windows(series, offsets, times, trained, options, codec)
+    end = history_end(trained, mask, codes, offsets)
+    w, problems = _origin_windows(series, offsets, times, trained, options, codec, end)
     step = median_steps(offsets, times)
     w, q, valid = _queries(w, step, offsets, times, codec, trained, options, problems)
-    keep = ~problems.any(axis=0)
+    future_rows, no_future = query_rows(series, times, offsets, w, q, valid, trained)
+    keep = ~problems.any(axis=0) & ~no_future
     reasons = _window_reasons(problems, w, codec, options, trained)
+    no_row_reasons(reasons, no_future, future_rows, w, q, valid, trained, codec)
     skipped = pl.DataFrame(
         {"series": table.series_ids.gather(w.series[~keep]), "reason": pl.Series(reasons[~keep], dtype=pl.String)}
     )
-    w, q, valid = w.select(keep), q[keep], valid[keep]
+    w, q, valid, future_rows = w.select(keep), q[keep], valid[keep], future_rows[keep]
     order = np.argsort(w.in_hi - w.in_lo, kind="stable")  # similar lengths together: less padding per batch
-    w, q, valid = w.select(order), q[order], valid[order]
-    future = None
-    if trained.calendar and len(w):  # no window left (every origin skipped): nothing to encode
-        cal = calendar_features((w.origin[:, None] + q).reshape(-1), codec, trained.calendar)
-        future = torch.from_numpy(cal.reshape(*q.shape, -1) * valid[..., None])
+    w, q, valid, future_rows = w.select(order), q[order], valid[order], future_rows[order]
+    future, future_cat = future_inputs(w, q, valid, future_rows, scaled, tensors, trained, codec)
     dataset = None
     if len(w):
         dataset = WindowDataset(
@@ -179,10 +203,12 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
             queries=torch.from_numpy(q),
             query_mask=torch.from_numpy(valid),
             query_future=future,
+            query_future_cat=future_cat,
         )
     chunk = Chunk(dataset, table.series_ids, trained.targets, codec, skipped, dict(table.counts))
     chunk.spacing = float(np.median(step)) if len(step) else float("nan")
     chunk.n_forecast = len(np.unique(w.series))
+    chunk.unseen = unseen_labels
     return chunk
 
 
@@ -193,13 +219,13 @@ def _rows_before(series: np.ndarray, offsets: np.ndarray, times: np.ndarray, cut
 
 
 def _last_anchor(
-    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, codec: TimeCodec
+    series: np.ndarray, offsets: np.ndarray, times: np.ndarray, trained: Trained, codec: TimeCodec, end: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """A model trained on anchored origins forecasts from each series' last anchor at or before its last row (inputs
     before it); a series without one gets its first time as origin (too short for the model's context)."""
     from datamodules.stamps import anchor_origins
 
-    first, last = times[offsets[:-1]], times[offsets[1:] - 1]
+    first, last = times[offsets[:-1]], times[end]
     owner, origin, _ = anchor_origins(first, last, trained.spec.anchor, max(trained.spec.every_days, 1), codec)
     at = first.copy()
     at[owner] = origin  # sorted by series then time: the last one of each series wins
@@ -213,15 +239,17 @@ def _origin_windows(
     trained: Trained,
     options: Options,
     codec: TimeCodec | None = None,
+    end: np.ndarray | None = None,
 ) -> tuple[Windows, np.ndarray]:
-    """Windows ending at each series' last row or before each origin,
+    """Windows ending at each series' last history row (``end``, default: its last row) or before each origin,
     and (3, W) flags: too few rows for the context, one row only (set by ``_queries`` when the spacing decides
     the query times), no input row."""
     spec, first = trained.spec, offsets[:-1]
+    end = offsets[1:] - 1 if end is None else end
     ends = (
-        [_last_anchor(series, offsets, times, trained, codec)]
+        [_last_anchor(series, offsets, times, trained, codec, end)]
         if options.origins is None and spec.anchor is not None
-        else [(offsets[1:], times[offsets[1:] - 1])]
+        else [(end + 1, times[end])]
         if options.origins is None
         else [
             (_rows_before(series, offsets, times, np.full(len(first), o)), np.full(len(first), o))

@@ -43,6 +43,8 @@ class Forecasts:
         n_series: series in the input. n_forecast: series with at least one forecast.
         notes: things worth knowing that did not stop anything (ignored columns, an unusual spacing).
         row_counts: rows left out by reason (rows with nothing observed).
+        unseen: per categorical column with labels unseen in training (forecast with the unknown embedding):
+            ``{"values": how many values, "examples": the first five labels}`` (also a line in ``notes``).
     """
 
     frame: pl.DataFrame
@@ -51,6 +53,16 @@ class Forecasts:
     n_forecast: int = 0
     notes: list[str] = field(default_factory=list)
     row_counts: dict[str, int] = field(default_factory=dict)
+    unseen: dict[str, Any] = field(default_factory=dict)
+
+
+def unseen_notes(unseen: dict[str, Any]) -> list[str]:
+    """One note per categorical column with labels unseen in training."""
+    return [
+        f"categorical column {c!r}: {u['values']} values of categories unseen in training, read as 'unknown' "
+        f"(e.g. {u['examples']})"
+        for c, u in unseen.items()
+    ]
 
 
 def load(source: Source, datamodule: Any = None) -> tuple[L.LightningModule, Trained]:
@@ -220,8 +232,9 @@ def forecast_report(
         skipped=skipped,
         n_series=chunk.n_series,
         n_forecast=chunk.n_forecast,
-        notes=notes + spacing_note(chunk.spacing, trained),
+        notes=notes + spacing_note(chunk.spacing, trained) + unseen_notes(chunk.unseen),
         row_counts=dict(chunk.row_counts),
+        unseen=dict(chunk.unseen),
     )
 
 
@@ -253,6 +266,9 @@ def forecast_rows(
         batch_size: windows per forward pass.
         trainer_kwargs: ``Trainer`` arguments (``accelerator="gpu"``, ...).
 
+    Skipped series and categorical labels unseen in training (forecast with the unknown embedding) are logged as
+    warnings; ``forecast_report`` returns them.
+
     Returns:
         Long layout: ``series, origin_time, time, variable, prediction`` (+ ``q<level>`` per quantile), one row per
         series, origin, query time and target, in the data's own units and time stamps; no rows when nothing
@@ -269,6 +285,8 @@ def forecast_rows(
         reasons = result.skipped.group_by("reason", maintain_order=True).agg(pl.col("series").head(3))
         details = "; ".join(f"{r} (e.g. {s})" for r, s in reasons.iter_rows())
         log.warning("forecast_rows: %d skipped: %s", result.skipped.height, details)
+    for note in unseen_notes(result.unseen) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else []:
+        log.warning("forecast_rows: %s", note)
     return result.frame
 
 

@@ -8,7 +8,7 @@ prediction query rule. A forecasting job rebuilds the same preprocessing from th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class Trained:
         time_format: the format the training data's text time stamps were read with (None: they were not text).
         time_format_saved: False for checkpoints older than ``time_format`` (their stamps are parsed as then).
         time_zone: the training data's time zone (None: naive or numeric); prediction input is read in it.
+        static: numeric static covariates; ``static_loc`` / ``static_scale`` (S,) their training scaler.
+        known_future: numeric known-future variables (among ``variables``), read at the query times.
+        cat_inputs, cat_static, cat_future: categorical columns by role; ``vocabularies`` their training labels.
     """
 
     inputs: list[str]
@@ -72,12 +75,36 @@ class Trained:
     time_format: str | None = None
     time_format_saved: bool = False
     time_zone: str | None = None
+    static: list[str] = field(default_factory=list)
+    static_loc: np.ndarray | None = None
+    static_scale: np.ndarray | None = None
+    known_future: list[str] = field(default_factory=list)
+    cat_inputs: list[str] = field(default_factory=list)
+    cat_static: list[str] = field(default_factory=list)
+    cat_future: list[str] = field(default_factory=list)
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def categorical(self) -> list[str]:
+        """Every categorical column once (past inputs, known-future, static)."""
+        return list(dict.fromkeys(self.cat_inputs + self.cat_future + self.cat_static))
+
+    @property
+    def numeric(self) -> list[str]:
+        """Every numeric column: the dynamic variables, then the static covariates."""
+        return list(dict.fromkeys(self.variables + self.static))
+
+    @property
+    def has_future(self) -> bool:
+        """Whether the model reads known-future variables (given on rows after each series' history)."""
+        return bool(self.known_future or self.cat_future)
 
     @property
     def columns(self) -> list[str]:
         """The input columns a job reads (id, time, then the variables or the long layout's two columns)."""
         keys = [c for c in (self.id_column, self.time_column) if c is not None]
-        return keys + ([self.variable_column, self.value_column] if self.layout == "long" else self.variables)
+        values = [self.variable_column, self.value_column] if self.layout == "long" else self.numeric
+        return keys + values + self.categorical
 
 
 def _data_state(ckpt: dict[str, Any], label: str) -> dict[str, Any]:
@@ -139,16 +166,18 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
     """The data contract of a loaded checkpoint (``label`` names it in messages).
 
     Raises:
-        JobError: no DataModule preprocessing state, or a model that cannot be fed from raw rows alone (static or
-            known-future covariates, per-step targets).
+        JobError: no DataModule preprocessing state, or a model that cannot be fed from raw rows alone (static
+            covariates of a checkpoint saved without their scaler, per-step targets).
     """
     state, hp = _data_state(ckpt, label), ckpt.get("hyper_parameters", {})
-    if state["static"] or state["known_future"] or hp.get("n_static") or hp.get("n_future", 0) > len(state["calendar"]):
+    static_scaler = state.get("static_scaler")
+    if state["static"] and static_scaler is None:
         raise JobError(
-            f"{label}: the model reads static covariates {state['static']} or known-future variables "
-            f"{state['known_future']}; forecasting from a checkpoint does not support them yet: forecast the "
-            "test windows of its training data with cfc-forecast predict --predict_windows=test"
+            f"{label}: the model reads static covariates {state['static']}, and the checkpoint (saved by an older "
+            "cfc-forecast) lacks their scaler; refit it with this version, or forecast the test windows of its "
+            "training data with cfc-forecast predict --predict_windows=test"
         )
+    cat = state.get("categorical") or {}
     from cfc_forecast.forecaster.module import _resolve_head
 
     head = _resolve_head(hp.get("head", "auto"), hp.get("horizon"))
@@ -183,6 +212,14 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
         time_format=state.get("time_format"),
         time_format_saved="time_format" in state,
         time_zone=state.get("time_zone"),
+        static=list(state["static"]),
+        static_loc=None if static_scaler is None else np.asarray(static_scaler["loc"], dtype=np.float64),
+        static_scale=None if static_scaler is None else np.asarray(static_scaler["scale"], dtype=np.float64),
+        known_future=list(state["known_future"]),
+        cat_inputs=list(cat.get("inputs", [])),
+        cat_static=list(cat.get("static", [])),
+        cat_future=list(cat.get("known_future", [])),
+        vocabularies={c: [str(v) for v in labels] for c, labels in (cat.get("vocabularies") or {}).items()},
     )
 
 

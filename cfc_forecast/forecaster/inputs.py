@@ -97,3 +97,37 @@ class InputEncoding(nn.Module):
         if self.append_delta:
             parts.append(clock(time_since_observed(t, dt, mask)))
         return torch.cat(parts, dim=-1)
+
+
+def embedding_size(n_codes: int) -> int:
+    """Width of a column's embedding from its number of codes n (training labels + unknown + missing):
+    ``min(16, ceil(1.6 * n ** 0.56))``, fastai's rule of thumb (Howard & Gugger, "fastai", Information 2020) with a
+    cap of 16 instead of 600 (these covariates sit beside a few numeric inputs, not in a tabular model)."""
+    return int(min(16, math.ceil(1.6 * n_codes**0.56)))
+
+
+class CategoricalEmbedding(nn.Module):
+    """Learned embeddings of categorical covariates, one table per column, concatenated.
+
+    Codes follow ``datamodules.categories``: 0 unknown (a label unseen in training), 1 missing, 2 + i the i-th
+    training label; row 0 of every table is therefore "the unknown embedding", learned only where training rows
+    carry it (never: it keeps its random initialisation, the same for every unseen label).
+
+    Args:
+        sizes: (n,) codes per column (training labels + 2).
+        dims: (n,) embedding width per column (``datamodules.categories.embedding_size`` by default).
+    """
+
+    def __init__(self, sizes: list[int], dims: list[int]) -> None:
+        super().__init__()
+        if len(sizes) != len(dims) or min(list(sizes) + list(dims) + [1]) < 1:
+            raise ValueError(f"categorical sizes {sizes} and widths {dims} must pair up and be >= 1")
+        self.tables = nn.ModuleList(nn.Embedding(n, d) for n, d in zip(sizes, dims, strict=True))
+        self.size = sum(dims)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """(..., n) int64 codes -> (..., size) float embeddings."""
+        if codes.shape[-1] != len(self.tables):
+            raise ValueError(f"expected {len(self.tables)} categorical columns, got codes of shape "
+                             f"{tuple(codes.shape)}")  # fmt: skip
+        return torch.cat([table(codes[..., i]) for i, table in enumerate(self.tables)], dim=-1)

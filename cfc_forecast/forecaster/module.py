@@ -22,7 +22,7 @@ from cfc_forecast.core.wired import WiredCfCEncoder, build_wired_encoder
 from cfc_forecast.core.wiring import WiringName
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecaster.heads import MLPActivation, build_head
-from cfc_forecast.forecaster.inputs import ElapsedTime, Fill, InputEncoding
+from cfc_forecast.forecaster.inputs import CategoricalEmbedding, ElapsedTime, Fill, InputEncoding, embedding_size
 from cfc_forecast.forecaster.linear import LastValueSkip, LinearPath
 from cfc_forecast.forecaster.losses import REDUCTIONS, LossName, Reduction, masked_loss, point_index
 from cfc_forecast.forecaster.metrics import ForecastMetrics, MaskedLoss
@@ -33,6 +33,7 @@ from cfc_forecast.forecaster.rnn import RNNEncoder
 
 EncoderName = Literal["cfc", "lstm", "gru"]
 HeadChoice = Literal["auto", "direct", "continuous", "step"]
+ROLES = ("inputs", "static", "known_future")  # the roles of categorical covariates (``categorical_sizes``' keys)
 
 
 class ForecastModule(L.LightningModule):
@@ -50,6 +51,11 @@ class ForecastModule(L.LightningModule):
         input_names: names of the inputs (linked; checked when a checkpoint meets other data).
         target_names: names of the targets (linked; checked likewise).
         lookback: L of count windows, None otherwise (linked); read by ``linear_path``.
+        categorical_sizes: codes per categorical column by role, ``{"inputs": [...], "static": [...],
+            "known_future": [...]}`` (linked from the DataModule's ``categorical_sizes``; None: no categorical
+            covariates). Each column gets a learned embedding (:class:`~.inputs.CategoricalEmbedding`).
+        embedding_dim: the width of every categorical embedding; None: per column
+            ``min(16, ceil(1.6 * n ** 0.56))`` for n codes (:func:`~cfc_forecast.forecaster.inputs.embedding_size`).
         encoder: "cfc" (closed-form continuous-time) or the baselines "lstm" / "gru".
         hidden_size: H, state units.
         mode, backbone_units, backbone_layers, backbone_dropout, activation, head_activation, mixed_memory,
@@ -113,6 +119,8 @@ class ForecastModule(L.LightningModule):
         input_names: list[str] | None = None,
         target_names: list[str] | None = None,
         lookback: int | None = None,
+        categorical_sizes: dict[str, list[int]] | None = None,
+        embedding_dim: int | None = None,
         encoder: EncoderName = "cfc",
         hidden_size: int = 64,
         mode: Mode = "default",
@@ -195,17 +203,20 @@ class ForecastModule(L.LightningModule):
                 f"cuda_graphs=true graphs the plain CfC encoder only, not encoder={h.encoder!r}"
                 + (f" with wiring={h.wiring!r}" if h.wiring is not None else "") + ": leave --model.cuda_graphs out"
             )
+        cat = self._embeddings()
+        width = {k: 0 if e is None else e.size for k, e in cat.items()}
+        n_features = inputs.size + width["inputs"]  # the encoder reads the embeddings beside the encoded values
         if h.wiring is not None and h.encoder != "cfc":
             raise UserError(f"wiring={h.wiring!r} needs encoder='cfc', got encoder={h.encoder!r}")
         if h.wiring is not None:
             encoder = build_wired_encoder(
-                inputs.size, h.wiring, h.wiring_units or h.hidden_size, h.wiring_outputs, h.wiring_seed,
+                n_features, h.wiring, h.wiring_units or h.hidden_size, h.wiring_outputs, h.wiring_seed,
                 h.wiring_sparsity, h.wiring_ncp, mode=h.mode, head_activation=h.head_activation,
                 mixed_memory=h.mixed_memory, memory_wiring=h.memory_wiring, forget_bias=h.forget_bias, impl=h.impl,
             )  # fmt: skip
         elif h.encoder == "cfc":
             encoder = CfCEncoder(
-                inputs.size,
+                n_features,
                 h.hidden_size,
                 mode=h.mode,
                 backbone_units=h.backbone_units,
@@ -221,7 +232,7 @@ class ForecastModule(L.LightningModule):
                 cuda_graphs=h.cuda_graphs,
             )
         elif h.encoder in ("lstm", "gru"):
-            encoder = RNNEncoder(h.encoder, inputs.size, h.hidden_size, h.rnn_layers, h.backbone_dropout)
+            encoder = RNNEncoder(h.encoder, n_features, h.hidden_size, h.rnn_layers, h.backbone_dropout)
         else:
             raise UserError(f"unknown encoder {h.encoder!r}; choose one of ['cfc', 'gru', 'lstm']")
         head = build_head(
@@ -230,12 +241,12 @@ class ForecastModule(L.LightningModule):
             1 if channels else h.n_targets,
             self.n_outputs,
             h.horizon,
-            h.n_future,
+            h.n_future + width["known_future"],
             list(h.head_hidden_sizes or []),
             h.head_mlp_activation,
             h.head_dropout,
             h.query_cell_units,
-            n_context=h.n_static if h.static_into != "state" else 0,
+            n_context=h.n_static + width["static"] if h.static_into != "state" else 0,
         )
         revin = RevIN(h.n_inputs, self._targets_in_inputs("revin")) if h.revin else None
         linear = None
@@ -254,7 +265,20 @@ class ForecastModule(L.LightningModule):
             skip = LastValueSkip(self._targets_in_inputs("last_value_skip"))
         clock = ElapsedTime(h.time_scale, h.learn_time_scale)
         return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin, h.static_into,
-                          linear=linear, channels=channels, skip=skip)  # fmt: skip
+                          linear=linear, channels=channels, skip=skip, categorical=cat)  # fmt: skip
+
+    def _embeddings(self) -> dict[str, CategoricalEmbedding | None]:
+        """One embedding table per categorical column, by role (None for a role without any)."""
+        sizes, dim = self.hparams.categorical_sizes or {}, self.hparams.embedding_dim
+        if dim is not None and dim < 1:
+            raise UserError(f"--model.embedding_dim must be >= 1 (or null for the size rule), got {dim}")
+        if unknown := set(sizes) - set(ROLES):
+            raise UserError(f"categorical_sizes has unknown roles {sorted(unknown)}; the roles are {list(ROLES)}")
+        out: dict[str, CategoricalEmbedding | None] = {}
+        for role in ROLES:
+            n = list(sizes.get(role) or [])
+            out[role] = CategoricalEmbedding(n, [dim or embedding_size(k) for k in n]) if n else None
+        return out
 
     def forward(self, batch: Batch) -> Tensor:
         """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head.

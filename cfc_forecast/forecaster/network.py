@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from cfc_forecast.batch import Batch
 from cfc_forecast.errors import UserError
-from cfc_forecast.forecaster.inputs import ElapsedTime, InputEncoding
+from cfc_forecast.forecaster.inputs import CategoricalEmbedding, ElapsedTime, InputEncoding
 from cfc_forecast.forecaster.linear import LastValueSkip, LinearPath
 from cfc_forecast.forecaster.revin import RevIN
 
@@ -33,11 +33,21 @@ class _Sequences(NamedTuple):
     query_mask: Tensor
     static: Tensor | None
     future: Tensor | None
+    x_cat: Tensor | None
+    static_cat: Tensor | None
+    future_cat: Tensor | None
 
     @classmethod
     def of(cls, batch: Batch, x: Tensor) -> _Sequences:
         return cls(x, batch.x_mask, batch.t, batch.dt, batch.step_mask, batch.query_t, batch.query_mask,
-                   batch.static, batch.future)  # fmt: skip
+                   batch.static, batch.future, batch.x_cat, batch.static_cat, batch.future_cat)  # fmt: skip
+
+
+def _join(numeric: Tensor | None, embedded: Tensor | None) -> Tensor | None:
+    """Numeric covariates with the embeddings of the categorical ones after them (either may be None)."""
+    if embedded is None:
+        return numeric
+    return embedded if numeric is None else torch.cat([numeric, embedded.to(numeric.dtype)], dim=-1)
 
 
 class Forecaster(nn.Module):
@@ -63,6 +73,12 @@ class Forecaster(nn.Module):
             the inputs that are no target's (covariates, calendar features), the batch's times and masks; the
             head forecasts that one target (build ``inputs`` for ``1 + F - C`` inputs and the head for 1 target).
             None: one sequence of all F inputs per window.
+        categorical: embeddings of the categorical covariates by role (``"inputs"``, ``"static"``,
+            ``"known_future"``; :class:`~.inputs.CategoricalEmbedding`), or None. Each is concatenated
+            after its numeric counterpart: past inputs with the encoded features at every step (build the encoder for
+            ``inputs.size`` plus their width), static ones with the static vector (S plus their width where static
+            covariates go), known-future ones with the future covariates at each query (Fk plus their width in the
+            head).
     """
 
     def __init__(
@@ -78,6 +94,7 @@ class Forecaster(nn.Module):
         linear: LinearPath | None = None,
         channels: list[int] | None = None,
         skip: LastValueSkip | None = None,
+        categorical: dict[str, CategoricalEmbedding | None] | None = None,
     ) -> None:
         super().__init__()
         if static_into not in STATIC_INTO:
@@ -95,9 +112,12 @@ class Forecaster(nn.Module):
             self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
             self.register_buffer("others", torch.tensor(others, dtype=torch.long), persistent=False)
         self.n_static, self.n_future = n_static, n_future
+        cat = categorical or {}
+        self.cat_inputs, self.cat_static, self.cat_future = (cat.get(k) for k in ("inputs", "static", "known_future"))
+        n_context = n_static + (self.cat_static.size if self.cat_static is not None else 0)
         hidden = encoder.hidden_size
-        self.static_map = nn.Linear(n_static, hidden) if n_static and static_into != "head" else None
-        self.static_to_head = bool(n_static) and static_into != "state"
+        self.static_map = nn.Linear(n_context, hidden) if n_context and static_into != "head" else None
+        self.static_to_head = bool(n_context) and static_into != "state"
 
     def forward(self, batch: Batch) -> Tensor:
         """Forecasts in the batch's scaled units: (B, K, C, Q), or (B, T, C, Q) from the per-step head.
@@ -112,10 +132,13 @@ class Forecaster(nn.Module):
             x, stats = self.revin.normalise(batch.x, batch.x_mask)
         seq = self._per_channel(batch, x) if self.channel_independent else _Sequences.of(batch, x)
         feats = self.inputs(seq.x, seq.x_mask, seq.t, seq.dt, self.clock)  # (B', T, F')
+        if self.cat_inputs is not None:  # (B', T, F' + Ec): each step's category embeddings beside its values
+            feats = torch.cat([feats, self.cat_inputs(seq.x_cat).to(feats.dtype)], dim=-1)
+        static = _join(seq.static, None if self.cat_static is None else self.cat_static(seq.static_cat))  # (B', S')
         dt = self.clock(seq.dt)  # (B', T)
         state = None
         if self.static_map is not None:  # static covariates set where every series starts from
-            state = torch.tanh(self.static_map(seq.static))  # (B', H)
+            state = torch.tanh(self.static_map(static))  # (B', H)
             if getattr(self.encoder, "mixed_memory", False):
                 state = (state, torch.zeros_like(state))
         states, last = self.encoder(feats, dt, seq.step_mask, state)  # (B', T, H), (B', H) or (h, c)
@@ -126,8 +149,9 @@ class Forecaster(nn.Module):
         last_step = (seq.step_mask.sum(1) - 1).clamp(min=0)  # (B',)
         t_last = seq.t.gather(1, last_step[:, None])  # (B', 1)
         query_dt = self.clock((seq.query_t - t_last).clamp(min=0) * seq.query_mask)  # (B', K)
-        future = seq.future if self.n_future else None
-        context = seq.static if self.static_to_head else None
+        future = _join(seq.future if self.n_future else None,
+                       None if self.cat_future is None else self.cat_future(seq.future_cat))  # (B', K, Fk')
+        context = static if self.static_to_head else None
         pred = self.head(states, last, query_dt, future, context)  # (B', K, C', Q)
         if self.channel_independent:  # (B * C, K, 1, Q) -> (B, K, C, Q)
             b, c = batch.batch_size, len(self.channels)
@@ -159,4 +183,12 @@ class Forecaster(nn.Module):
                 raise UserError(
                     f"the model was built for {size} {name} covariates, the batch has {got}: "
                     f"link model.n_{name} to the DataModule (the CLI does) or rebuild the model"
+                )
+        for name, value, emb in (("x_cat", batch.x_cat, self.cat_inputs), ("static_cat", batch.static_cat,
+                                 self.cat_static), ("future_cat", batch.future_cat, self.cat_future)):  # fmt: skip
+            got, size = (0 if value is None else value.shape[-1]), (0 if emb is None else len(emb.tables))
+            if got != size:
+                raise UserError(
+                    f"the model was built for {size} categorical columns in Batch.{name}, the batch has {got}: "
+                    "link model.categorical_sizes to the DataModule (the CLI does) or rebuild the model"
                 )
