@@ -479,11 +479,12 @@ def _options_of(command: str | None) -> list[str]:
 
         parser = ArgumentParser()
         parser.add_function_arguments(forecast if command == "forecast" else export, as_positional=False)
-    elif command == "backtest":
+    elif command in ("backtest", "calibrate"):
         from cfc_forecast.backtest import backtest
+        from cfc_forecast.calibrate import calibrate
 
         parser = ArgumentParser()
-        parser.add_function_arguments(backtest, as_positional=False)
+        parser.add_function_arguments(backtest if command == "backtest" else calibrate, as_positional=False)
     else:
         return []
     return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
@@ -519,6 +520,10 @@ def _dispatch(argv: list[str], args: list[str] | None) -> int:
         from cfc_forecast.backtest import main as backtest_main
 
         return backtest_main(argv[1:])
+    if argv[:1] == ["calibrate"]:  # split-conformal intervals in a new checkpoint (cfc_forecast/calibrate.py)
+        from cfc_forecast.calibrate import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     if argv[:1] == ["export"]:  # an MLflow pyfunc model (cfc_forecast/export)
         from cfc_forecast.export import main as export_main
 

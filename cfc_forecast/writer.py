@@ -73,7 +73,7 @@ class ParquetForecastWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
         outputs = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        quantiles = getattr(pl_module, "quantile_levels", None)
+        quantiles = getattr(pl_module, "output_levels", None)
         frame = forecast_frame(list(outputs), trainer.datamodule, quantiles)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
