@@ -209,6 +209,11 @@ def test_quickstart_conformal_coverage_on_the_test_split(tmp_path, capsys, extra
     assert main(["predict", f"--ckpt_path={out}", f"--data.path={rows}", f"--run_dir={tmp_path / 'p'}"]) == 0
     got = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
     assert {"q0.05", "q0.1", "q0.9", "q0.95"} <= set(got.columns)
+    # the batch job writes the same rows, intervals included
+    assert main(["forecast", f"--ckpt_path={out}", f"--input={rows}", f"--output={tmp_path / 'job'}",
+                 "--progress=false"]) == 0  # fmt: skip
+    job = pl.read_parquet(sorted((tmp_path / "job").glob("part-*.parquet")))
+    assert job.select(got.columns).sort("series", "time", "variable").equals(got.sort("series", "time", "variable"))
     # recalibrating writes over its own earlier output; the input is refused as the output
     assert main(["calibrate", f"--ckpt_path={ckpt}", "--levels=[0.8]", "--n_buckets=2"]) == 0
     assert torch.load(out, weights_only=True)["conformal"]["levels"] == [0.8]
