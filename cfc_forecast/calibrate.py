@@ -151,10 +151,15 @@ def pooled_table(report: pl.DataFrame) -> str:
     """The pooled rows of a report as a fixed-width table."""
     rows = report.filter(pl.col("scope") == "pooled")
     lines = [f"{'split':<6}{'when':<8}{'level':>7}{'n':>9}{'coverage':>10}{'width':>11}{'wql':>9}{'crps':>11}"]
+
+    def cell(x: float | None, width: int, spec: str) -> str:
+        return f"{'-':>{width}}" if x is None else f"{x:>{width}{spec}}"
+
     for r in rows.iter_rows(named=True):
-        fmt = lambda x, w, f: f"{'-':>{w}}" if x is None else f"{x:>{w}{f}}"  # noqa: E731
-        lines.append(f"{r['split']:<6}{r['when']:<8}{fmt(r['level'], 7, '.2f')}{r['n']:>9}"
-                     f"{fmt(r['coverage'], 10, '.4f')}{fmt(r['width'], 11, '.4g')}{r['wql']:>9.4f}{r['crps']:>11.4g}")  # fmt: skip
+        head = f"{r['split']:<6}{r['when']:<8}{cell(r['level'], 7, '.2f')}{r['n']:>9}"
+        lines.append(
+            f"{head}{cell(r['coverage'], 10, '.4f')}{cell(r['width'], 11, '.4g')}{r['wql']:>9.4f}{r['crps']:>11.4g}"
+        )
     return "\n".join(lines)
 
 

@@ -125,7 +125,7 @@ class Calibration:
         return self._combine(pred, qhat)  # qhat (L, B, K, C)
 
     def apply_values(self, pred: Tensor, bucket: Tensor, variable: Tensor) -> Tensor:
-        """:meth:`apply` for single values: pred (N, Q) scaled, bucket (N,), variable (N,) -> (N, len(output_levels))."""
+        """:meth:`apply` for single values: pred (N, Q) scaled, bucket (N,), variable (N,) -> (N, output levels)."""
         qhat = torch.tensor(self.qhat, dtype=pred.dtype, device=pred.device)
         return self._combine(pred, qhat[:, bucket.clamp(max=self.n_buckets - 1), variable])  # qhat (L, N)
 

@@ -145,6 +145,9 @@ def test_a_calibrated_checkpoint_round_trips_with_weights_only_and_every_path_wr
     from_model = forecast_rows(model, rows, datamodule=dm, min_rows=1)
     assert [c for c in from_file.columns if c.startswith("q")] == ["q0.05", "q0.1", "q0.5", "q0.9", "q0.95"]
     assert from_file.equals(from_model)
+    from cfc_forecast.forecast.scorer import Scorer  # the Ray / Dask / MLflow scoring function
+
+    assert Scorer(path).report(rows, min_rows=1).frame.equals(from_file)
     q = from_file.select(pl.col("^q.*$")).to_numpy()
     assert (np.diff(q, axis=1) >= 0).all()  # nested intervals, median inside
     point = from_file["prediction"].to_numpy()
@@ -180,7 +183,8 @@ def assert_coverage(report: pl.DataFrame, levels: list[float], cells_with: dict 
         for n, tol in ((1000, 0.07), (3000, 0.05)):
             big = cells.filter(pl.col("n") >= n, pl.col("n_cal") >= n) if "n_cal" in cells.columns else cells.head(0)
             if big.height:
-                assert (big["coverage"] - level).abs().max() <= tol, (n, big.select("variable", "bucket", "n", "coverage"))
+                shown = big.select("variable", "bucket", "n", "coverage")
+                assert (big["coverage"] - level).abs().max() <= tol, (n, shown)
 
 
 def calibration_counts(ckpt: Path, names: list[str]) -> dict:
@@ -188,10 +192,11 @@ def calibration_counts(ckpt: Path, names: list[str]) -> dict:
     return {(names[c], j): cal.counts[j][c] for j in range(cal.n_buckets) for c in range(len(names))}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("extra", [[], ["--model.loss=pinball", "--model.quantiles=[0.1,0.5,0.9]"]],
                          ids=["point", "quantile"])  # fmt: skip
-def test_quickstart_conformal_coverage_on_the_test_split(tmp_path, capsys, extra):
-    ckpt = quick_fit(tmp_path / "run", *extra)
+def test_quickstart_conformal_coverage_on_the_test_split(tmp_path, capsys, extra, seed):
+    ckpt = quick_fit(tmp_path / "run", f"--seed_everything={seed}", *extra)
     assert main(["calibrate", f"--ckpt_path={ckpt}", "--levels=[0.8,0.9]"]) == 0
     out = ckpt.with_name("best.calibrated.ckpt")
     assert "calibrated checkpoint:" in capsys.readouterr().out
@@ -202,6 +207,8 @@ def test_quickstart_conformal_coverage_on_the_test_split(tmp_path, capsys, extra
         assert before["level"].is_null().all()
     # the input checkpoint is never touched; predict from the new one writes the intervals
     assert "conformal" not in load_checkpoint(ckpt)
+    if seed:  # the coverage above is the claim of the second seed; the paths below are the same
+        return
     rows = tmp_path / "rows.parquet"
     from datamodules import SyntheticDataModule
 
@@ -209,6 +216,12 @@ def test_quickstart_conformal_coverage_on_the_test_split(tmp_path, capsys, extra
     assert main(["predict", f"--ckpt_path={out}", f"--data.path={rows}", f"--run_dir={tmp_path / 'p'}"]) == 0
     got = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
     assert {"q0.05", "q0.1", "q0.9", "q0.95"} <= set(got.columns)
+    # the test windows of the training data (the LightningCLI's predict and its Parquet writer)
+    config = ckpt.parent.parent / "config.yaml"
+    assert main(["predict", f"--config={config}", f"--ckpt_path={out}", "--predict_windows=test",
+                 f"--run_dir={tmp_path / 'w'}"]) == 0  # fmt: skip
+    windows = pl.read_parquet(tmp_path / "w" / "predictions.parquet")
+    assert [c for c in windows.columns if c.startswith("q")] == ["q0.05", "q0.1", "q0.5", "q0.9", "q0.95"]
     # the batch job writes the same rows, intervals included
     assert main(["forecast", f"--ckpt_path={out}", f"--input={rows}", f"--output={tmp_path / 'job'}",
                  "--progress=false"]) == 0  # fmt: skip

@@ -241,7 +241,8 @@ def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args,
         if every:
             cuts = plan.fold_cuts(first, float(when[fold]), tuple(dm.cfg.split_fractions))
             data = _fold_data(dm, first, end, cuts, codec)
-            ckpt = str(_fit_named(config, out / "fits" / f"{fold:04d}", data, fit_args, fold, _stamp(when[fold], codec)))
+            folder = out / "fits" / f"{fold:04d}"
+            ckpt = str(_fit_named(config, folder, data, fit_args, fold, _stamp(when[fold], codec)))
             folds[str(fold)] = {"origin": _stamp(when[fold], codec), "seed": cfg.get("seed_everything"), **data,
                                 "checkpoint": ckpt}  # fmt: skip
             _write_json(saved, {"settings": settings, "folds": folds, "warnings": warnings})
@@ -298,7 +299,8 @@ def main(argv: list[str]) -> int:
     """``cfc-forecast backtest ARGS``: parse the arguments (and ``--config`` is the fit config), run; status 0."""
     from jsonargparse import ArgumentParser
 
-    for i, arg in enumerate(argv[:-1]):  # "--step -1d": argparse reads -1d as an option and says "expected one argument"
+    # "--step -1d": argparse takes -1d for an option and says "expected one argument"
+    for i, arg in enumerate(argv[:-1]):
         if arg == "--step" and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
             plan.check_step(argv[i + 1])
     parser = ArgumentParser(prog="cfc-forecast backtest", exit_on_error=False)

@@ -145,8 +145,10 @@ def horizon_warnings(trained: Trained, horizon: str | float | None, span: float)
     if span <= trained_span * (1 + 1e-9):
         return []
     unit = trained.time_unit
-    return [f"--horizon {horizon} ({span:g} {unit}) is beyond the {trained_span:g} {unit} the model was trained to "
-            "forecast: past that its forecasts are extrapolations (a fixed-step head forecasts its K steps only)"]  # fmt: skip
+    return [
+        f"--horizon {horizon} ({span:g} {unit}) is beyond the {trained_span:g} {unit} the model was trained to "
+        "forecast: past that its forecasts are extrapolations (a fixed-step head forecasts its K steps only)"
+    ]
 
 
 def data_range(dm: SeriesDataModule) -> tuple[float, float]:
