@@ -112,8 +112,9 @@ def fit_calibration(
         buckets, edges = "offset", conformal.offset_edges(v.offset, n_buckets)
         bucket, nb = torch.bucketize(v.offset, torch.tensor(edges, dtype=torch.float64), right=True), len(edges) + 1
     qhat, counts, pooled = conformal.fit(scores, bucket, v.variable, nb, list(dm.target_names), levels, min_scores)
+    need = max([min_scores] + [conformal.needed(lv) for lv in levels])  # what a cell needs to stand alone
     model.conformal = Calibration(levels, method, model.quantile_levels, buckets, edges, qhat, counts, pooled,
-                                  split, min_scores)  # fmt: skip
+                                  split, need)  # fmt: skip
     return model.conformal
 
 
@@ -165,7 +166,7 @@ def pooled_table(report: pl.DataFrame) -> str:
 
 def calibrate(
     ckpt_path: str,
-    levels: list[float] = (0.8, 0.9),  # type: ignore[assignment]
+    levels: list[float] | float = (0.8, 0.9),  # type: ignore[assignment]
     config: str | None = None,
     output: str | None = None,
     n_buckets: int = 4,
@@ -175,7 +176,7 @@ def calibrate(
 
     Args:
         ckpt_path: a checkpoint written by ``cfc-forecast fit``.
-        levels: central interval levels in (0, 1), e.g. [0.8, 0.9].
+        levels: central interval levels in (0, 1), e.g. [0.8, 0.9] (or one level, 0.8).
         config: the run's ``config.yaml`` (default: ``config.yaml`` in the folder above the checkpoint's).
         output: the new checkpoint (default: ``<name>.calibrated.ckpt`` beside ``ckpt_path``); never ``ckpt_path``.
         n_buckets: query-offset buckets of a continuous-time head (the direct head: one per step).

@@ -76,7 +76,8 @@ class Calibration:
         qhat: (L, NB, C) conformal quantiles in scaled units.
         counts: (NB, C) calibration scores per cell.
         pooled: (NB, C) where each cell's scores came from: 0 its own, 1 its variable's buckets, 2 every variable.
-        split: the split the scores were computed on. min_scores: the fewest scores a cell uses alone.
+        split: the split the scores were computed on. min_scores: the fewest scores a cell used alone (``--min_scores``,
+            or more where a level needs more).
     """
 
     levels: list[float]

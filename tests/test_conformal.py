@@ -232,6 +232,14 @@ def test_quickstart_conformal_coverage_on_the_test_split(tmp_path, capsys, extra
     assert torch.load(out, weights_only=True)["conformal"]["levels"] == [0.8]
     assert main(["calibrate", f"--ckpt_path={ckpt}", f"--output={ckpt}"]) == 2
     assert "is the checkpoint being calibrated" in capsys.readouterr().err
+    # a config of other data (its scaler is not the checkpoint's) is refused
+    import yaml
+
+    other = yaml.safe_load(config.read_text())
+    other["data"]["init_args"]["n_series"] = 64
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert main(["calibrate", f"--ckpt_path={ckpt}", f"--config={tmp_path / 'other.yaml'}"]) == 2
+    assert "their scaler differs from the checkpoint's" in capsys.readouterr().err
 
 
 def test_calibrate_refusals_are_one_line(tmp_path, capsys):
