@@ -14,6 +14,7 @@ COMMANDS = {
     "predict": "forecast from the end of every series with a checkpoint alone (--ckpt_path, --data.path)",
     "forecast": "batch forecasting job over large inputs, resumable (--ckpt_path, --input, --output)",
     "backtest": "rolling-origin evaluation beside the baselines, one checkpoint or a refit per fold (--n_windows)",
+    "calibrate": "split-conformal intervals (--levels) stored in a new checkpoint, with test coverage before/after",
     "export": "a checkpoint as an MLflow pyfunc model to load, register and serve (--ckpt_path, --format mlflow)",
     "tune": "an Optuna study over fit configs (--config configs/tune/<study>.yaml)",
     "native": "build the native CfC loop if needed and say whether it is ready",

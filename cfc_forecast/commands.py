@@ -1,9 +1,10 @@
 """The dispatcher behind the ``cfc-forecast`` console script (``cfc_forecast.launch``) and ``python -m cfc_forecast``.
 
 It picks the command: ``--help``, ``--version``, ``native``, ``tune`` (``cfc_forecast.tune``), ``forecast`` (the batch
-job), ``predict`` from a checkpoint (``cfc_forecast.forecast.predict``), ``backtest``, ``export``, or a LightningCLI
-subcommand (``cfc_forecast.cli``), and reports a user error as one line with exit status 2. The commands import
-nothing from here, so no import runs in a circle (``tune`` builds on ``cfc_forecast.cli``; ``cli`` knows no ``tune``).
+job), ``predict`` from a checkpoint (``cfc_forecast.forecast.predict``), ``backtest``, ``calibrate``, ``export``, or
+a LightningCLI subcommand (``cfc_forecast.cli``), and reports a user error as one line with exit status 2. The
+commands import nothing from here, so no import runs in a circle (``tune`` builds on ``cfc_forecast.cli``; ``cli``
+knows no ``tune``).
 """
 
 from __future__ import annotations
@@ -67,11 +68,12 @@ def _options_of(command: str | None) -> list[str]:
 
         parser = ArgumentParser()
         parser.add_function_arguments(forecast if command == "forecast" else export, as_positional=False)
-    elif command == "backtest":
+    elif command in ("backtest", "calibrate"):
         from cfc_forecast.backtest import backtest
+        from cfc_forecast.calibrate import calibrate
 
         parser = ArgumentParser()
-        parser.add_function_arguments(backtest, as_positional=False)
+        parser.add_function_arguments(backtest if command == "backtest" else calibrate, as_positional=False)
     else:
         return []
     return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
@@ -107,6 +109,10 @@ def _dispatch(argv: list[str], args: list[str] | None) -> int:
         from cfc_forecast.backtest import main as backtest_main
 
         return backtest_main(argv[1:])
+    if argv[:1] == ["calibrate"]:  # split-conformal intervals in a new checkpoint (cfc_forecast/calibrate.py)
+        from cfc_forecast.calibrate import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     if argv[:1] == ["export"]:  # an MLflow pyfunc model (cfc_forecast/export)
         from cfc_forecast.export import main as export_main
 

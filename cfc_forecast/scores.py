@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import polars as pl
 import torch
 from torch import Tensor
 
@@ -89,3 +91,63 @@ def units_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
             cells = "".join(f"{values[n]:>12.4g}" if n in values else f"{'-':>12}" for n in NAMES)
             lines.append(f"{target:<{width}}{forecaster:<{who}}" + cells)
     return "\n".join(lines)
+
+
+def interval_scores(
+    values: np.ndarray,
+    y: np.ndarray,
+    levels: list[float],
+    intervals: list[float],
+    variable: np.ndarray,
+    bucket: np.ndarray,
+    names: list[str],
+) -> pl.DataFrame:
+    """Coverage and mean width of central intervals, and the weighted quantile loss, in the data's units.
+
+    Over observed target values only (the caller passes those). ``coverage``: share of actuals in
+    ``[q_(1-L)/2, q_(1+L)/2]``; ``width``: the mean of ``q_(1+L)/2 - q_(1-L)/2``; ``wql``: sum of 2 x pinball loss
+    averaged over the Q levels, divided by sum |actual|; ``crps``: the mean of the same 2 x averaged pinball loss, the
+    quantile approximation of the continuous ranked probability score (Gneiting and Raftery 2007, eq. 17; with
+    Q = 1 at level 0.5 it is the MAE).
+
+    Args:
+        values: (N, Q) forecasts at the quantile ``levels`` (increasing). y: (N,) actuals.
+        intervals: the central levels L to score; a level whose bounds are not among ``levels`` is left out.
+        variable: (N,) target index into ``names``. bucket: (N,) horizon bucket.
+
+    Returns:
+        ``scope`` ("pooled", "variable", "bucket", "variable_bucket"), ``variable``, ``bucket``, ``level``, ``n``,
+        ``coverage``, ``width``, ``wql``, ``crps``: one row per scope group and level (``level`` null: no interval).
+    """
+    from cfc_forecast.forecaster.conformal import interval_bounds
+
+    q = np.asarray(levels, dtype=np.float64)
+    diff = y[:, None] - values
+    ql = 2 * np.maximum(q * diff, (q - 1) * diff).mean(1)
+    cols = {"variable": np.asarray(names, dtype=object)[variable].astype(str), "bucket": bucket.astype(np.int64),
+            "abs_y": np.abs(y), "ql": ql}  # fmt: skip
+    rounded = [round(v, 10) for v in levels]
+    scored = []
+    for level, (a, b) in zip(intervals, interval_bounds(intervals), strict=True):
+        if a in rounded and b in rounded:
+            lo, hi = values[:, rounded.index(a)], values[:, rounded.index(b)]
+            cols[f"cov{level:g}"], cols[f"wid{level:g}"] = ((y >= lo) & (y <= hi)).astype(np.float64), hi - lo
+            scored.append(level)
+    frame = pl.DataFrame(cols)
+    aggs = [pl.len().alias("n"), (pl.col("ql").sum() / pl.col("abs_y").sum().clip(1e-12)).alias("wql"),
+            pl.col("ql").mean().alias("crps")]  # fmt: skip
+    aggs += [pl.col(f"{k}{lv:g}").mean() for lv in scored for k in ("cov", "wid")]
+    parts = []
+    for scope, by in (("pooled", []), ("variable", ["variable"]), ("bucket", ["bucket"]),
+                      ("variable_bucket", ["variable", "bucket"])):  # fmt: skip
+        part = frame.group_by(by, maintain_order=True).agg(aggs) if by else frame.select(aggs)
+        part = part.with_columns(pl.lit(scope).alias("scope"), *[pl.lit(None).alias(k) for k in
+                                 ("variable", "bucket") if k not in by])  # fmt: skip
+        rows = [part.select("scope", "variable", "bucket", pl.lit(lv, pl.Float64).alias("level"), "n",
+                            pl.col(f"cov{lv:g}").alias("coverage"), pl.col(f"wid{lv:g}").alias("width"), "wql", "crps")
+                for lv in scored]  # fmt: skip
+        rows = rows or [part.select("scope", "variable", "bucket", pl.lit(None, pl.Float64).alias("level"), "n",
+                                    pl.lit(None, pl.Float64).alias("coverage"), pl.lit(None, pl.Float64).alias("width"),
+                                    "wql", "crps")]  # fmt: skip
+        parts += [r.with_columns(pl.col("variable").cast(pl.String), pl.col("bucket").cast(pl.Int64)) for r in rows]
+    return pl.concat(parts).sort("scope", "variable", "bucket", "level", nulls_last=False)

@@ -31,7 +31,7 @@ def forecast_frame(outputs: list[dict[str, torch.Tensor]], dm: Any, quantiles: l
     """
     if not outputs:
         return pl.DataFrame()
-    cat = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in outputs[0]}
+    cat = {k: _cat_padded([o[k] for o in outputs]).cpu().numpy() for k in outputs[0]}
     pred, mask = cat["prediction"], cat["mask"]  # (N, K, C, Q), (N, K)
     win, k = np.nonzero(mask)  # real queries
     names = list(dm.target_names)
@@ -51,6 +51,16 @@ def forecast_frame(outputs: list[dict[str, torch.Tensor]], dm: Any, quantiles: l
     for i, level in enumerate(q):
         columns[f"q{level:g}"] = values[:, i]
     return pl.DataFrame(columns)
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the windows; batches of a split pad their queries to their own K (a continuous-time head's
+    windows hold different numbers of queries), so (B, K, ...) parts are padded to the largest K first (padded
+    queries are masked, as within a batch)."""
+    if parts[0].dim() < 2 or len({p.shape[1] for p in parts}) == 1:
+        return torch.cat(parts)
+    k = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, k - p.shape[1])) for p in parts])
 
 
 class ParquetForecastWriter(BasePredictionWriter):
@@ -73,7 +83,7 @@ class ParquetForecastWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
         outputs = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        quantiles = getattr(pl_module, "quantile_levels", None)
+        quantiles = getattr(pl_module, "output_levels", None)
         frame = forecast_frame(list(outputs), trainer.datamodule, quantiles)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank

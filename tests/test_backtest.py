@@ -217,3 +217,55 @@ def test_refit_every_k_origins_and_a_fold_killed_before_its_end_resumes(fitted):
     history = json.loads((out / "fits" / "0000" / "run.json").read_text())["history"]
     assert [h["subcommand"] for h in history] == ["fit", "fit"] and "resumed_from" in history[1]
     assert pl.read_parquet(out / "forecasts.parquet").equals(got)
+
+
+def test_step_fit_args_and_horizon_leftovers(fitted, capsys):
+    tmp, _, cfg, ckpt = fitted
+    base = ["backtest", f"--config={cfg}", "--n_windows=2", f"--ckpt_path={ckpt}"]
+    # a negative --step, written with a space (argparse took -1d for an option) or with '='
+    for step in (["--step", "-1d"], ["--step=-1d"], ["--step=-3"], ["--step=0"]):
+        assert main([*base, *step, f"--output={tmp / 'neg'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--step must be a positive duration such as '1d'" in err, err
+    # --fit_args without refit would be ignored: refused
+    assert main([*base, "--step=1d", "--fit_args=[--trainer.max_epochs=2]", f"--output={tmp / 'fa'}"]) == 2
+    err = capsys.readouterr().err
+    assert "--fit_args" in err and "--refit never fits nothing" in err and err.count("\n") == 1
+    # a horizon past the 3 h the model forecasts: one warning line, counted in the summary and backtest.json
+    out = tmp / "long"
+    assert main([*base, "--step=1d", "--horizon=5h", f"--output={out}"]) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warned == ["cfc-forecast backtest: warning: --horizon 5h (5 h) is beyond the 3 h the model was trained to "
+                      "forecast: past that its forecasts are extrapolations (a fixed-step head forecasts its K steps "
+                      "only)"]  # fmt: skip
+    assert "2 origins; 1 warning (backtest.json)" in captured.out
+    assert json.loads((out / "backtest.json").read_text())["warnings"] == [warned[0].split("warning: ")[1]]
+    assert main([*base, "--step=1d", "--horizon=3h", f"--output={tmp / 'same'}"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_failing_first_refit_fold_names_its_fold_origin_and_folder(fitted, capsys):
+    tmp, _, _, _ = fitted
+    cfg = config(tmp)
+    out = tmp / "failing"
+    args = ["backtest", f"--config={cfg}", "--n_windows=2", "--step=1d", "--refit=every", f"--output={out}"]
+    assert main([*args, "--fit_args=[--model.loss=pinball]"]) == 2  # pinball without quantiles: the fit refuses
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"fold 0 (origin 2026-03-29T20:00:00+02:00, run folder {out / 'fits' / '0000'}): " in err
+    assert "--model.loss pinball needs --model.quantiles" in err
+
+
+def test_a_calibrated_checkpoint_backtests_with_its_intervals(fitted, capsys):
+    from cfc_forecast.calibrate import calibrate
+
+    tmp, _, cfg, ckpt = fitted
+    calibrated = calibrate(str(ckpt), [0.8], config=str(cfg), output=str(tmp / "cal.ckpt"), min_scores=5).path
+    out = tmp / "bt-cal"
+    overall = backtest(str(cfg), n_windows=2, step="1d", output=str(out), ckpt_path=str(calibrated))
+    got = pl.read_parquet(out / "forecasts.parquet").filter(pl.col("forecaster") == "model")
+    assert {"q0.1", "q0.5", "q0.9"} <= set(got.columns)
+    assert (got["q0.1"] <= got["prediction"]).all() and (got["prediction"] <= got["q0.9"]).all()
+    model = overall.filter(pl.col("forecaster") == "model")
+    assert model["coverage"].is_not_null().all() and (model["width"] > 0).all()

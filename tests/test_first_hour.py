@@ -58,7 +58,8 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("fit", "validate", "test", "predict", "forecast", "backtest", "export", "tune", "native"):
         assert re.search(rf"^  {command} +\S", out, re.M), command
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "forecast", "backtest", "export", "tune", "native"}
+    named = {"fit", "validate", "test", "predict", "forecast", "backtest", "calibrate", "export", "tune", "native"}
+    assert set(COMMANDS) == named
     assert "--threads" in out and "--debug" in out
 
 

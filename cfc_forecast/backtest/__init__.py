@@ -28,6 +28,7 @@ import inspect
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,22 @@ def fit_fold(config: str, folder: Path, data: dict[str, Any], fit_args: list[str
     return best
 
 
+def _fit_named(config: str, folder: Path, data: dict[str, Any], fit_args: list[str], fold: int, origin: Any) -> Path:
+    """:func:`fit_fold`, its errors naming the fold, its origin and its run folder."""
+    from jsonargparse import ArgumentError
+
+    where = f"fold {fold} (origin {origin}, run folder {folder})"
+    try:
+        return fit_fold(config, folder, data, fit_args)
+    except UserError as err:
+        raise type(err)(f"{where}: {err}") from None
+    except ArgumentError as err:  # a --fit_args value the fit command refuses
+        raise UserError(f"{where}: the fit refused its arguments: {' '.join(str(err).split())}") from None
+    except Exception as err:  # a crash keeps its traceback; the note says where
+        err.add_note(f"cfc-forecast backtest: in {where}")
+        raise
+
+
 def _settings(**values: Any) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
 
@@ -141,6 +158,9 @@ def backtest(
         raise UserError("--refit never forecasts with one model: give --ckpt_path (or --refit every)")
     if every and ckpt_path:
         raise UserError("--ckpt_path is for --refit never; with --refit every each fold fits its own model")
+    if every == 0 and fit_args:
+        raise UserError(f"--fit_args {list(fit_args)} are the fit arguments of each refit fold; --refit never fits "
+                        "nothing: drop them, or give --refit every")  # fmt: skip
     cfg = plan.read_config(config)
     out = Path(output)
     made = not out.exists()
@@ -165,18 +185,19 @@ def _holds_nothing(out: Path) -> bool:
 
 def _origins(
     dm: Any, n_windows: int, step: str | float, ckpt_path: str | None, every: int, horizon: Any
-) -> tuple[Any, float]:
-    """The (N,) origins, checked against the data's start and, without refit, the checkpoint's test split; and the
-    forecast span (time units)."""
+) -> tuple[Any, float, list[str]]:
+    """The (N,) origins, checked against the data's start and, without refit, the checkpoint's test split; the
+    forecast span (time units); and warnings (a ``--horizon`` beyond the span the model is trained for)."""
     first, end = plan.data_range(dm)
     codec = dm._table.codec
     if every == 0:
         trained = read_checkpoint(ckpt_path)[1]
-        span = plan.forecast_span(trained, horizon)
     else:
         if dm.cfg.split_by != "time":  # a series split would train on the rows after each origin
             raise UserError("--refit cuts each fold's data at its origin: it needs --data.split_by time")
-        span = plan.forecast_span(_spec_view(dm), horizon)
+    view = trained if every == 0 else _spec_view(dm)
+    span = plan.forecast_span(view, horizon)
+    warnings = plan.horizon_warnings(view, horizon, span)
     anchor = (trained.spec if every == 0 else dm.spec).anchor
     when = plan.origins(end, span, n_windows, step, codec, anchor)
     if when[0] <= first:
@@ -187,12 +208,14 @@ def _origins(
             f"origin {_stamp(when[0], codec)} lies inside the checkpoint's train / validation range (its test split "
             f"starts at {_stamp(start, codec)}): fewer --n_windows, a shorter --step, or --refit every"
         )
-    return when, span
+    return when, span, warnings
 
 
 def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args, batch_size) -> pl.DataFrame:
     dm = plan.datamodule_from(cfg)
-    when, span = _origins(dm, n_windows, step, ckpt_path, every, horizon)
+    when, span, warnings = _origins(dm, n_windows, step, ckpt_path, every, horizon)
+    for line in warnings:
+        print(f"cfc-forecast backtest: warning: {line}", file=sys.stderr, flush=True)
     first, end = plan.data_range(dm)
     codec = dm._table.codec
     settings = _settings(config=config, n_windows=n_windows, step=step, ckpt_path=ckpt_path, refit=every,
@@ -205,7 +228,7 @@ def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args,
         folds = before.get("folds", {})
     else:
         folds = {}
-    _write_json(saved, {"settings": settings, "folds": folds})
+    _write_json(saved, {"settings": settings, "folds": folds, "warnings": warnings})
     rows = dm._read()
     (out / "origins").mkdir(exist_ok=True)
     linear, linear_fold = (linear_forecaster(dm), 0) if every == 0 else (None, -1)
@@ -218,10 +241,11 @@ def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args,
         if every:
             cuts = plan.fold_cuts(first, float(when[fold]), tuple(dm.cfg.split_fractions))
             data = _fold_data(dm, first, end, cuts, codec)
-            ckpt = str(fit_fold(config, out / "fits" / f"{fold:04d}", data, fit_args))
+            folder = out / "fits" / f"{fold:04d}"
+            ckpt = str(_fit_named(config, folder, data, fit_args, fold, _stamp(when[fold], codec)))
             folds[str(fold)] = {"origin": _stamp(when[fold], codec), "seed": cfg.get("seed_everything"), **data,
                                 "checkpoint": ckpt}  # fmt: skip
-            _write_json(saved, {"settings": settings, "folds": folds})
+            _write_json(saved, {"settings": settings, "folds": folds, "warnings": warnings})
             if linear_fold != fold:  # the baseline is refitted with the model, on the fold's training split
                 linear, linear_fold = linear_forecaster(plan.datamodule_from(cfg, **data)), fold
         frame = _one_origin(ckpt, rows, _stamp(origin, codec), linear, span, batch_size).with_columns(
@@ -230,7 +254,7 @@ def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args,
         tmp = part.with_suffix(".tmp")
         frame.write_parquet(tmp)
         os.replace(tmp, part)
-    return _summarise(out, n_windows)
+    return _summarise(out, n_windows, warnings)
 
 
 def _spec_view(dm: Any) -> Any:
@@ -254,7 +278,7 @@ def _one_origin(
     return with_actuals(frame, actuals(rows, trained)).join(scale_of(trained), on="variable", how="left")
 
 
-def _summarise(out: Path, n_windows: int) -> pl.DataFrame:
+def _summarise(out: Path, n_windows: int, warnings: list[str]) -> pl.DataFrame:
     frame = pl.concat([pl.read_parquet(out / "origins" / f"{i:04d}.parquet") for i in range(n_windows)],
                       how="diagonal_relaxed")  # fmt: skip
     tmp = out / "forecasts.tmp"
@@ -266,7 +290,8 @@ def _summarise(out: Path, n_windows: int) -> pl.DataFrame:
     for name, part in (("metrics_by_origin", per_origin), ("metrics", overall), ("metrics_by_step", per_step)):
         part.write_csv(out / f"{name}.csv")
     plot(scores(frame, ["forecaster", "origin_time"]), per_step, out / "backtest.png")
-    print(f"{table(overall)}\n{n_windows} origins; backtest folder: {out}", flush=True)
+    noted = f"; {len(warnings)} warning{'s' * (len(warnings) != 1)} (backtest.json)" if warnings else ""
+    print(f"{table(overall)}\n{n_windows} origins{noted}; backtest folder: {out}", flush=True)
     return overall
 
 
@@ -274,6 +299,10 @@ def main(argv: list[str]) -> int:
     """``cfc-forecast backtest ARGS``: parse the arguments (and ``--config`` is the fit config), run; status 0."""
     from jsonargparse import ArgumentParser
 
+    # "--step -1d": argparse takes -1d for an option and says "expected one argument"
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--step" and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            plan.check_step(argv[i + 1])
     parser = ArgumentParser(prog="cfc-forecast backtest", exit_on_error=False)
     parser.add_function_arguments(backtest, as_positional=False)
     args = parser.parse_args(argv)

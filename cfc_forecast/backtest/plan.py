@@ -93,12 +93,13 @@ def origins(
     """
     if n_windows < 1:
         raise UserError(f"--n_windows must be >= 1, got {n_windows}")
+    check_step(step)
     try:
         size = parse_duration(step, codec.unit, "--step")
     except ValueError as err:
         raise UserError(str(err)) from None
     if size is None or size <= 0:
-        raise UserError(f"--step must be a duration > 0 such as '1d' or '6h', got {step!r}")
+        raise UserError(_STEP.format(step=step))
     last = end - span
     if anchor is not None:  # the anchor's last local time at or before end - span (within the 8 days before it)
         start = end - span - 8 * 86400 / UNIT_SECONDS[codec.unit]
@@ -115,6 +116,39 @@ def origins(
     if days:
         return last + calendar_offsets(np.array([last]), -days * back[None, :], codec)[0]
     return last - size * back
+
+
+_STEP = "--step must be a positive duration such as '1d' or '6h' (the time between origins), got {step!r}"
+
+
+def check_step(step: str | float) -> None:
+    """Refuse a ``--step`` that is negative or zero.
+
+    Raises:
+        UserError: one line naming ``--step``: it must be a positive duration.
+    """
+    text = str(step).strip()
+    if text.startswith("-") or (isinstance(step, (int, float)) and step <= 0) or text in ("0", "0.0"):
+        raise UserError(_STEP.format(step=step))
+
+
+def horizon_warnings(trained: Trained, horizon: str | float | None, span: float) -> list[str]:
+    """A warning when ``--horizon`` (``span``, time units) reaches past the span the model was trained to forecast
+    (:func:`forecast_span` without ``--horizon``): its forecasts there are extrapolations, or absent for a head that
+    forecasts a fixed K steps. None when no ``--horizon`` was given or the model has no forecast span."""
+    if horizon is None:
+        return []
+    try:
+        trained_span = forecast_span(trained, None)
+    except UserError:
+        return []
+    if span <= trained_span * (1 + 1e-9):
+        return []
+    unit = trained.time_unit
+    return [
+        f"--horizon {horizon} ({span:g} {unit}) is beyond the {trained_span:g} {unit} the model was trained to "
+        "forecast: past that its forecasts are extrapolations (a fixed-step head forecasts its K steps only)"
+    ]
 
 
 def data_range(dm: SeriesDataModule) -> tuple[float, float]:

@@ -42,7 +42,9 @@ class Trained:
         loc, scale: (G, V) scaler statistics; G = 1 (global) or one row per training series.
         scaler_ids: the training series of the per-series rows (None when global).
         head: the model's head ("direct", "continuous" or "step").
-        quantiles: the model's quantile levels, or None.
+        quantiles: the quantile levels of the model's outputs (a column ``q<level>`` each), or None: its own
+            quantiles, or when calibrated (``cfc-forecast calibrate``) its conformal intervals' bounds among them.
+        intervals: the calibrated central interval levels (e.g. [0.8, 0.9]), or None (not calibrated).
         time_format: the format the training data's text time stamps were read with (None: they were not text).
         time_format_saved: False for checkpoints older than ``time_format`` (their stamps are parsed as then).
         time_zone: the training data's time zone (None: naive or numeric); prediction input is read in it.
@@ -98,6 +100,7 @@ class Trained:
     def has_future(self) -> bool:
         """Whether the model reads known-future variables (given on rows after each series' history)."""
         return bool(self.known_future or self.cat_future)
+    intervals: list[float] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -159,6 +162,8 @@ def live_checkpoint(model: Any, datamodule: Any) -> dict[str, Any]:
             f"serves {datamodule.input_names} and {datamodule.target_names}; give the DataModule it was fitted on"
         )
     state = {type(datamodule).__name__: datamodule.state_dict()}
+    if getattr(model, "conformal", None) is not None:  # a model calibrated in Python (cfc_forecast.calibrate)
+        state["conformal"] = model.conformal.to_dict()
     return {"hyper_parameters": hp, "state_dict": model.state_dict(), **state}
 
 
@@ -208,7 +213,8 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
         scale=np.asarray(scaler["scale"], dtype=np.float64),
         scaler_ids=scaler["series_ids"],
         head=head,
-        quantiles=list(hp["quantiles"]) if hp.get("loss") == "pinball" else None,
+        quantiles=_output_levels(ckpt, hp),
+        intervals=list(ckpt["conformal"]["levels"]) if ckpt.get("conformal") else None,
         time_format=state.get("time_format"),
         time_format_saved="time_format" in state,
         time_zone=state.get("time_zone"),
@@ -221,6 +227,14 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
         cat_future=list(cat.get("known_future", [])),
         vocabularies={c: [str(v) for v in labels] for c, labels in (cat.get("vocabularies") or {}).items()},
     )
+
+
+def _output_levels(ckpt: dict[str, Any], hp: dict[str, Any]) -> list[float] | None:
+    if ckpt.get("conformal"):
+        from cfc_forecast.forecaster.conformal import Calibration
+
+        return Calibration.from_dict(ckpt["conformal"]).output_levels
+    return list(hp["quantiles"]) if hp.get("loss") == "pinball" else None
 
 
 def model_from(ckpt: dict[str, Any]) -> Any:

@@ -21,6 +21,7 @@ from cfc_forecast.core.encoder import CfCEncoder
 from cfc_forecast.core.wired import WiredCfCEncoder, build_wired_encoder
 from cfc_forecast.core.wiring import WiringName
 from cfc_forecast.errors import UserError
+from cfc_forecast.forecaster.conformal import Calibration
 from cfc_forecast.forecaster.heads import MLPActivation, build_head
 from cfc_forecast.forecaster.inputs import CategoricalEmbedding, ElapsedTime, Fill, InputEncoding, embedding_size
 from cfc_forecast.forecaster.linear import LastValueSkip, LinearPath
@@ -177,11 +178,19 @@ class ForecastModule(L.LightningModule):
         q, stages = self.quantile_levels, ("val", "test")
         self.metrics = nn.ModuleDict({s: ForecastMetrics(n_targets, q) for s in stages})
         self.losses = nn.ModuleDict({s: MaskedLoss(n_targets, loss, q, huber_delta, loss_reduction) for s in stages})
+        # split-conformal intervals (``cfc-forecast calibrate``): plain values in checkpoint["conformal"], not weights
+        self.conformal: Calibration | None = None
 
     @property
     def quantile_levels(self) -> list[float] | None:
         """The quantile levels of the Q outputs (pinball loss), else None (one point forecast)."""
         return list(self.hparams.quantiles) if self.hparams.loss == "pinball" else None
+
+    @property
+    def output_levels(self) -> list[float] | None:
+        """The quantile levels of ``predict_step``'s outputs: the calibrated intervals' bounds (and the model's own
+        quantiles, or 0.5 for its point forecast) when calibrated, else :attr:`quantile_levels`."""
+        return self.conformal.output_levels if self.conformal is not None else self.quantile_levels
 
     def _targets_in_inputs(self, option: str, every: bool = False) -> list[int]:
         """``target_inputs`` for an option that reads each target's input column; a clear error without it."""
@@ -316,6 +325,9 @@ class ForecastModule(L.LightningModule):
         self.losses[stage].update(pred, y, mask)
         self.metrics[stage].update(pred, y, mask)
 
+    def on_fit_start(self) -> None:
+        self.conformal = None  # a model trained further is no longer the one its intervals were calibrated for
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
 
@@ -341,12 +353,18 @@ class ForecastModule(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Forecasts in the data's original units, with what a writer needs to place them.
 
+        A calibrated model (``cfc-forecast calibrate``) returns its conformal intervals' bounds among the Q outputs
+        (:attr:`output_levels`; :meth:`cfc_forecast.forecaster.conformal.Calibration.apply`).
+
         Returns:
             ``prediction`` (B, K, C, Q) float64 in original units (Q quantiles, or 1); ``time`` (B, K) float64
             absolute target times (for the per-step head: the time of the step each forecast is made at);
             ``mask`` (B, K) bool real queries; ``series`` (B,); ``origin`` (B,) absolute origin times.
         """
-        values = batch.to_original_units(self(batch))
+        pred = self(batch)
+        if self.conformal is not None and self.head_name != "step":
+            pred = self.conformal.apply(pred, batch.query_t)
+        values = batch.to_original_units(pred)
         if self.head_name == "step":
             rel, absolute, mask = batch.t, batch.t_abs, batch.step_mask
         else:
@@ -407,6 +425,12 @@ class ForecastModule(L.LightningModule):
                     f"the checkpoint was trained with {key.split('_')[0]}s {list(theirs)}, "
                     f"the data has {list(ours)}; predict with data of the same variables"
                 )
+        state = checkpoint.get("conformal")
+        self.conformal = Calibration.from_dict(state) if state else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.conformal is not None:
+            checkpoint["conformal"] = self.conformal.to_dict()
 
 
 def _resolve_head(head: HeadChoice, horizon: int | None) -> str:
