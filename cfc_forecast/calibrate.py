@@ -30,8 +30,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from cfc_forecast.forecaster import conformal
 from cfc_forecast.errors import UserError
+from cfc_forecast.forecaster import conformal
 from cfc_forecast.forecaster.conformal import Calibration
 from cfc_forecast.scores import interval_scores
 

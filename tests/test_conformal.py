@@ -23,7 +23,6 @@ import polars as pl
 import pytest
 import torch
 
-from cfc_forecast.forecaster import conformal
 from cfc_forecast.calibrate import calibrate, fit_calibration
 from cfc_forecast.checkpoints import load_checkpoint
 from cfc_forecast.cli import cli
@@ -31,6 +30,7 @@ from cfc_forecast.commands import main
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast import forecast_rows
 from cfc_forecast.forecast.trained import model_from, read_checkpoint
+from cfc_forecast.forecaster import conformal
 from cfc_forecast.forecaster.conformal import Calibration, conformal_quantile, needed
 from cfc_forecast.scores import interval_scores
 from tests.conftest import model_for
