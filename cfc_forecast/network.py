@@ -91,8 +91,9 @@ class Forecaster(nn.Module):
         self.inputs, self.clock, self.encoder, self.head, self.revin = inputs, clock, encoder, head, revin
         self.linear, self.skip, self.per_variable = linear, skip, per_variable
         if per_variable is not None and channels is not None:
-            raise UserError("encoding='per_variable' already gives every variable its own sequence: "
-                            "drop channel_independent")
+            raise UserError(
+                "encoding='per_variable' already gives every variable its own sequence: drop channel_independent"
+            )
         self.channel_independent = channels is not None
         if channels is not None:
             if any(c < 0 for c in channels) or len(set(channels)) != len(channels):
