@@ -74,6 +74,8 @@ def test_a_variables_state_ignores_the_other_variables_until_the_mixing(tiny_syn
     other = _perturb(batch, 1)
     mixed = _model(tiny_synthetic)
     net = mixed.net
+    for out in (net.per_variable.mix.out_proj, net.per_variable.query_mix.out):  # they start at zero: no mixing
+        torch.nn.init.normal_(out.weight, std=0.3)
 
     def states(b):
         return net.per_variable.variable_states(b.x, b.x_mask, b.t, b.dt, b.step_mask, net.encoder, net.clock)[0]
@@ -151,13 +153,14 @@ def test_buckets_pad_less_than_one_step_per_observed_value():
 
 def test_query_mixing_projects_as_if_every_token_were_formed():
     mix = QueryMixing(8, 2, torch.nn.Linear(1, 8))
+    torch.nn.init.normal_(mix.out.weight)  # it starts at zero
     h, bi = torch.randn(3, 5, 8), torch.tensor([0, 2, 2, 1])
     stale, targets = torch.rand(4, 5), torch.tensor([[0, 3], [1, 4], [2, 2], [0, 1]])
     tokens = h[bi] + mix.staleness(stale[..., None])  # (G, V, H) every variable's token at each query
     q, k, v = mix.q(tokens.gather(1, targets[..., None].expand(-1, -1, 8))), mix.k(tokens), mix.v(tokens)
     split = lambda z: z.unflatten(-1, (2, 4)).transpose(1, 2)  # noqa: E731
     att = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 2.0, dim=-1) @ split(v)
-    want = mix.norm(tokens.gather(1, targets[..., None].expand(-1, -1, 8)) + mix.out(att.transpose(1, 2).flatten(2)))
+    want = h[bi].gather(1, targets[..., None].expand(-1, -1, 8)) + mix.out(att.transpose(1, 2).flatten(2))
     assert torch.allclose(mix(h, bi, stale, targets), want, atol=1e-5)
 
 
