@@ -82,15 +82,15 @@ def _child(args: list[str], out: Path) -> None:
 
 def _commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()  # fmt: skip
+    status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"]
+    dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True).stdout.strip()  # results aside
     return head.strip() + ("+changes" if dirty else "")
 
 
 def run_variant(variant: str, runs_root: Path) -> dict[str, Any]:
     run_dir = runs_root / f"{variant}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    args, info = fit_args(variant, run_dir), run_dir / "epochs.json"
+    args, info, commit = fit_args(variant, run_dir), run_dir / "epochs.json", _commit()  # the code it starts with
     start = time.perf_counter()
     with open(run_dir / "log.txt", "w") as log:
         child = [sys.executable, str(Path(__file__).resolve()), "--_fit", str(info), "--", *args]
@@ -106,7 +106,7 @@ def run_variant(variant: str, runs_root: Path) -> dict[str, Any]:
         "variant": variant,
         "split": "validation",
         "seed": 0,
-        "commit": _commit(),
+        "commit": commit,
         "params": got["params"],
         "epochs": len(epochs),
         "best_epoch": epochs.index(best),
