@@ -31,8 +31,10 @@ from cfc_forecast.forecaster.network import Forecaster, StaticInto
 from cfc_forecast.forecaster.optim import OptimizerName, SchedulerName, configure
 from cfc_forecast.forecaster.revin import RevIN
 from cfc_forecast.forecaster.rnn import RNNEncoder
+from cfc_forecast.forecaster.variables import Mixing, PerVariable
 
 EncoderName = Literal["cfc", "lstm", "gru"]
+Encoding = Literal["shared", "per_variable"]
 HeadChoice = Literal["auto", "direct", "continuous", "step"]
 ROLES = ("inputs", "static", "known_future")  # the roles of categorical covariates (``categorical_sizes``' keys)
 
@@ -75,6 +77,16 @@ class ForecastModule(L.LightningModule):
             :func:`cfc_forecast.core.wiring.ncp`: inter_neurons, command_neurons, motor_neurons, sensory_fanout,
             inter_fanout, recurrent_command_synapses, motor_fanin).
         rnn_layers: stacked layers of the LSTM / GRU baselines.
+        encoding: "shared": one sequence per window over every step where any variable was observed (the inputs
+            as ``fill`` / ``append_mask`` / ``append_delta`` build them). "per_variable": every input variable's
+            observations at their own times, each with its own elapsed time, through the same encoder (``encoder``
+            picks CfC / GRU / LSTM), then ``variable_mixing`` between the variables and the head per target
+            (:mod:`.variables`); needs every target among the inputs and reads observed values only,
+            so ``fill``, ``append_mask`` and ``append_delta`` do not apply.
+        variable_embedding: E, the learned variable embedding of ``per_variable``.
+        variable_mixing: "attention" (multi-head attention over the variable states at the end of the history
+            and, with the continuous head, at each query time) or "none" (``per_variable`` only).
+        mixing_heads: attention heads of that mixing (``hidden_size`` must be divisible by it).
         fill: missing inputs: "locf" carries each feature's last observation forward, "zeros" leaves 0.
         append_mask: append the observation mask to the inputs (the CfC paper's recipe).
         append_delta: append each feature's time since its last observation.
@@ -140,6 +152,10 @@ class ForecastModule(L.LightningModule):
         wiring_sparsity: float = 0.5,
         wiring_ncp: dict[str, int] | None = None,
         rnn_layers: int = 1,
+        encoding: Encoding = "shared",
+        variable_embedding: int = 16,
+        variable_mixing: Mixing = "attention",
+        mixing_heads: int = 4,
         fill: Fill = "locf",
         append_mask: bool = True,
         append_delta: bool = False,
@@ -214,7 +230,14 @@ class ForecastModule(L.LightningModule):
             )
         cat = self._embeddings()
         width = {k: 0 if e is None else e.size for k, e in cat.items()}
-        n_features = inputs.size + width["inputs"]  # the encoder reads the embeddings beside the encoded values
+        per_variable = self._per_variable()
+        if per_variable is not None and any(e is not None for e in cat.values()):
+            raise UserError(
+                "encoding='per_variable' does not read categorical covariates yet: drop --data.categorical or use "
+                "encoding='shared'"
+            )
+        # the encoder reads the embeddings beside the encoded values, or one variable's values at a time
+        n_features = inputs.size + width["inputs"] if per_variable is None else per_variable.input_size
         if h.wiring is not None and h.encoder != "cfc":
             raise UserError(f"wiring={h.wiring!r} needs encoder='cfc', got encoder={h.encoder!r}")
         if h.wiring is not None:
@@ -247,7 +270,7 @@ class ForecastModule(L.LightningModule):
         head = build_head(
             self.head_name,
             encoder.output_size if isinstance(encoder, WiredCfCEncoder) else h.hidden_size,  # wired: motor neurons
-            1 if channels else h.n_targets,
+            1 if channels or per_variable is not None else h.n_targets,
             self.n_outputs,
             h.horizon,
             h.n_future + width["known_future"],
@@ -274,7 +297,8 @@ class ForecastModule(L.LightningModule):
             skip = LastValueSkip(self._targets_in_inputs("last_value_skip"))
         clock = ElapsedTime(h.time_scale, h.learn_time_scale)
         return Forecaster(inputs, clock, encoder, head, h.n_static, h.n_future, revin, h.static_into,
-                          linear=linear, channels=channels, skip=skip, categorical=cat)  # fmt: skip
+                          linear=linear, channels=channels, skip=skip, categorical=cat,
+                          per_variable=per_variable)  # fmt: skip
 
     def _embeddings(self) -> dict[str, CategoricalEmbedding | None]:
         """One embedding table per categorical column, by role (None for a role without any)."""
@@ -288,6 +312,26 @@ class ForecastModule(L.LightningModule):
             n = list(sizes.get(role) or [])
             out[role] = CategoricalEmbedding(n, [dim or embedding_size(k) for k in n]) if n else None
         return out
+
+    def _per_variable(self) -> PerVariable | None:
+        """The per-variable encoding's variable states and mixing (``encoding='per_variable'``), else None."""
+        h = self.hparams
+        if h.encoding not in ("shared", "per_variable"):
+            raise UserError(f"unknown encoding {h.encoding!r}; choose one of ['per_variable', 'shared']")
+        if h.encoding == "shared":
+            return None
+        if h.wiring is not None:
+            raise UserError(f"encoding='per_variable' runs an unwired encoder; drop wiring={h.wiring!r}")
+        if self.head_name == "step":
+            raise UserError("encoding='per_variable' needs a forecast head; the per-step head ('step') has none")
+        targets = h.target_inputs
+        if targets is None or any(i < 0 for i in targets):
+            raise UserError(
+                "encoding='per_variable' needs every target among the inputs (target_inputs, which the CLI links "
+                f"from the DataModule), got target_inputs={targets}"
+            )
+        return PerVariable(h.n_inputs, h.hidden_size, list(targets), h.variable_embedding, h.variable_mixing,
+                           h.mixing_heads)  # fmt: skip
 
     def forward(self, batch: Batch) -> Tensor:
         """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head.
@@ -343,6 +387,13 @@ class ForecastModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}, **sync)
         self.losses[stage].reset()
         self.metrics[stage].reset()
+
+    def on_train_epoch_end(self) -> None:
+        per_variable = self.net.per_variable
+        if per_variable is not None:  # the per-variable encoding's padding: recurrence steps computed in vain
+            counts = per_variable.reset_padding()
+            if counts["observed"]:
+                self.log("train/padded_per_value", counts["padded"] / counts["observed"], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -16,6 +16,7 @@ from cfc_forecast.errors import UserError
 from cfc_forecast.forecaster.inputs import CategoricalEmbedding, ElapsedTime, InputEncoding
 from cfc_forecast.forecaster.linear import LastValueSkip, LinearPath
 from cfc_forecast.forecaster.revin import RevIN
+from cfc_forecast.forecaster.variables import PerVariable
 
 StaticInto = Literal["state", "head", "both"]
 STATIC_INTO = ("state", "head", "both")
@@ -79,6 +80,10 @@ class Forecaster(nn.Module):
             ``inputs.size`` plus their width), static ones with the static vector (S plus their width where static
             covariates go), known-future ones with the future covariates at each query (Fk plus their width in the
             head).
+        per_variable: a :class:`~.variables.PerVariable` (``encoding='per_variable'``): each input
+            variable's observations at their own times through ``encoder`` (built for its ``input_size``), mixing
+            between the variables, and ``head`` (built for one target) per target; ``inputs`` is not read.
+            None: the shared encoding.
     """
 
     def __init__(
@@ -95,12 +100,17 @@ class Forecaster(nn.Module):
         channels: list[int] | None = None,
         skip: LastValueSkip | None = None,
         categorical: dict[str, CategoricalEmbedding | None] | None = None,
+        per_variable: PerVariable | None = None,
     ) -> None:
         super().__init__()
         if static_into not in STATIC_INTO:
             raise UserError(f"unknown static_into {static_into!r}; choose one of {list(STATIC_INTO)}")
         self.inputs, self.clock, self.encoder, self.head, self.revin = inputs, clock, encoder, head, revin
-        self.linear, self.skip = linear, skip
+        self.linear, self.skip, self.per_variable = linear, skip, per_variable
+        if per_variable is not None and channels is not None:
+            raise UserError(
+                "encoding='per_variable' already gives every variable its own sequence: drop channel_independent"
+            )
         self.channel_independent = channels is not None
         if channels is not None:
             if any(c < 0 for c in channels) or len(set(channels)) != len(channels):
@@ -130,6 +140,18 @@ class Forecaster(nn.Module):
         x, stats = batch.x, None
         if self.revin is not None:
             x, stats = self.revin.normalise(batch.x, batch.x_mask)
+        shared = self.per_variable is None
+        pred = self._shared(batch, x) if shared else self._per_variable(batch, x)  # (B, K, C, Q)
+        if self.skip is not None:
+            pred = pred + self.skip(x, batch.x_mask)
+        if self.linear is not None:
+            pred = pred + self.linear(x, batch.x_mask, batch.step_mask)  # (B, K, C, 1) onto every output
+        if self.revin is not None:
+            pred = self.revin.denormalise(pred, stats)
+        return pred
+
+    def _shared(self, batch: Batch, x: Tensor) -> Tensor:
+        """One sequence per window (or per target) through the encoder and head: (B, K, C, Q)."""
         seq = self._per_channel(batch, x) if self.channel_independent else _Sequences.of(batch, x)
         feats = self.inputs(seq.x, seq.x_mask, seq.t, seq.dt, self.clock)  # (B', T, F')
         if self.cat_inputs is not None:  # (B', T, F' + Ec): each step's category embeddings beside its values
@@ -156,13 +178,17 @@ class Forecaster(nn.Module):
         if self.channel_independent:  # (B * C, K, 1, Q) -> (B, K, C, Q)
             b, c = batch.batch_size, len(self.channels)
             pred = pred.reshape(b, c, pred.shape[1], pred.shape[-1]).transpose(1, 2)
-        if self.skip is not None:
-            pred = pred + self.skip(x, batch.x_mask)
-        if self.linear is not None:
-            pred = pred + self.linear(x, batch.x_mask, batch.step_mask)  # (B, K, C, 1) onto every output
-        if self.revin is not None:
-            pred = self.revin.denormalise(pred, stats)
         return pred
+
+    def _per_variable(self, batch: Batch, x: Tensor) -> Tensor:
+        """Each variable on its own clock, mixed, then the head per target: (B, K, C, Q). In training only the
+        observed targets are forecast (the rest are 0; the loss reads only those), saving most of the head."""
+        static = self.static_map(batch.static) if self.static_map is not None else None  # (B, H) pre-activation
+        return self.per_variable(
+            x, batch.x_mask, batch.t, batch.dt, batch.step_mask, batch.query_t, batch.query_mask, self.encoder,
+            self.head, self.clock, static, batch.future if self.n_future else None,
+            batch.static if self.static_to_head else None, batch.y_mask if self.training else None,
+        )  # fmt: skip
 
     def _per_channel(self, batch: Batch, x: Tensor) -> _Sequences:
         """One sequence per (window, target), window-major: (B * C, T, 1 + F - C) inputs, everything else repeated."""
