@@ -50,6 +50,7 @@ from cfc_forecast.runs import (
     RUN_DIR_ENV,
     AppendingCSVLogger,
     FolderLock,
+    ForgetUnsavedRows,
     compare_with_baselines,
     has_results,
     is_global_zero,
@@ -291,6 +292,8 @@ class ForecastCLI(LightningCLI):
                 )
             if self.event.get("changed"):
                 callbacks.append(ApplyChanges(self.event["changed"]))
+            if self.event.get("resumed_from"):
+                callbacks.append(ForgetUnsavedRows())
         if self.subcommand == "test" or (self.subcommand == "fit" and cfg.test_after_fit):
             callbacks.append(ForecastPlot())
         if self.subcommand == "predict":

@@ -37,6 +37,15 @@ class KillInEpoch(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillAfterValidation(Callback):
+    """SIGKILLs its own process once the validation of epoch ``$CFC_FORECAST_TEST_KILL_IN_EPOCH`` is logged, before
+    that epoch's last.ckpt is written (ModelCheckpoint saves at the epoch's end, after the other callbacks)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if os.environ.get(KILL_ENV) == str(trainer.current_epoch) and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 KILLER = json.dumps({"class_path": "tests.test_resume.KillInEpoch"})
 
 
@@ -86,6 +95,36 @@ def test_kill_and_resume_equals_the_uninterrupted_fit(killed_and_resumed):
     for epoch in (2, 3):
         np.testing.assert_allclose(resumed[epoch], whole[epoch], rtol=1e-6)
     assert killed_and_resumed["cli"].trainer.current_epoch == 4
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+
+def test_a_resumed_fit_logs_each_row_once_with_the_resumed_values(killed_and_resumed, tmp_path):
+    # killed after epoch 3's validation and train steps were logged but before its last.ckpt: the resumed fit logs
+    # them again; metrics.csv holds each once, as the uninterrupted fit has them
+    whole, run = killed_and_resumed["root"] / "whole", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", "fit", *FIT, f"--run_dir={run}", "--trainer.max_epochs=4",
+           "--trainer.log_every_n_steps=1",
+           "--trainer.callbacks+=" + json.dumps({"class_path": "tests.test_resume.KillAfterValidation"})]  # fmt: skip
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, KILL_ENV: "2", "PYTHONPATH": path}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = _rows(run)
+    assert {r["epoch"] for r in at_kill if "val/mse" in r} == {"0", "1", "2"}  # epoch 3's row was logged
+    cli(["fit", "--resume", str(run)])
+    rows = _rows(run)
+    val = [int(r["epoch"]) for r in rows if "val/mse" in r]
+    assert val == [0, 1, 2, 3]
+    train = [(r["epoch"], r["step"]) for r in rows if "train/loss" in r]
+    assert len(train) == len(set(train)) == 44  # 4 epochs of 11 steps, each once
+    expected = {int(r["epoch"]): r for r in _rows(whole) if "val/mse" in r}
+    for r in rows:
+        if "val/mse" in r:
+            np.testing.assert_allclose(float(r["val/mse"]), float(expected[int(r["epoch"])]["val/mse"]), rtol=1e-6)
+            assert r["step"] == expected[int(r["epoch"])]["step"]
 
 
 def test_a_resume_is_recorded_and_keeps_the_earlier_config(killed_and_resumed):
