@@ -433,5 +433,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
     try:
         return ForecastCLI(args=None if args is None else rewritten, run=run)
     finally:
+        # per node on purpose: each node's first process set the variable in its own environment for the processes
+        # it starts (is_global_zero would leave it set on every node but the first)
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)
