@@ -158,6 +158,29 @@ def test_the_device_banner_is_printed_once_per_command(tmp_path):
         assert sum(line.startswith(banner) for line in lines.lines) == 2, lines.lines
 
 
+def test_a_repeated_banner_line_is_dropped_and_a_different_one_kept():
+    # the CUDA accelerator's line (no GPU here to print it): the same filter, keyed on the exact line
+    from cfc_forecast import noise
+
+    noise.quiet()
+    log, lines = logging.getLogger("lightning.pytorch.accelerators.cuda"), _Lines()
+    log.addHandler(lines)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        for line in ["LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]"] * 3 + ["LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [1]"]:
+            log.info(line)
+        log.info("something else")
+        log.info("something else")
+        noise.quiet()  # the next command says it again
+        log.info("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]")
+    finally:
+        log.removeHandler(lines)
+        log.setLevel(level)
+    assert lines.lines == ["LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [1]",
+                           "something else", "something else", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]"]  # fmt: skip
+
+
 def test_paths_the_file_system_refuses_are_one_line(capsys, csv, tmp_path):
     # an output folder that cannot be made (its parent is a file), a runs root under /proc: exit 2 naming the path
     blocker = tmp_path / "a_file"
