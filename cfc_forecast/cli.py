@@ -50,6 +50,7 @@ from cfc_forecast.runs import (
     RUN_DIR_ENV,
     AppendingCSVLogger,
     FolderLock,
+    ForgetUnsavedRows,
     compare_with_baselines,
     has_results,
     is_global_zero,
@@ -291,6 +292,8 @@ class ForecastCLI(LightningCLI):
                 )
             if self.event.get("changed"):
                 callbacks.append(ApplyChanges(self.event["changed"]))
+            if self.event.get("resumed_from"):
+                callbacks.append(ForgetUnsavedRows())
         if self.subcommand == "test" or (self.subcommand == "fit" and cfg.test_after_fit):
             callbacks.append(ForecastPlot())
         if self.subcommand == "predict":
@@ -430,5 +433,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
     try:
         return ForecastCLI(args=None if args is None else rewritten, run=run)
     finally:
+        # per node on purpose: each node's first process set the variable in its own environment for the processes
+        # it starts (is_global_zero would leave it set on every node but the first)
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)

@@ -65,10 +65,10 @@ def calendar_defaults(data: dict[str, Any]) -> dict[str, Any]:
 
     time, ids = data.get("time_column", "time"), data.get("id_column")
     try:
-        frame = read_files(data["path"])
-        frame, _ = to_datetime_or_number(
-            frame.select([c for c in (ids, time) if c]), time, str(data["path"]), data.get("time_format")
-        )
+        # the id and time columns only: a multi-GB file is not read a second time before the DataModule reads it
+        columns = [c for c in (ids, time) if c]
+        frame = read_files(data["path"], time, columns=columns)
+        frame, _ = to_datetime_or_number(frame.select(columns), time, str(data["path"]), data.get("time_format"))
     except Exception:  # noqa: BLE001 - the DataModule reads the file again and reports its problems by name
         return {}
     if not isinstance(frame.schema[time], pl.Datetime):

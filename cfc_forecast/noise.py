@@ -28,6 +28,32 @@ _LOGS = [
     ("lightning.fabric.utilities.seed", ("Seed set to ",)),
 ]
 
+# (logger, message starts): each such line printed once per command; every Trainer prints them (a backtest builds
+# one per origin or fold, predict one per chunk), and a repeat says nothing new. A line that differs (another
+# device used) is printed: only a repeat of the exact same line is dropped.
+_ONCE = [
+    # the device banner of lightning.pytorch.trainer.setup._log_device_info
+    ("lightning.pytorch.utilities.rank_zero", ("GPU available: ", "TPU available: ", "HPU available: ")),
+    # the CUDA accelerator's per-process line, on every Trainer's setup
+    ("lightning.pytorch.accelerators.cuda", ("LOCAL_RANK: ",)),
+]
+
+
+class _OncePerCommand(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = re.sub(r"^\[rank: \d+\] ", "", record.getMessage())
+        if not line.startswith(self.starts):
+            return True
+        if line in self.seen:
+            return False
+        self.seen.add(line)
+        return True
+
 
 class _DropLines(logging.Filter):
     def __init__(self, starts: tuple[str, ...]) -> None:
@@ -39,10 +65,15 @@ class _DropLines(logging.Filter):
 
 
 def quiet() -> None:
-    """Install the filters above (idempotent)."""
+    """Install the filters above (idempotent); a command starts with none of the ``_ONCE`` lines printed yet."""
     for message, module in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
     for name, starts in _LOGS:
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropLines) for f in log.filters):
             log.addFilter(_DropLines(starts))
+    for name, starts in _ONCE:
+        log = logging.getLogger(name)
+        for old in [f for f in log.filters if isinstance(f, _OncePerCommand)]:
+            log.removeFilter(old)
+        log.addFilter(_OncePerCommand(starts))

@@ -9,6 +9,7 @@ process dies, even by SIGKILL).
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 import lightning
 import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -173,6 +175,26 @@ class _AppendingWriter(ExperimentWriter):
                 header = f.readline().strip()
             self.metrics_keys = [k for k in header.split(",") if k]
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning rewrites the file in place when a new column appears: a kill in between lost every row
+        self.rewrite(fieldnames, lambda row: True)
+
+    def rewrite(self, fieldnames: list[str], keep: Any) -> int:
+        """Rewrite ``metrics.csv`` with ``fieldnames`` and the rows ``keep(row)`` accepts, through a temporary file
+        in the same folder and a rename (a kill leaves the old file whole); returns the number of rows dropped."""
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept = [row for row in rows if keep(row)]
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(self.metrics_file_path, write)
+        return len(rows) - len(kept)
+
 
 class AppendingCSVLogger(CSVLogger):
     """``CSVLogger`` that appends to an existing ``metrics.csv``: a resumed fit keeps the epochs before the kill."""
@@ -183,6 +205,40 @@ class AppendingCSVLogger(CSVLogger):
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+    def forget_after(self, epoch: int, step: int) -> int:
+        """Drop the rows of ``metrics.csv`` logged at or after (``epoch``, ``step``) in both: what a killed fit
+        logged after the checkpoint a fit resumes from, which the resumed fit logs again (or, past where it stops,
+        never reaches). Returns the number of rows dropped."""
+        writer = self.experiment
+        if not os.path.isfile(writer.metrics_file_path):
+            return 0
+
+        def before(row: dict[str, str]) -> bool:
+            try:
+                return int(row.get("epoch") or -1) < epoch or int(row["step"]) < step
+            except (KeyError, ValueError):
+                return True  # a row we cannot place is kept, never lost
+
+        return writer.rewrite(writer.metrics_keys, before)
+
+
+class ForgetUnsavedRows(Callback):
+    """On a resumed fit, once Lightning restored the checkpoint's loops, drop the rows ``metrics.csv`` holds from
+    after that checkpoint (:meth:`AppendingCSVLogger.forget_after`): each (epoch, step) row is then logged once, the
+    resumed fit's values winning.
+
+    The rule, from Lightning 2.x's loops: rows logged before the checkpoint was written have ``step`` < its
+    ``global_step``; the only rows logged after it that the resumed fit does not log again belong to an epoch it
+    already finished (the ``*_epoch`` means logged after an end-of-epoch checkpoint: ``epoch`` < the restored
+    ``current_epoch``) or to the checkpoint's own batch (``step`` = ``global_step`` - 1)."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, AppendingCSVLogger):
+                logger.forget_after(trainer.current_epoch, trainer.global_step)
 
 
 METRIC_NAMES = ("mse", "mae", "mse_per_var", "mae_per_var")

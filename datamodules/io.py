@@ -63,9 +63,12 @@ def expand_paths(path: str | list[str]) -> list[Path]:
     return found
 
 
-def read_files(path: str | list[str], time_column: str | None = None) -> pl.DataFrame:
+def read_files(path: str | list[str], time_column: str | None = None, columns: list[str] | None = None) -> pl.DataFrame:
     """Read and concatenate CSV / Parquet files (by extension) into one frame; the ``time_column`` of files in
     different time zones is converted to the first file's zone (``stamps.harmonise_zones``).
+
+    ``columns``: read only these (polars' projection: the other columns are not parsed); one a file lacks is left
+    out of its frame, for the caller to report by name.
 
     Raises:
         UserError: no file, an unknown file type, or zone-aware and naive time stamps mixed.
@@ -73,9 +76,10 @@ def read_files(path: str | list[str], time_column: str | None = None) -> pl.Data
     frames, paths = [], expand_paths(path)
     for p in paths:
         if p.suffix == ".parquet":
-            frames.append(pl.read_parquet(p))
+            present = None if columns is None else [c for c in columns if c in pl.read_parquet_schema(p)]
+            frames.append(pl.read_parquet(p, columns=present))
         elif p.suffix in (".csv", ".txt", ".gz"):
-            frames.append(_read_csv(p))
+            frames.append(_read_csv(p, columns))
         else:
             raise UserError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
     if len(frames) == 1:
@@ -87,13 +91,18 @@ def read_files(path: str | list[str], time_column: str | None = None) -> pl.Data
     return pl.concat(frames, how="vertical_relaxed")
 
 
-def _read_csv(path: Path) -> pl.DataFrame:
-    """One comma-separated file; an empty file or another separator is an error naming the file and the fix."""
+def _read_csv(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """One comma-separated file (only ``columns`` of it, where given); an empty file or another separator is an
+    error naming the file and the fix."""
     try:
-        frame = pl.read_csv(path, infer_schema_length=10_000)
+        header = None if columns is None else pl.read_csv(path, n_rows=0).columns
+        if header is not None and (problem := csv_problem(path, header)) is not None:
+            raise UserError(problem)
+        present = None if header is None else [c for c in columns or [] if c in header]
+        frame = pl.read_csv(path, infer_schema_length=10_000, columns=present)
     except pl.exceptions.NoDataError:
         raise UserError(csv_problem(path, None)) from None
-    if (problem := csv_problem(path, frame.columns)) is not None:
+    if columns is None and (problem := csv_problem(path, frame.columns)) is not None:
         raise UserError(problem)
     return frame
 

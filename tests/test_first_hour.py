@@ -117,6 +117,28 @@ def test_calendar_defaults_follow_span_and_spacing(tmp_path, days, step_min, exp
     assert defaults.calendar_defaults({"path": str(tmp_path / "n.csv"), "time_column": "ts"}) == {}
 
 
+def test_calendar_defaults_read_only_the_id_and_time_columns(tmp_path):
+    # a column that turns to text after polars' 10,000 inferred rows fails a whole-file read: the defaults step
+    # does not parse it (it used to read the whole file a second time, and chose nothing here)
+    n = 12_000
+    stamps = pl.datetime_range(dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 10), "1m", eager=True)[:n]
+    note = pl.Series("note", [str(i) for i in range(n - 1)] + ["sensor reset"])
+    frame = pl.DataFrame({"site": ["a", "b"] * (n // 2), "ts": stamps, "x": np.arange(n, dtype=float), "note": note})
+    frame.write_csv(tmp_path / "a.csv")
+    with pytest.raises(pl.exceptions.ComputeError):
+        pl.read_csv(tmp_path / "a.csv", infer_schema_length=10_000)
+    data = {"path": str(tmp_path / "a.csv"), "time_column": "ts", "id_column": "site"}
+    assert defaults.calendar_defaults(data) == {"calendar": ["hour_of_day"]}  # spacing 2 min within a site
+    frame.write_parquet(tmp_path / "a.parquet")
+    from datamodules.io import read_files
+
+    assert read_files(tmp_path / "a.parquet", "ts", columns=["site", "ts", "nope"]).columns == ["site", "ts"]
+    assert read_files(tmp_path / "a.csv", "ts", columns=["ts"]).columns == ["ts"]
+    (tmp_path / "semi.csv").write_text("ts;x\n2026-01-01;1\n")
+    with pytest.raises(ValueError, match="separated by ';'"):
+        read_files(tmp_path / "semi.csv", "ts", columns=["ts"])
+
+
 class _Parsed(Exception):
     pass
 

@@ -182,6 +182,25 @@ def test_predict_the_python_api_and_the_job_agree(case, models, tmp_path, capsys
         assert_same(first.filter(pl.col("series").is_in(known)), whole.filter(pl.col("series").is_in(known)))
 
 
+@pytest.mark.parametrize(("env", "logs"), [
+    ({}, True),
+    ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False),  # Lightning's launcher, first process of the second node
+    ({"RANK": "2", "LOCAL_RANK": "0", "GROUP_RANK": "1"}, False),  # torchrun, first process of the second node
+    ({"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}, True),
+])  # fmt: skip
+def test_skipped_series_are_logged_once_per_job(models, env, logs, monkeypatch, caplog):
+    # the first process of every node logged them (LOCAL_RANK 0): one job, one warning per node
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    short = pl.concat([models["train"], shifted(models["train"].filter(id="s0").head(3), "short")])
+    with caplog.at_level("WARNING", logger="cfc_forecast.forecast.rows"):
+        frame = forecast_rows(models["global"], short)
+    assert sorted(frame["series"].unique()) == ["s0", "s1", "s2", "s3"]  # every process returns the rows
+    assert ("forecast_rows: 1 skipped: too short" in caplog.text) is logs
+
+
 def test_a_model_fitted_in_python_forecasts_as_its_checkpoint(models, tmp_path):
     train = models["train"]
     dm = SeriesDataModule.from_frame(

@@ -3,6 +3,7 @@ the fix, exit status 2, no traceback (``--debug`` raises it); and the lines a fi
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -124,6 +125,60 @@ def test_a_fit_prints_no_noise(csv, tmp_path):
     for noise in ("Tip: For seamless cloud", "LeafSpec", "No seed found", "smaller than the logging interval"):
         assert noise not in proc.stderr
     assert "defaults for unset options: --data.observe 24h --data.every 6h" in proc.stdout
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_the_device_banner_is_printed_once_per_command(tmp_path):
+    # every Trainer printed "GPU available: False, used: False" and "TPU available: ...": a backtest builds one per
+    # origin, and its output began with a page of them. A handler on Lightning's logger sees what the console would.
+    from cfc_forecast.cli import cli
+    from tests.test_backtest import config, hourly
+
+    hourly(tmp_path / "rows.parquet")
+    cfg = config(tmp_path, split_times=["2026-03-26 00:00", "2026-03-28 00:00"])
+    cli(["fit", f"--config={cfg}", f"--run_dir={tmp_path / 'run'}"])
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    log, lines = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _Lines()
+    log.addHandler(lines)
+    try:
+        for out in ("bt", "bt2"):  # two commands: each says it once
+            args = ["backtest", f"--config={cfg}", "--n_windows=3", "--step=1d", f"--output={tmp_path / out}"]
+            assert main([*args, f"--ckpt_path={ckpt}"]) == 0
+    finally:
+        log.removeHandler(lines)
+    for banner in ("GPU available: ", "TPU available: "):
+        assert sum(line.startswith(banner) for line in lines.lines) == 2, lines.lines
+
+
+def test_a_repeated_banner_line_is_dropped_and_a_different_one_kept():
+    # the CUDA accelerator's line (no GPU here to print it): the same filter, keyed on the exact line
+    from cfc_forecast import noise
+
+    noise.quiet()
+    log, lines = logging.getLogger("lightning.pytorch.accelerators.cuda"), _Lines()
+    log.addHandler(lines)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        for line in ["LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]"] * 3 + ["LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [1]"]:
+            log.info(line)
+        log.info("something else")
+        log.info("something else")
+        noise.quiet()  # the next command says it again
+        log.info("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]")
+    finally:
+        log.removeHandler(lines)
+        log.setLevel(level)
+    assert lines.lines == ["LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [1]",
+                           "something else", "something else", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]"]  # fmt: skip
 
 
 def test_paths_the_file_system_refuses_are_one_line(capsys, csv, tmp_path):

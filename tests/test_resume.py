@@ -30,10 +30,21 @@ FIT = [*TINY_DATA, *TINY_MODEL, "--trainer.enable_progress_bar=false", "--traine
 
 
 class KillInEpoch(Callback):
-    """SIGKILLs its own process at the second batch of the epoch ``$CFC_FORECAST_TEST_KILL_IN_EPOCH`` (0-based)."""
+    """SIGKILLs its own process at the second batch of the epoch ``$CFC_FORECAST_TEST_KILL_IN_EPOCH`` (0-based;
+    ``epoch:batch`` names another batch)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if os.environ.get(KILL_ENV) == str(trainer.current_epoch) and batch_idx == 1:
+        epoch, _, at = os.environ.get(KILL_ENV, "").partition(":")
+        if epoch == str(trainer.current_epoch) and batch_idx == int(at or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterValidation(Callback):
+    """SIGKILLs its own process once the validation of epoch ``$CFC_FORECAST_TEST_KILL_IN_EPOCH`` is logged, before
+    that epoch's last.ckpt is written (ModelCheckpoint saves at the epoch's end, after the other callbacks)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if os.environ.get(KILL_ENV) == str(trainer.current_epoch) and not trainer.sanity_checking:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -86,6 +97,43 @@ def test_kill_and_resume_equals_the_uninterrupted_fit(killed_and_resumed):
     for epoch in (2, 3):
         np.testing.assert_allclose(resumed[epoch], whole[epoch], rtol=1e-6)
     assert killed_and_resumed["cli"].trainer.current_epoch == 4
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize(("killer", "at", "extra"), [
+    # after epoch 3's validation and train steps were logged, before its last.ckpt
+    ("KillAfterValidation", "2", []),
+    # in epoch 3 after a mid-epoch last.ckpt (step 25): the rows of steps 25-27 are logged again
+    ("KillInEpoch", "2:6", ["--save_every_n_steps=5"]),
+])  # fmt: skip
+def test_a_resumed_fit_logs_each_row_once_with_the_resumed_values(killed_and_resumed, tmp_path, killer, at, extra):
+    # the resumed fit logs again what the killed one logged after its checkpoint: metrics.csv holds each row once
+    whole, run = killed_and_resumed["root"] / "whole", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cfc_forecast.commands", "fit", *FIT, f"--run_dir={run}", "--trainer.max_epochs=4",
+           "--trainer.log_every_n_steps=1", *extra,
+           "--trainer.callbacks+=" + json.dumps({"class_path": f"tests.test_resume.{killer}"})]  # fmt: skip
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, KILL_ENV: at, "PYTHONPATH": path}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = _rows(run)
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert any(int(r["step"]) >= last for r in at_kill)  # rows from after the checkpoint were on disk
+    cli(["fit", "--resume", str(run)])
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows if "val/mse" in r] == [0, 1, 2, 3]
+    train = [(int(r["epoch"]), int(r["step"])) for r in rows if "train/loss" in r]
+    assert train == [(s // 11, s) for s in range(44)]  # 4 epochs of 11 steps, each once, in order
+    if extra:  # a resume from a mid-epoch checkpoint is not exact (--save_every_n_steps says so)
+        return
+    expected = {int(r["epoch"]): r for r in _rows(whole) if "val/mse" in r}
+    for r in rows:
+        if "val/mse" in r:
+            np.testing.assert_allclose(float(r["val/mse"]), float(expected[int(r["epoch"])]["val/mse"]), rtol=1e-6)
+            assert r["step"] == expected[int(r["epoch"])]["step"]
 
 
 def test_a_resume_is_recorded_and_keeps_the_earlier_config(killed_and_resumed):

@@ -10,7 +10,6 @@ on its own rows, nothing is fitted on the rows being forecast), and the forecast
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from cfc_forecast.forecast.options import options_for
 from cfc_forecast.forecast.prepare import Chunk, Options, prepare
 from cfc_forecast.forecast.trained import JobError, Trained, check_schema, contract, live_checkpoint, model_from
+from cfc_forecast.runs import is_global_zero
 from cfc_forecast.writer import forecast_frame
 
 log = logging.getLogger(__name__)
@@ -281,11 +281,13 @@ def forecast_rows(
         source, data, datamodule=datamodule, origins=origins, query_times=query_times, min_rows=min_rows,
         batch_size=batch_size, trainer_kwargs=trainer_kwargs,
     )  # fmt: skip
-    if result.skipped.height and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if not is_global_zero():  # once per job: every process of every node holds the same result
+        return result.frame
+    if result.skipped.height:
         reasons = result.skipped.group_by("reason", maintain_order=True).agg(pl.col("series").head(3))
         details = "; ".join(f"{r} (e.g. {s})" for r, s in reasons.iter_rows())
         log.warning("forecast_rows: %d skipped: %s", result.skipped.height, details)
-    for note in unseen_notes(result.unseen) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else []:
+    for note in unseen_notes(result.unseen):
         log.warning("forecast_rows: %s", note)
     return result.frame
 

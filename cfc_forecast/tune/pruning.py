@@ -114,6 +114,7 @@ def _die_with_worker() -> None:
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
     worker = os.environ.get(ENV_WORKER_PID)
-    # the worker may have died before the line above: then this process was re-parented already
+    # the worker may have died before the line above: then this process was re-parented already (LOCAL_RANK 0:
+    # per node on purpose, the worker's own child on this node; the other ranks are that child's children)
     if worker and os.environ.get("LOCAL_RANK", "0") == "0" and os.getppid() != int(worker):
         os._exit(1)
