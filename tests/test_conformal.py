@@ -95,6 +95,21 @@ def test_cqr_corrects_the_outer_quantiles_and_a_negative_correction_shrinks_them
     assert out.tolist() == pytest.approx([0.0, 1.5, 2.0, 2.5, 4.0])
 
 
+def test_a_shrinking_correction_never_moves_the_point_forecast_or_the_inner_quantiles():
+    # the trial's case: quantiles 0.1 / 0.3 / 0.5 / 0.9 and levels 0.5 / 0.8 / 0.9, with CQR corrections that shrink
+    # the outer pair [0, 10] far past the median (5) and the model's q0.3 (4)
+    cal = Calibration([0.5, 0.8, 0.9], "cqr", [0.1, 0.3, 0.5, 0.9], "step", [], [[[-4.8]], [[-4.5]], [[-3.0]]],
+                      [[99]], [[0]])  # fmt: skip
+    out = cal.apply(torch.tensor([0.0, 4.0, 5.0, 10.0]).reshape(1, 1, 1, 4), torch.zeros(1, 1))[0, 0, 0]
+    assert cal.output_levels == [0.05, 0.1, 0.25, 0.3, 0.5, 0.75, 0.9, 0.95]
+    got = dict(zip(cal.output_levels, out.tolist(), strict=True))
+    assert got[0.5] == 5.0 and got[0.3] == 4.0  # the point forecast and the model's inner quantile stay
+    # bounds widened only to the next inner level: 0.25 (4.8 shrunk) -> q0.3's 4; 0.75 (5.2) stays; 0.1 (4.5) -> 4;
+    # 0.9 (5.5) stays; 0.05 (3.0) stays, 0.95 (7.0) stays
+    assert out.tolist() == pytest.approx([3.0, 4.0, 4.0, 4.0, 5.0, 5.2, 5.5, 7.0])
+    assert torch.all(out[1:] >= out[:-1])
+
+
 def test_offset_buckets_have_equal_counts_and_the_last_is_open():
     offsets = torch.arange(1.0, 101.0)
     edges = conformal.offset_edges(offsets, 4)
