@@ -193,6 +193,7 @@ def calibrate(
     from cfc_forecast.checkpoints import atomic_write, load_checkpoint
     from cfc_forecast.forecast.trained import JobError, model_from
 
+    check_levels(levels)  # before any data is read
     src = Path(ckpt_path)
     ckpt = load_checkpoint(src)
     out = Path(output) if output else src.with_name(f"{src.stem}.calibrated.ckpt")
