@@ -264,7 +264,10 @@ def test_calibrate_refusals_are_one_line(tmp_path, capsys):
     ckpt = tmp_path / "run" / "checkpoints" / "x.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": {}}, ckpt)
-    assert main(["calibrate", f"--ckpt_path={ckpt}", "--levels=[1.5]"]) == 2
+    assert main(["calibrate", f"--ckpt_path={ckpt}", "--levels=[1.5]"]) == 2  # levels checked before anything else
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--levels must be interval levels in (0, 1)" in err
+    assert main(["calibrate", f"--ckpt_path={ckpt}", "--levels=[0.8]"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.yaml: no such file" in err
 
