@@ -344,7 +344,7 @@ class ForecastModule(L.LightningModule):
         Fernandez-Val and Galichon, "Quantile and probability curves without crossing", Econometrica 2010), so a
         forecast's quantiles never cross (a median above its 90% quantile) in metrics, plots or written forecasts;
         training fits the raw outputs with the pinball loss."""
-        pred = self.net(batch, observed_only)
+        pred = self.net(batch, observed_only=True) if observed_only else self.net(batch)
         if self.training or pred.shape[-1] == 1:
             return pred
         return pred.sort(dim=-1).values
