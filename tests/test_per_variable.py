@@ -194,3 +194,47 @@ def test_fit_one_epoch_then_predict_through_the_cli(tmp_path, capsys):
     frame = pl.read_parquet(tmp_path / "pred" / "predictions.parquet")
     assert frame.height > 0 and frame["prediction"].is_finite().all()
     assert frame["series"].n_unique() == 8 and set(frame["variable"]) == {"x1", "x2", "v1"}
+
+
+@pytest.mark.parametrize("mixing", ["attention", "none"])
+def test_validation_forecasts_only_the_observed_targets_with_the_same_metrics(tiny_synthetic, mixing, monkeypatch):
+    import lightning as L
+
+    from cfc_forecast.forecaster.module import ForecastModule
+
+    torch.manual_seed(0)
+    model = model_for(tiny_synthetic, encoding="per_variable", variable_mixing=mixing, quantiles=[0.1, 0.5, 0.9],
+                      loss="pinball")  # fmt: skip
+    loader = tiny_synthetic.val_dataloader()
+
+    def validate() -> dict[str, float]:
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", devices=1)  # fmt: skip
+        return trainer.validate(model, loader, verbose=False)[0]
+
+    rows = []
+    head_forward = model.net.head.forward
+
+    def counting(*args, **kwargs):  # the head's rows: (rows, 1, ...) inputs in the per-variable encoding
+        rows.append(args[0].shape[0])
+        return head_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.net.head, "forward", counting)
+    observed = validate()
+    observed_rows, rows[:] = sum(rows), []
+    # the same module forecasting every (query, target) pair, as evaluation did before
+    monkeypatch.setattr(model, "forward", lambda batch, observed_only=False: ForecastModule.forward(model, batch))
+    every = validate()
+    assert sum(rows) > observed_rows  # fewer head rows: the point of it
+    assert observed.keys() == every.keys() and "val/loss" in observed and len(observed) > 2
+    for key, value in observed.items():
+        assert value == pytest.approx(every[key], rel=1e-7, abs=0.0), key
+    # prediction still forecasts every target at every real query
+    batch = _batch(tiny_synthetic)
+    model.eval()
+    with torch.no_grad():
+        pred = model.predict_step(batch, 0)["prediction"]
+    real = batch.query_mask[..., None].expand_as(batch.y)
+    full = batch.to_original_units(ForecastModule.forward(model, batch).detach())
+    assert torch.equal(pred, full)
+    assert torch.all(pred[..., 1][real & ~batch.y_mask] != 0) and torch.isfinite(pred[real]).all()

@@ -333,14 +333,18 @@ class ForecastModule(L.LightningModule):
         return PerVariable(h.n_inputs, h.hidden_size, list(targets), h.variable_embedding, h.variable_mixing,
                            h.mixing_heads)  # fmt: skip
 
-    def forward(self, batch: Batch) -> Tensor:
+    def forward(self, batch: Batch, observed_only: bool = False) -> Tensor:
         """Scaled forecasts (B, K, C, Q); (B, T, C, Q) from the per-step head.
+
+        ``observed_only``: forecast only the observed targets (``batch.y_mask``) where the encoding can skip the
+        others (``encoding='per_variable'``; :meth:`Forecaster.forward`), as validation and test do: their metrics
+        read only those. Prediction forecasts every target at every query.
 
         Outside training, the Q quantile outputs are sorted along Q (monotone rearrangement: Chernozhukov,
         Fernandez-Val and Galichon, "Quantile and probability curves without crossing", Econometrica 2010), so a
         forecast's quantiles never cross (a median above its 90% quantile) in metrics, plots or written forecasts;
         training fits the raw outputs with the pinball loss."""
-        pred = self.net(batch)
+        pred = self.net(batch, observed_only=True) if observed_only else self.net(batch)
         if self.training or pred.shape[-1] == 1:
             return pred
         return pred.sort(dim=-1).values
@@ -364,8 +368,8 @@ class ForecastModule(L.LightningModule):
 
     def _evaluation_step(self, batch: Batch, stage: str) -> None:
         # only summed states here: {stage}/loss and the metrics are computed once per epoch from them
-        pred = self(batch).detach()
         y, mask = self._truth(batch)
+        pred = self(batch, observed_only=True).detach()  # the metrics read the observed targets only
         self.losses[stage].update(pred, y, mask)
         self.metrics[stage].update(pred, y, mask)
 

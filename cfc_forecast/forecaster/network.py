@@ -129,8 +129,12 @@ class Forecaster(nn.Module):
         self.static_map = nn.Linear(n_context, hidden) if n_context and static_into != "head" else None
         self.static_to_head = bool(n_context) and static_into != "state"
 
-    def forward(self, batch: Batch) -> Tensor:
+    def forward(self, batch: Batch, observed_only: bool = False) -> Tensor:
         """Forecasts in the batch's scaled units: (B, K, C, Q), or (B, T, C, Q) from the per-step head.
+
+        ``observed_only`` (evaluation; training always does so): the per-variable encoding forecasts only the
+        (query, target) pairs observed in ``batch.y_mask`` (B, K, C), the only ones a loss or metric reads, and leaves
+        the others at what the skip, linear path and RevIN give a zero there; the shared encoding ignores it.
 
         Raises:
             ValueError: static or known-future covariates that the model was not built for, or that it expects
@@ -141,7 +145,7 @@ class Forecaster(nn.Module):
         if self.revin is not None:
             x, stats = self.revin.normalise(batch.x, batch.x_mask)
         shared = self.per_variable is None
-        pred = self._shared(batch, x) if shared else self._per_variable(batch, x)  # (B, K, C, Q)
+        pred = self._shared(batch, x) if shared else self._per_variable(batch, x, observed_only)  # (B, K, C, Q)
         if self.skip is not None:
             pred = pred + self.skip(x, batch.x_mask)
         if self.linear is not None:
@@ -180,14 +184,16 @@ class Forecaster(nn.Module):
             pred = pred.reshape(b, c, pred.shape[1], pred.shape[-1]).transpose(1, 2)
         return pred
 
-    def _per_variable(self, batch: Batch, x: Tensor) -> Tensor:
-        """Each variable on its own clock, mixed, then the head per target: (B, K, C, Q). In training only the
-        observed targets are forecast (the rest are 0; the loss reads only those), saving most of the head."""
+    def _per_variable(self, batch: Batch, x: Tensor, observed_only: bool = False) -> Tensor:
+        """Each variable on its own clock, mixed, then the head per target: (B, K, C, Q). In training and with
+        ``observed_only`` only the observed targets are forecast (the rest are 0; the loss and the metrics read only
+        those), saving most of the head: on PhysioNet ~82k head rows per batch of every (query, target) pair."""
+        needed = batch.y_mask if (self.training or observed_only) else None  # (B, K, C) or None: every pair
         static = self.static_map(batch.static) if self.static_map is not None else None  # (B, H) pre-activation
         return self.per_variable(
             x, batch.x_mask, batch.t, batch.dt, batch.step_mask, batch.query_t, batch.query_mask, self.encoder,
             self.head, self.clock, static, batch.future if self.n_future else None,
-            batch.static if self.static_to_head else None, batch.y_mask if self.training else None,
+            batch.static if self.static_to_head else None, needed,
         )  # fmt: skip
 
     def _per_channel(self, batch: Batch, x: Tensor) -> _Sequences:
