@@ -101,12 +101,67 @@ def coupling(seeds: list[int], done: set[tuple[str, int]]):
             yield case, seed, {"b_changed": b_changed, "others_changed": others}, others > COUPLING_ABOVE
 
 
+def categorical(seeds: list[int], done: set[tuple[str, int]]):
+    """tests/test_categorical.py: with a categorical covariate known ahead, validation MSE < 0.1 x without it."""
+    from tests.test_categorical import MARGIN_WITHOUT, weather_loss
+
+    for seed in (s for s in seeds if ("weather", s) not in done):
+        with_w, without = weather_loss(True, seed), weather_loss(False, seed)
+        values = {"with": with_w, "without": without, "ratio": with_w / without}
+        yield "weather", seed, values, with_w < MARGIN_WITHOUT * without
+
+
+def conformal(seeds: list[int], done: set[tuple[str, int]]):
+    """tests/test_conformal.py: after ``calibrate``, test coverage within 3 points of each level pooled and 5 per
+    variable and per horizon bucket (n >= 1000), for a point and a quantile quickstart model and PhysioNet."""
+    import polars as pl
+
+    from cfc_forecast.calibrate import calibrate
+    from datamodules.physionet import CHANNELS
+    from tests.datamodules.conftest import data_dir
+    from tests.test_conformal import LEVELS, assert_coverage, calibration_counts, quick_fit
+
+    cases = {
+        "quickstart-point": ([], "quickstart.yaml", 20, ["x1", "x2", "v1"]),
+        "quickstart-quantile": (["--model.loss=pinball", "--model.quantiles=[0.1,0.5,0.9]"], "quickstart.yaml", 20,
+                                ["x1", "x2", "v1"]),
+        "physionet-point": ([], "physionet.yaml", 40, list(CHANNELS)),
+    }  # fmt: skip
+    for case, (extra, config, batches, names) in cases.items():
+        if config == "physionet.yaml" and not data_dir().joinpath("physionet2012", "set-a.tar.gz").exists():
+            print("conformal physionet: no data, skipped", flush=True)
+            continue
+        for seed in (s for s in seeds if (case, s) not in done):
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = quick_fit(Path(tmp) / "run", f"--seed_everything={seed}", *extra, config=config,
+                                 batches=batches)  # fmt: skip
+                result = calibrate(str(ckpt), LEVELS)
+                report = result.report
+                counts = calibration_counts(result.path, names)
+            after = report.filter(pl.col("when") == "after")
+            values = {}
+            for level in LEVELS:
+                at = after.filter(pl.col("level") == level)
+                values[f"pooled_{level}"] = at.filter(pl.col("scope") == "pooled")["coverage"].item()
+                for scope in ("variable", "bucket"):
+                    big = at.filter(pl.col("scope") == scope, pl.col("n") >= 1000)
+                    values[f"worst_{scope}_{level}"] = float((big["coverage"] - level).abs().max() or 0.0)
+            try:
+                assert_coverage(report, LEVELS, counts)
+                holds = True
+            except AssertionError:
+                holds = False
+            yield case, seed, values, holds
+
+
 CLAIMS: dict[str, Claim] = {
     "memory": memory,
     "overfit": overfit,
     "irregular": irregular,
     "real-configs": real_configs,
     "coupling": coupling,
+    "categorical": categorical,
+    "conformal": conformal,
 }
 
 
