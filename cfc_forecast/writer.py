@@ -46,7 +46,8 @@ def forecast_frame(outputs: list[dict[str, torch.Tensor]], dm: Any, quantiles: l
         "origin_time": dm.decode_times(cat["origin"][win_c]),
         "time": dm.decode_times(cat["time"][win_c, k_c]),
         "variable": pl.Series(names).gather(var_c),
-        "prediction": values[:, point],
+        # a calibrated model's own point forecast (its quantile columns are rearranged), else the output nearest 0.5
+        "prediction": cat["point"][win_c, k_c, var_c] if "point" in cat else values[:, point],
     }
     for i, level in enumerate(q):
         columns[f"q{level:g}"] = values[:, i]

@@ -95,19 +95,17 @@ def test_cqr_corrects_the_outer_quantiles_and_a_negative_correction_shrinks_them
     assert out.tolist() == pytest.approx([0.0, 1.5, 2.0, 2.5, 4.0])
 
 
-def test_a_shrinking_correction_never_moves_the_point_forecast_or_the_inner_quantiles():
+def test_a_shrinking_correction_is_rearranged_and_the_point_forecast_is_kept_apart():
     # the trial's case: quantiles 0.1 / 0.3 / 0.5 / 0.9 and levels 0.5 / 0.8 / 0.9, with CQR corrections that shrink
-    # the outer pair [0, 10] far past the median (5) and the model's q0.3 (4)
+    # the outer pair [0, 10] far past the median (5) and the model's q0.3 (4): the columns are the sorted values
+    # (monotone rearrangement); the model's own point forecast is carried apart by predict_step (tested end to end
+    # in test_quickstart_conformal_coverage_on_the_test_split: `prediction` equals the uncalibrated model's)
     cal = Calibration([0.5, 0.8, 0.9], "cqr", [0.1, 0.3, 0.5, 0.9], "step", [], [[[-4.8]], [[-4.5]], [[-3.0]]],
                       [[99]], [[0]])  # fmt: skip
     out = cal.apply(torch.tensor([0.0, 4.0, 5.0, 10.0]).reshape(1, 1, 1, 4), torch.zeros(1, 1))[0, 0, 0]
     assert cal.output_levels == [0.05, 0.1, 0.25, 0.3, 0.5, 0.75, 0.9, 0.95]
-    got = dict(zip(cal.output_levels, out.tolist(), strict=True))
-    assert got[0.5] == 5.0 and got[0.3] == 4.0  # the point forecast and the model's inner quantile stay
-    # bounds widened only to the next inner level: 0.25 (4.8 shrunk) -> q0.3's 4; 0.75 (5.2) stays; 0.1 (4.5) -> 4;
-    # 0.9 (5.5) stays; 0.05 (3.0) stays, 0.95 (7.0) stays
-    assert out.tolist() == pytest.approx([3.0, 4.0, 4.0, 4.0, 5.0, 5.2, 5.5, 7.0])
-    assert torch.all(out[1:] >= out[:-1])
+    # 0.05: 0 + 3 = 3, 0.1: 4.5, 0.25: 4.8, 0.3: 4, 0.5: 5, 0.75: 10 - 4.8 = 5.2, 0.9: 5.5, 0.95: 7, sorted
+    assert out.tolist() == pytest.approx([3.0, 4.0, 4.5, 4.8, 5.0, 5.2, 5.5, 7.0])
 
 
 def test_offset_buckets_have_equal_counts_and_the_last_is_open():
@@ -232,6 +230,11 @@ def test_quickstart_conformal_coverage_on_the_test_split(tmp_path, capsys, extra
     assert main(["predict", f"--ckpt_path={out}", f"--data.path={rows}", f"--run_dir={tmp_path / 'p'}"]) == 0
     got = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
     assert {"q0.05", "q0.1", "q0.9", "q0.95"} <= set(got.columns)
+    # `prediction` is the model's own point forecast, calibrated or not (the trial found it moved by the rearrangement)
+    assert main(["predict", f"--ckpt_path={ckpt}", f"--data.path={rows}", f"--run_dir={tmp_path / 'p0'}"]) == 0
+    plain = pl.read_parquet(tmp_path / "p0" / "predictions.parquet")
+    keys = ["series", "time", "variable"]
+    assert got.sort(keys)["prediction"].equals(plain.sort(keys)["prediction"])
     # the test windows of the training data (the LightningCLI's predict and its Parquet writer)
     config = ckpt.parent.parent / "config.yaml"
     assert main(["predict", f"--config={config}", f"--ckpt_path={out}", "--predict_windows=test",

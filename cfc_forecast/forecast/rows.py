@@ -150,6 +150,8 @@ def sorted_frame(outputs: list[dict[str, torch.Tensor]], chunk: Chunk, quantiles
     by_name = sorted(range(len(names)), key=names.__getitem__)
     cat = {k: v[torch.from_numpy(order)] for k, v in cat.items()}
     cat["prediction"] = cat["prediction"][:, :, by_name]  # (W, K, C, Q)
+    if "point" in cat:  # a calibrated model's own point forecast, (W, K, C)
+        cat["point"] = cat["point"][:, :, by_name]
     frame = forecast_frame([cat], replace(chunk, target_names=[names[i] for i in by_name]), quantiles)
     times, mask = cat["time"].numpy(), cat["mask"].numpy()  # (W, K): real queries come first
     increasing = bool((np.diff(times, axis=1) > 0)[mask[:, 1:]].all())

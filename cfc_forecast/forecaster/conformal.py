@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from cfc_forecast.errors import UserError
-from cfc_forecast.forecaster.losses import point_index
 
 OWN, VARIABLE, ALL = 0, 1, 2  # where a cell's scores come from
 
@@ -116,9 +115,8 @@ class Calibration:
     def apply(self, pred: Tensor, query_t: Tensor) -> Tensor:
         """Scaled forecasts (B, K, C, Q) -> (B, K, C, len(output_levels)) scaled, the intervals' bounds among them.
 
-        ``query_t`` (B, K): the query offsets (time units). The outputs are monotone along the last dimension, the
-        point forecast unchanged (:meth:`_combine`): a CQR correction that shrinks an interval can never put its
-        bound past the median or an inner quantile of the model.
+        ``query_t`` (B, K): the query offsets (time units). The outputs are sorted along the last dimension
+        (:meth:`_combine`); the model's own point forecast is not among them (it is ``pred``'s, unchanged).
         """
         if pred.dim() != 4 or query_t.shape != pred.shape[:2]:
             raise ValueError(f"pred must be (B, K, C, Q) and query_t (B, K), got {tuple(pred.shape)}, "
@@ -132,30 +130,20 @@ class Calibration:
         return self._combine(pred, qhat[:, bucket.clamp(max=self.n_buckets - 1), variable])  # qhat (L, N)
 
     def _combine(self, pred: Tensor, qhat: Tensor) -> Tensor:
-        """The model's outputs with the calibrated bounds among them, made monotone outward from the point forecast.
-
-        The point forecast (the model's output nearest the median, as ``prediction`` is chosen) never changes. Going
-        outward from it, each level below is the minimum of its own value and the next inner one, each level above
-        the maximum: so a calibrated bound that a CQR correction shrank past an inner quantile (or the median) is
-        widened to it, and the model's own quantiles inside the calibrated bounds keep their values. Bounds only
-        ever widen, so coverage stays at least the calibrated level.
-        """
+        """The model's outputs with the calibrated bounds among them, sorted per forecast (the monotone
+        rearrangement of Chernozhukov, Fernández-Val and Galichon 2010, as the model's own quantiles are): a CQR
+        correction that shrinks an interval past its centre turns the inverted pair into the interval between them.
+        The column named for a quantile then holds the rearranged value, so the model's point forecast is carried
+        apart (``ForecastModule.predict_step``'s ``point``): ``prediction`` never changes with calibration."""
         if self.method == "cqr":
             lo, hi = pred[..., 0], pred[..., -1]
-            own = list(self.quantiles or [])
-            values = dict(zip(own, pred.unbind(-1), strict=True))
+            values = dict(zip(self.quantiles or [], pred.unbind(-1), strict=True))
         else:
             lo = hi = pred[..., 0]
-            own, values = [0.5], {0.5: lo}
+            values = {0.5: lo}
         for (a, b), q in zip(interval_bounds(self.levels), qhat.unbind(0), strict=True):
             values[a], values[b] = lo - q, hi + q
-        levels = self.output_levels
-        centre = levels.index(own[point_index(own)])
-        for i in range(centre + 1, len(levels)):  # above the point forecast: never below the next inner level
-            values[levels[i]] = torch.maximum(values[levels[i]], values[levels[i - 1]])
-        for i in range(centre - 1, -1, -1):  # below it: never above the next inner level
-            values[levels[i]] = torch.minimum(values[levels[i]], values[levels[i + 1]])
-        return torch.stack([values[lv] for lv in levels], dim=-1)
+        return torch.stack([values[lv] for lv in self.output_levels], dim=-1).sort(dim=-1).values
 
     def to_dict(self) -> dict:
         """Plain values for a checkpoint (``checkpoint["conformal"]``)."""

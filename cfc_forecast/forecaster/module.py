@@ -414,10 +414,14 @@ class ForecastModule(L.LightningModule):
         Returns:
             ``prediction`` (B, K, C, Q) float64 in original units (Q quantiles, or 1); ``time`` (B, K) float64
             absolute target times (for the per-step head: the time of the step each forecast is made at);
-            ``mask`` (B, K) bool real queries; ``series`` (B,); ``origin`` (B,) absolute origin times.
+            ``mask`` (B, K) bool real queries; ``series`` (B,); ``origin`` (B,) absolute origin times; for a
+            calibrated model also ``point`` (B, K, C): the model's own point forecast, the ``prediction`` column
+            (the calibrated outputs are sorted per forecast, so the column of a level holds the rearranged value).
         """
         pred = self(batch)
+        point = None
         if self.conformal is not None and self.head_name != "step":
+            point = batch.to_original_units(pred[..., self.point : self.point + 1])[..., 0]  # the model's own
             pred = self.conformal.apply(pred, batch.query_t)
         values = batch.to_original_units(pred)
         if self.head_name == "step":
@@ -430,13 +434,16 @@ class ForecastModule(L.LightningModule):
             # keeps stale absolute times: they are not used)
             same = (absolute - time).abs() <= 1e-6 * (1.0 + rel.double().abs())
             time = absolute.where(same, time)
-        return {
+        out = {
             "prediction": values,
             "time": time,
             "mask": mask,
             "series": batch.series,
             "origin": batch.origin,
         }
+        if point is not None:
+            out["point"] = point
+        return out
 
     def configure_optimizers(self) -> dict[str, Any]:
         h, trainer = self.hparams, self.trainer
