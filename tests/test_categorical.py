@@ -309,3 +309,34 @@ def test_a_checkpoint_without_the_categorical_state_still_forecasts(tmp_path):
     torch.save(ckpt, tmp_path / "old.ckpt")
     new, old = forecast_rows(tmp_path / "new.ckpt", frame), forecast_rows(tmp_path / "old.ckpt", frame)
     assert new.height == 16 and new.equals(old)
+
+
+def test_a_failed_command_leaves_the_run_folder_config_and_a_test_keeps_the_training_one(fitted, tmp_path, capsys):
+    # a refused test in a training run's folder rewrote its config.yaml (data.path: other.csv): the next test
+    # --config run/config.yaml was refused too
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted["root"] / "run", run, ignore=shutil.ignore_patterns(".lock"))
+    config, run_json = (run / "config.yaml").read_bytes(), (run / "run.json").read_bytes()
+    other = tmp_path / "other.csv"
+    stores().with_columns(pl.col("weather").replace({"Sun": "Sunny"})).write_csv(other)
+    ckpt = f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    args = ["test", ckpt, f"--config={run / 'config.yaml'}", f"--run_dir={run}"]
+    assert main([*args, f"--data.path={other}"]) == 2
+    assert "training labels" in capsys.readouterr().err
+    assert (run / "config.yaml").read_bytes() == config and (run / "run.json").read_bytes() == run_json
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+    # a test that passes writes its config beside the training one, which stays config.yaml
+    assert main(args) == 0
+    assert (run / "config.yaml").read_bytes() == config
+    history = json.loads((run / "run.json").read_text())["history"]
+    assert [(h["subcommand"], h["config"]) for h in history[1:]] == [("test", "config.2.yaml")]
+    assert (run / "config.2.yaml").is_file()
+    # fit --resume reads the training config.yaml; the earlier one is kept under its own entry's number
+    assert main(["fit", "--resume", str(run), "--trainer.max_epochs=2"]) == 0
+    history = json.loads((run / "run.json").read_text())["history"]
+    assert [(h["subcommand"], h["config"]) for h in history] == [
+        ("fit", "config.1.yaml"), ("test", "config.2.yaml"), ("fit", "config.yaml")
+    ]  # fmt: skip
+    assert (run / "config.1.yaml").read_bytes() == config
