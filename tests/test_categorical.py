@@ -161,7 +161,7 @@ def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding
     code 0 put in by hand, and is counted; changing a future weather changes the forecast at that time only."""
     result = forecast_report(fitted["ckpt"], fitted["rows"])
     assert result.unseen == {"weather": {"values": 1, "examples": ["Snow"]}}
-    assert any("'weather': 1 values of categories unseen in training" in n for n in result.notes)
+    assert any("'weather': 1 value of categories unseen in training" in n for n in result.notes)
     assert result.frame.height == 8 and result.frame["origin_time"].unique().to_list() == [N_HIST - 1]
     model, trained = load(fitted["ckpt"])
     chunk = prepare(fitted["rows"], trained, Options())
@@ -191,14 +191,14 @@ def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding
     assert inside.frame.height == 8 and inside.skipped.height == 0 and inside.unseen == {}
     with caplog.at_level("WARNING", logger="cfc_forecast.forecast.rows"):  # forecast_rows says it too
         forecast_rows(fitted["ckpt"], fitted["rows"])
-    assert "'weather': 1 values of categories unseen in training, read as 'unknown' (e.g. ['Snow'])" in caplog.text
+    assert "'weather': 1 value of categories unseen in training, read as 'unknown' (e.g. ['Snow'])" in caplog.text
 
 
 def test_predict_and_the_batch_job_with_static_and_known_future_categoricals(fitted, tmp_path, capsys):
     assert main(["predict", f"--ckpt_path={fitted['ckpt']}", f"--data.path={fitted['new']}",
                  f"--run_dir={tmp_path / 'p'}"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "series forecast: 4 of 4" in out and "'weather': 1 values of categories unseen in training" in out
+    assert "series forecast: 4 of 4" in out and "'weather': 1 value of categories unseen in training" in out
     predicted = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
     assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(fitted["new"]), "--output",
                      str(tmp_path / "job"), "--progress=false"]) == 0  # fmt: skip
@@ -340,3 +340,69 @@ def test_a_failed_command_leaves_the_run_folder_config_and_a_test_keeps_the_trai
         ("fit", "config.1.yaml"), ("test", "config.2.yaml"), ("fit", "config.yaml")
     ]  # fmt: skip
     assert (run / "config.1.yaml").read_bytes() == config
+
+
+def test_empty_labels_never_seen_in_training_are_counted_on_every_path(fitted, tmp_path, capsys, caplog):
+    """Training had no empty weather: three empty future weathers (B's two, C's first) read the untrained 'missing'
+    embedding: counted beside the unseen "Snow" in Forecasts.unseen, the notes, forecast_rows' warning, predict's
+    summary and the batch job's ``unseen_categories``; the forecast equals the one with code MISSING put in."""
+    model, trained = load(fitted["ckpt"])
+    assert trained.missing_in_training == []  # recorded in the checkpoint
+    empty = ((pl.col("store") == "B") & (pl.col("time") >= N_HIST)) | ((pl.col("store") == "C") & (pl.col("time") == N_HIST))  # noqa: E501
+    rows = fitted["rows"].with_columns(pl.when(empty).then(None).otherwise("weather").alias("weather"))
+    result = forecast_report(fitted["ckpt"], rows)
+    assert result.unseen == {"weather": {"values": 1, "examples": ["Snow"], "empty": 3}}
+    note = "categorical column 'weather': 3 empty values, a category never seen in training, read as 'missing' (untrained)"
+    assert note in result.notes and result.frame.height == 8
+    chunk = prepare(rows, trained, Options())
+    batch = chunk.dataset.collate(list(range(len(chunk.dataset))))
+    b = int(np.flatnonzero(chunk.series_ids.gather(batch.series.numpy()).to_numpy() == "B")[0])
+    assert batch.future_cat[b, :, 0].tolist() == [MISSING, MISSING]
+    with torch.no_grad():
+        out = model(batch)
+    got = result.frame.filter(pl.col("series") == "B").sort("time")["prediction"].to_numpy()
+    want = (out[b, :, 0, 0].double() * batch.target_scale[b, 0] + batch.target_loc[b, 0]).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    with caplog.at_level("WARNING", logger="cfc_forecast.forecast.rows"):
+        forecast_rows(fitted["ckpt"], rows)
+    assert note in caplog.text
+    rows.write_csv(tmp_path / "empty.csv")
+    assert main(["predict", f"--ckpt_path={fitted['ckpt']}", f"--data.path={tmp_path / 'empty.csv'}",
+                 f"--run_dir={tmp_path / 'p'}"]) == 0  # fmt: skip
+    assert note in capsys.readouterr().out
+    assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(tmp_path / "empty.csv"), "--output",
+                     f"{tmp_path / 'job'}/", "--chunk_size=1", "--progress=false"]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "job" / "manifest.json").read_text())["summary"]
+    assert summary["unseen_categories"] == {"weather": {"values": 1, "examples": ["Snow"], "empty": 3}}
+    assert note in summary["notes"]
+    # a skipped series: the summary names <output>/skipped_series.csv with one slash, the output given with a '/'
+    gap = fitted["rows"].filter(~((pl.col("store") == "B") & (pl.col("time") == N_HIST)))
+    gap.write_csv(tmp_path / "gap.csv")
+    capsys.readouterr()
+    assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(tmp_path / "gap.csv"), "--output",
+                     f"{tmp_path / 'gap'}/", "--progress=false"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"series skipped: 1 (see {tmp_path / 'gap' / 'skipped_series.csv'})" in out and "//" not in out
+    # a column that had empty values in training is not reported
+    trained.missing_in_training = ["weather"]
+    assert prepare(rows, trained, Options()).unseen == {"weather": {"values": 1, "examples": ["Snow"]}}
+
+
+def test_a_number_written_otherwise_than_a_training_label_gets_a_hint():
+    from cfc_forecast.forecast.rows import unseen_notes
+    from datamodules.categories import label_hint, unseen
+
+    vocab = ["1", "2", "10"]
+    labels = pl.Series(["1.0", "2", "1.0", "7"], dtype=pl.String)
+    assert unseen(labels, vocab) == (3, ["1.0", "7"])
+    hint = label_hint(["1.0", "7"], vocab)
+    assert hint == "'1.0' looks like '1' of the training labels: write integers without a decimal point (labels " \
+                   "are compared as text)"  # fmt: skip
+    assert label_hint(["7", "x"], vocab) is None
+    assert label_hint(["2"], ["2.0"]) == "'2' looks like '2.0' of the training labels: write them as training did " \
+                                         "(labels are compared as text)"  # fmt: skip
+    notes = unseen_notes({"c": {"values": 1, "examples": ["1.0"], "hint": hint}, "d": {"values": 2, "examples": ["x"]}})
+    assert notes == [
+        f"categorical column 'c': 1 value of categories unseen in training, read as 'unknown' (e.g. ['1.0']); {hint}",
+        "categorical column 'd': 2 values of categories unseen in training, read as 'unknown' (e.g. ['x'])",
+    ]
