@@ -348,11 +348,13 @@ def test_empty_labels_never_seen_in_training_are_counted_on_every_path(fitted, t
     summary and the batch job's ``unseen_categories``; the forecast equals the one with code MISSING put in."""
     model, trained = load(fitted["ckpt"])
     assert trained.missing_in_training == []  # recorded in the checkpoint
-    empty = ((pl.col("store") == "B") & (pl.col("time") >= N_HIST)) | ((pl.col("store") == "C") & (pl.col("time") == N_HIST))  # noqa: E501
+    b_future, c_first = pl.col("time") >= N_HIST, pl.col("time") == N_HIST
+    empty = ((pl.col("store") == "B") & b_future) | ((pl.col("store") == "C") & c_first)
     rows = fitted["rows"].with_columns(pl.when(empty).then(None).otherwise("weather").alias("weather"))
     result = forecast_report(fitted["ckpt"], rows)
     assert result.unseen == {"weather": {"values": 1, "examples": ["Snow"], "empty": 3}}
-    note = "categorical column 'weather': 3 empty values, a category never seen in training, read as 'missing' (untrained)"
+    note = "categorical column 'weather': 3 empty values, a category never seen in training, read as 'missing' "
+    note += "(untrained)"
     assert note in result.notes and result.frame.height == 8
     chunk = prepare(rows, trained, Options())
     batch = chunk.dataset.collate(list(range(len(chunk.dataset))))

@@ -24,10 +24,10 @@ from cfc_forecast.forecast.covariates import (
     future_inputs,
     history_end,
     no_row_reasons,
-    untrained_empty,
-    with_empty,
     query_rows,
     static_values,
+    untrained_empty,
+    with_empty,
 )
 from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.build import _first_dt
