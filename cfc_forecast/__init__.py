@@ -11,6 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 _PUBLIC = {
+    "Batch": "cfc_forecast.batch",
     "CfCCell": "cfc_forecast.core.cell",
     "CfCEncoder": "cfc_forecast.core.encoder",
     "LSTMMemoryCell": "cfc_forecast.core.memory",

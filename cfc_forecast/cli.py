@@ -49,12 +49,12 @@ from cfc_forecast.resume import ApplyChanges, config_files, resolve_last, resume
 from cfc_forecast.runs import (
     RUN_DIR_ENV,
     AppendingCSVLogger,
+    ConfigRecord,
     FolderLock,
     ForgetUnsavedRows,
     compare_with_baselines,
     has_results,
     is_global_zero,
-    keep_previous_config,
     new_run_dir,
     record_run,
 )
@@ -79,21 +79,26 @@ LINKS = {
 
 
 class RunRecord(SaveConfigCallback):
-    """Saves the resolved config to the run directory (an earlier one is kept as ``config.<n>.yaml``), and adds this
-    command to ``run.json`` (seed, versions, what a fit resumed from and the values it changed)."""
+    """Saves the resolved config to the run directory (``config.yaml`` for a fit, where an earlier one is kept as
+    ``config.<n>.yaml``; ``config.<n>.yaml`` for another command in a folder that holds one: ``ConfigRecord``), and
+    adds this command to ``run.json`` (seed, versions, its config file, what a fit resumed from and the values it
+    changed). ``record`` puts both back when the command fails (``ForecastCLI``)."""
 
     def __init__(self, *args: Any, event: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.event = event or {}
+        self.record: ConfigRecord | None = None
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if not self.already_saved and trainer.is_global_zero:
-            keep_previous_config(Path(trainer.default_root_dir), self.config_filename)
+            self.record = ConfigRecord(Path(trainer.default_root_dir), stage)
+            self.config_filename = self.record.name
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         # rank 0 only: trainer.log_dir would broadcast and hang the other ranks; the CLI set default_root_dir
-        record_run(Path(trainer.default_root_dir), self.config.get("seed_everything"), stage, self.event)
+        seed = self.config.get("seed_everything")
+        record_run(Path(trainer.default_root_dir), seed, stage, self.event, self.record)
 
 
 class ForecastCLI(LightningCLI):
@@ -121,14 +126,22 @@ class ForecastCLI(LightningCLI):
                 run=run,
             )
         except BaseException:
-            # a failed command leaves no run folder of its own that holds nothing (a fit's checkpoints stay)
+            # a failed command leaves no run folder of its own that holds nothing (a fit's checkpoints stay), and
+            # in a folder that was there, config.yaml and run.json as they were (ConfigRecord.undo)
             made = self.created_run_dir and self.run_dir is not None and self.run_dir.is_dir()
             if made and not has_results(self.run_dir):
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+            elif not self.created_run_dir and self.run_dir is not None and self.run_dir.is_dir():
+                self._undo_config()
             raise
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    def _undo_config(self) -> None:
+        for callback in getattr(getattr(self, "trainer", None), "callbacks", []):
+            if isinstance(callback, RunRecord) and callback.record is not None:
+                callback.record.undo()
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:

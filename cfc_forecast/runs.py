@@ -2,7 +2,8 @@
 
 A run folder keeps its history: ``run.json`` lists every command run in it (``history``: argv, start time, the
 checkpoint a fit resumed from and the values it changed), ``metrics.csv`` is appended to (:class:`AppendingCSVLogger`),
-and an earlier ``config.yaml`` is kept as ``config.<n>.yaml`` (``n``: its entry in the history). One process at a
+and ``config.yaml`` stays the config of its latest fit (:class:`ConfigRecord`: other commands' configs and earlier ones
+are ``config.<n>.yaml``, ``n`` their entry in the history; a failed command puts both files back). One process at a
 time works in a folder: :class:`FolderLock` holds ``flock`` on ``<dir>/.lock`` (the kernel releases it when the
 process dies, even by SIGKILL).
 """
@@ -115,10 +116,17 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def record_run(run_dir: Path, seed: Any, subcommand: str, event: dict[str, Any] | None = None) -> None:
+def record_run(
+    run_dir: Path,
+    seed: Any,
+    subcommand: str,
+    event: dict[str, Any] | None = None,
+    config: ConfigRecord | None = None,
+) -> None:
     """Add this command to ``run.json``: seed, versions of Python, torch, lightning and cfc-forecast, the command
-    line; ``event`` (what a fit resumed from, the values it changed) goes into its ``history`` entry. The entries of
-    earlier commands in the folder are kept."""
+    line; ``event`` (what a fit resumed from, the values it changed) goes into its ``history`` entry, with the file
+    its config went to (``config``, a :class:`ConfigRecord`). The entries of earlier commands in the folder are kept
+    (the one whose ``config.yaml`` this command kept as ``config.<n>.yaml`` names that file)."""
     path = run_dir / "run.json"
     entry = {"subcommand": subcommand, "started": _now(), "argv": sys.argv, **(event or {})}
     try:
@@ -126,6 +134,9 @@ def record_run(run_dir: Path, seed: Any, subcommand: str, event: dict[str, Any] 
     except (OSError, ValueError):
         info = {}
     history = info.get("history", [])
+    if config is not None:
+        history = config.history_entries(list(history))
+        entry["config"] = config.name
     info = {
         "subcommand": info.get("subcommand", subcommand),
         "seed": info.get("seed", seed),
@@ -142,20 +153,79 @@ def record_run(run_dir: Path, seed: Any, subcommand: str, event: dict[str, Any] 
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(info, indent=2, default=str) + "\n"))
 
 
-def keep_previous_config(run_dir: Path, name: str = "config.yaml") -> None:
-    """Rename an existing ``config.yaml`` to ``config.<n>.yaml`` (``n``: the history entry that wrote it)."""
-    path = run_dir / name
-    if not path.is_file():
-        return
+def _history(run_dir: Path) -> list[dict[str, Any]]:
     try:
-        n = len(json.loads((run_dir / "run.json").read_text()).get("history", []))
-    except (OSError, ValueError):
-        n = 0
-    target = run_dir / f"config.{max(n, 1)}.yaml"
-    while target.exists():
-        n += 1
-        target = run_dir / f"config.{n}.yaml"
-    os.replace(path, target)
+        return list(json.loads((run_dir / "run.json").read_text()).get("history", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+class ConfigRecord:
+    """Where a command's resolved config goes in a run folder, and how a failed command puts the folder back.
+
+    ``config.yaml`` is the config of the folder's latest *fit* (or of its first command): the one ``fit --resume``
+    and ``backtest --config`` read. A fit in a folder that holds one keeps the earlier file as ``config.<n>.yaml``
+    (``n``: the ``run.json`` history entry that wrote it); any other command (validate, test, predict) there writes
+    its own config as ``config.<n>.yaml`` (``n``: its own entry) and leaves ``config.yaml`` alone. Every history entry
+    names its file (``"config"``).
+
+    :meth:`undo` (a command that failed, by a user error or a crash) puts ``config.yaml`` and ``run.json`` back as
+    they were, by renames (``os.replace``, atomic), unless the command already wrote a checkpoint: those weights were
+    trained with the new config, which then stays with them.
+
+    Args:
+        run_dir: the run folder. subcommand: fit, validate, test or predict.
+    """
+
+    def __init__(self, run_dir: Path, subcommand: str) -> None:
+        self.run_dir = run_dir
+        self.history = _history(run_dir)
+        self.run_json = (run_dir / "run.json").read_bytes() if (run_dir / "run.json").is_file() else None
+        self.checkpoints = self._checkpoints()
+        self.kept: Path | None = None
+        current = run_dir / "config.yaml"
+        if subcommand != "fit" and current.is_file():
+            self.name = self._free(len(self.history) + 1)
+        else:
+            self.name = "config.yaml"
+            if current.is_file():
+                # the entry that wrote config.yaml: the last one that names it (entries before this field: the last)
+                n = max((i for i, h in enumerate(self.history, 1) if h.get("config", "config.yaml") == "config.yaml"),
+                        default=len(self.history))  # fmt: skip
+                self.kept = run_dir / self._free(max(n, 1))
+                os.replace(current, self.kept)
+
+    def _free(self, n: int) -> str:
+        while (self.run_dir / f"config.{n}.yaml").exists():
+            n += 1
+        return f"config.{n}.yaml"
+
+    def _checkpoints(self) -> dict[str, int]:
+        folder = self.run_dir / "checkpoints"
+        return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.ckpt")} if folder.is_dir() else {}
+
+    def history_entries(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``entries`` (run.json's history) with the entry whose ``config.yaml`` this command kept renamed to it."""
+        if self.kept is None:
+            return entries
+        named = [i for i, h in enumerate(entries) if h.get("config", "config.yaml") == "config.yaml"]
+        if named:
+            entries[named[-1]] = {**entries[named[-1]], "config": self.kept.name}
+        return entries
+
+    def undo(self) -> None:
+        """Put ``config.yaml`` and ``run.json`` back as they were before this command (see the class docstring)."""
+        if self._checkpoints() != self.checkpoints:
+            return
+        written = self.run_dir / self.name
+        if self.kept is not None:
+            os.replace(self.kept, written)  # atomic: the earlier config.yaml over the failed command's
+        elif written.is_file():
+            written.unlink()
+        if self.run_json is None:
+            (self.run_dir / "run.json").unlink(missing_ok=True)
+        else:
+            atomic_write(self.run_dir / "run.json", lambda tmp: tmp.write_bytes(self.run_json))
 
 
 def has_results(run_dir: Path) -> bool:

@@ -449,7 +449,8 @@ class SeriesDataModule(L.LightningDataModule):
                 "scale": b.static_scaler.scale.tolist()},  # fmt: skip
             # plain lists of strings (safe for weights_only loads); absent from older checkpoints: none
             "categorical": {"inputs": r.cat_inputs, "static": r.cat_static, "known_future": r.cat_future,
-                            "vocabularies": {c: list(v) for c, v in b.vocabularies.items()}},  # fmt: skip
+                            "vocabularies": {c: list(v) for c, v in b.vocabularies.items()},
+                            "missing_in_training": list(b.missing_in_training)},  # fmt: skip
         }
 
     # -- datasets and loaders ---------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class Built:
     counts: dict[str, int]
     static_scaler: Scaler | None = None
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    missing_in_training: list[str] = field(default_factory=list)  # categorical columns with an empty training value
 
 
 def _note(counts: dict[str, int], reason: str, n: int) -> None:
@@ -210,7 +211,7 @@ def build(
     tg_cols = [dynamic.index(c) for c in roles.targets]
     loc, scale = scaler.columns(roles.targets)
     train_rows = SplitPlan(plan.bounds, plan.codes, "train").fit_rows(series, times)
-    vocab, codes, static_codes = _categories(frame, roles, table, train_rows, max_categories)
+    vocab, codes, static_codes, missing = _categories(frame, roles, table, train_rows, max_categories)
     cat_dyn = roles.cat_dynamic
     static, static_scaler = _static(frame, roles, n_series, table, plan, scaling, fit_mask, counts)
     tensors = SeriesTensors(
@@ -238,7 +239,7 @@ def build(
             f"no training window: {len(all_w)} windows in all from {n_series} series, none inside the training "
             "split; shorten lookback/horizon (or observe/forecast) or move the split cut-offs"
         )
-    return Built(tensors, windows, scaler, offsets, counts, static_scaler, vocab)
+    return Built(tensors, windows, scaler, offsets, counts, static_scaler, vocab, missing)
 
 
 def series_labels(frame: pl.DataFrame, column: str, ids: pl.Series) -> pl.Series:
@@ -260,23 +261,26 @@ def series_labels(frame: pl.DataFrame, column: str, ids: pl.Series) -> pl.Series
 
 def _categories(
     frame: pl.DataFrame, roles: Roles, table: Table, train_rows: np.ndarray, cap: int
-) -> tuple[dict[str, list[str]], torch.Tensor | None, torch.Tensor | None]:
-    """Vocabularies (from the training rows; static ones from the training rows' series) and codes:
-    (N, len(cat_dynamic)) per row, (n_series, len(cat_static)) per series; None where a role has none."""
-    vocab, train = {}, frame.filter(pl.Series(train_rows))
+) -> tuple[dict[str, list[str]], torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """Vocabularies (from the training rows; static ones from the training rows' series), codes:
+    (N, len(cat_dynamic)) per row, (n_series, len(cat_static)) per series (None where a role has none), and the
+    columns with an empty value in training (the others' "missing" embedding is never trained)."""
+    vocab, train, missing = {}, frame.filter(pl.Series(train_rows)), []
     for c in roles.cat_dynamic:
         vocab[c] = vocabulary(train[c], c, cap)
+        missing += [c] if train[c].null_count() else []
     in_train = np.zeros(len(table.series_ids), dtype=bool)
     in_train[frame[SERIES].to_numpy()[train_rows]] = True
     static_labels = {c: series_labels(frame, c, table.series_ids) for c in roles.cat_static}
     for c, labels in static_labels.items():
         vocab[c] = vocabulary(labels.filter(pl.Series(in_train)), c, cap)
+        missing += [c] if labels.filter(pl.Series(in_train)).null_count() else []
     codes = static_codes = None
     if roles.cat_dynamic:
         codes = torch.from_numpy(np.stack([encode(frame[c], vocab[c]) for c in roles.cat_dynamic], axis=1))
     if roles.cat_static:
         static_codes = torch.from_numpy(np.stack([encode(v, vocab[c]) for c, v in static_labels.items()], axis=1))
-    return vocab, codes, static_codes
+    return vocab, codes, static_codes, missing
 
 
 def _future_rows(

@@ -4,9 +4,12 @@ A categorical column holds labels ("Clouds", "Rain"; integers count as labels to
 text. Its vocabulary is the sorted distinct labels of the TRAINING rows only (nothing seen in validation, test or at
 prediction time enters it: no leakage, and the same data always give the same codes). Codes:
 
-- 0 ``UNKNOWN``: a label not in the vocabulary (unseen in training); counted wherever it occurs at prediction time.
+- 0 ``UNKNOWN``: a label not in the vocabulary (unseen in training); counted wherever it occurs at prediction time,
+  with a hint where it is a number written otherwise than a training label (``"1.0"`` for ``"1"``: ``label_hint``).
 - 1 ``MISSING``: an empty cell (null or blank text). An empty category is a value of its own rather than a masked
   one: "no weather reported" may itself say something, and an embedding has no "last value" to carry forward.
+  Where training had no empty value in a column, its "missing" embedding is untrained: empty values at prediction
+  time are then counted and reported like unseen labels.
 - 2 + i: ``vocabulary[i]``.
 
 The vocabulary is a plain list of strings, so a checkpoint stores it safely for ``weights_only=True`` loads.
@@ -60,3 +63,23 @@ def unseen(labels: pl.Series, vocab: list[str]) -> tuple[int, list[str]]:
     given = labels.drop_nulls()
     bad = given.filter(~given.is_in(pl.Series(vocab, dtype=pl.String).implode()))
     return len(bad), sorted(bad.unique().to_list())[:5]
+
+
+def label_hint(examples: list[str], vocab: list[str]) -> str | None:
+    """A note for unseen labels that are numbers equal to a training label written otherwise (``"1.0"`` where
+    training had ``"1"``): labels are text, so they stay unseen; the note names the likely match. None if none."""
+    by_value: dict[float, str] = {}
+    for v in vocab:
+        try:
+            by_value.setdefault(float(v), v)
+        except ValueError:
+            continue
+    for label in examples:
+        try:
+            match = by_value.get(float(label))
+        except ValueError:
+            continue
+        if match is not None:
+            how = "write integers without a decimal point" if "." not in match else "write them as training did"
+            return f"{label!r} looks like {match!r} of the training labels: {how} (labels are compared as text)"
+    return None

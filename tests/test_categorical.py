@@ -96,6 +96,7 @@ def test_vocabulary_from_the_training_split_sorted_with_unknown_and_missing_code
     labels = frame.sort("store", "time")["weather"].to_list()
     assert codes[t == 90].tolist() == [UNKNOWN] * 4 and codes[t == 3].tolist() == [3] * 4
     assert codes[(t == 4)][0] == MISSING  # store A's blank cell
+    assert dm.state_dict()["preprocessing"]["categorical"]["missing_in_training"] == ["weather"]  # its embedding learned
     assert all(codes[i] == expect[w] for i, w in enumerate(labels) if w.strip() and t[i] not in (3, 4, 90))
     assert dm._built.tensors.static_codes[:, 0].tolist() == [3, 2, 3, 2]  # small, big, small, big
     # integers are labels, sorted as text
@@ -156,6 +157,7 @@ def test_checkpoint_holds_the_vocabulary_as_plain_lists(fitted):
     assert state["categorical"] == {
         "inputs": [], "static": ["store_type"], "known_future": ["weather"],
         "vocabularies": {"weather": ["Clouds", "Rain", "Sun"], "store_type": ["big", "small"]},
+        "missing_in_training": [],
     }  # fmt: skip
     assert ckpt["hyper_parameters"]["categorical_sizes"] == {"inputs": [], "static": [4], "known_future": [5]}
     assert set(state["static_scaler"]) == {"names", "loc", "scale"} and state["static_scaler"]["names"] == ["size"]
@@ -166,7 +168,7 @@ def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding
     code 0 put in by hand, and is counted; changing a future weather changes the forecast at that time only."""
     result = forecast_report(fitted["ckpt"], fitted["rows"])
     assert result.unseen == {"weather": {"values": 1, "examples": ["Snow"]}}
-    assert any("'weather': 1 values of categories unseen in training" in n for n in result.notes)
+    assert any("'weather': 1 value of categories unseen in training" in n for n in result.notes)
     assert result.frame.height == 8 and result.frame["origin_time"].unique().to_list() == [N_HIST - 1]
     model, trained = load(fitted["ckpt"])
     chunk = prepare(fitted["rows"], trained, Options())
@@ -196,14 +198,14 @@ def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding
     assert inside.frame.height == 8 and inside.skipped.height == 0 and inside.unseen == {}
     with caplog.at_level("WARNING", logger="cfc_forecast.forecast.rows"):  # forecast_rows says it too
         forecast_rows(fitted["ckpt"], fitted["rows"])
-    assert "'weather': 1 values of categories unseen in training, read as 'unknown' (e.g. ['Snow'])" in caplog.text
+    assert "'weather': 1 value of categories unseen in training, read as 'unknown' (e.g. ['Snow'])" in caplog.text
 
 
 def test_predict_and_the_batch_job_with_static_and_known_future_categoricals(fitted, tmp_path, capsys):
     assert main(["predict", f"--ckpt_path={fitted['ckpt']}", f"--data.path={fitted['new']}",
                  f"--run_dir={tmp_path / 'p'}"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "series forecast: 4 of 4" in out and "'weather': 1 values of categories unseen in training" in out
+    assert "series forecast: 4 of 4" in out and "'weather': 1 value of categories unseen in training" in out
     predicted = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
     assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(fitted["new"]), "--output",
                      str(tmp_path / "job"), "--progress=false"]) == 0  # fmt: skip
@@ -314,3 +316,102 @@ def test_a_checkpoint_without_the_categorical_state_still_forecasts(tmp_path):
     torch.save(ckpt, tmp_path / "old.ckpt")
     new, old = forecast_rows(tmp_path / "new.ckpt", frame), forecast_rows(tmp_path / "old.ckpt", frame)
     assert new.height == 16 and new.equals(old)
+
+
+def test_a_failed_command_leaves_the_run_folder_config_and_a_test_keeps_the_training_one(fitted, tmp_path, capsys):
+    # a refused test in a training run's folder rewrote its config.yaml (data.path: other.csv): the next test
+    # --config run/config.yaml was refused too
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted["root"] / "run", run, ignore=shutil.ignore_patterns(".lock"))
+    config, run_json = (run / "config.yaml").read_bytes(), (run / "run.json").read_bytes()
+    other = tmp_path / "other.csv"
+    stores().with_columns(pl.col("weather").replace({"Sun": "Sunny"})).write_csv(other)
+    ckpt = f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    args = ["test", ckpt, f"--config={run / 'config.yaml'}", f"--run_dir={run}"]
+    assert main([*args, f"--data.path={other}"]) == 2
+    assert "training labels" in capsys.readouterr().err
+    assert (run / "config.yaml").read_bytes() == config and (run / "run.json").read_bytes() == run_json
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+    # a test that passes writes its config beside the training one, which stays config.yaml
+    assert main(args) == 0
+    assert (run / "config.yaml").read_bytes() == config
+    history = json.loads((run / "run.json").read_text())["history"]
+    assert [(h["subcommand"], h["config"]) for h in history[1:]] == [("test", "config.2.yaml")]
+    assert (run / "config.2.yaml").is_file()
+    # fit --resume reads the training config.yaml; the earlier one is kept under its own entry's number
+    assert main(["fit", "--resume", str(run), "--trainer.max_epochs=2"]) == 0
+    history = json.loads((run / "run.json").read_text())["history"]
+    assert [(h["subcommand"], h["config"]) for h in history] == [
+        ("fit", "config.1.yaml"), ("test", "config.2.yaml"), ("fit", "config.yaml")
+    ]  # fmt: skip
+    assert (run / "config.1.yaml").read_bytes() == config
+
+
+def test_empty_labels_never_seen_in_training_are_counted_on_every_path(fitted, tmp_path, capsys, caplog):
+    """Training had no empty weather: three empty future weathers (B's two, C's first) read the untrained 'missing'
+    embedding: counted beside the unseen "Snow" in Forecasts.unseen, the notes, forecast_rows' warning, predict's
+    summary and the batch job's ``unseen_categories``; the forecast equals the one with code MISSING put in."""
+    model, trained = load(fitted["ckpt"])
+    assert trained.missing_in_training == []  # recorded in the checkpoint
+    b_future, c_first = pl.col("time") >= N_HIST, pl.col("time") == N_HIST
+    empty = ((pl.col("store") == "B") & b_future) | ((pl.col("store") == "C") & c_first)
+    rows = fitted["rows"].with_columns(pl.when(empty).then(None).otherwise("weather").alias("weather"))
+    result = forecast_report(fitted["ckpt"], rows)
+    assert result.unseen == {"weather": {"values": 1, "examples": ["Snow"], "empty": 3}}
+    note = "categorical column 'weather': 3 empty values, a category never seen in training, read as 'missing' "
+    note += "(untrained)"
+    assert note in result.notes and result.frame.height == 8
+    chunk = prepare(rows, trained, Options())
+    batch = chunk.dataset.collate(list(range(len(chunk.dataset))))
+    b = int(np.flatnonzero(chunk.series_ids.gather(batch.series.numpy()).to_numpy() == "B")[0])
+    assert batch.future_cat[b, :, 0].tolist() == [MISSING, MISSING]
+    with torch.no_grad():
+        out = model(batch)
+    got = result.frame.filter(pl.col("series") == "B").sort("time")["prediction"].to_numpy()
+    want = (out[b, :, 0, 0].double() * batch.target_scale[b, 0] + batch.target_loc[b, 0]).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    with caplog.at_level("WARNING", logger="cfc_forecast.forecast.rows"):
+        forecast_rows(fitted["ckpt"], rows)
+    assert note in caplog.text
+    rows.write_csv(tmp_path / "empty.csv")
+    assert main(["predict", f"--ckpt_path={fitted['ckpt']}", f"--data.path={tmp_path / 'empty.csv'}",
+                 f"--run_dir={tmp_path / 'p'}"]) == 0  # fmt: skip
+    assert note in capsys.readouterr().out
+    assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(tmp_path / "empty.csv"), "--output",
+                     f"{tmp_path / 'job'}/", "--chunk_size=1", "--progress=false"]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "job" / "manifest.json").read_text())["summary"]
+    assert summary["unseen_categories"] == {"weather": {"values": 1, "examples": ["Snow"], "empty": 3}}
+    assert note in summary["notes"]
+    # a skipped series: the summary names <output>/skipped_series.csv with one slash, the output given with a '/'
+    gap = fitted["rows"].filter(~((pl.col("store") == "B") & (pl.col("time") == N_HIST)))
+    gap.write_csv(tmp_path / "gap.csv")
+    capsys.readouterr()
+    assert job_main(["--ckpt_path", str(fitted["ckpt"]), "--input", str(tmp_path / "gap.csv"), "--output",
+                     f"{tmp_path / 'gap'}/", "--progress=false"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"series skipped: 1 (see {tmp_path / 'gap' / 'skipped_series.csv'})" in out and "//" not in out
+    # a column that had empty values in training is not reported
+    trained.missing_in_training = ["weather"]
+    assert prepare(rows, trained, Options()).unseen == {"weather": {"values": 1, "examples": ["Snow"]}}
+
+
+def test_a_number_written_otherwise_than_a_training_label_gets_a_hint():
+    from cfc_forecast.forecast.rows import unseen_notes
+    from datamodules.categories import label_hint, unseen
+
+    vocab = ["1", "2", "10"]
+    labels = pl.Series(["1.0", "2", "1.0", "7"], dtype=pl.String)
+    assert unseen(labels, vocab) == (3, ["1.0", "7"])
+    hint = label_hint(["1.0", "7"], vocab)
+    assert hint == "'1.0' looks like '1' of the training labels: write integers without a decimal point (labels " \
+                   "are compared as text)"  # fmt: skip
+    assert label_hint(["7", "x"], vocab) is None
+    assert label_hint(["2"], ["2.0"]) == "'2' looks like '2.0' of the training labels: write them as training did " \
+                                         "(labels are compared as text)"  # fmt: skip
+    notes = unseen_notes({"c": {"values": 1, "examples": ["1.0"], "hint": hint}, "d": {"values": 2, "examples": ["x"]}})
+    assert notes == [
+        f"categorical column 'c': 1 value of categories unseen in training, read as 'unknown' (e.g. ['1.0']); {hint}",
+        "categorical column 'd': 2 values of categories unseen in training, read as 'unknown' (e.g. ['x'])",
+    ]

@@ -196,3 +196,39 @@ def test_readme_recipe_runs_on_a_generated_csv(tmp_path, monkeypatch, capsys):
     assert main([*predict, f"--run_dir={tmp_path / 'pred'}"]) == 0
     frame = pl.read_parquet(tmp_path / "pred" / "predictions.parquet")
     assert set(frame["series"]) == {f"dev{d}" for d in range(4)} and set(frame["variable"]) == {"temp"}
+
+
+def python_example() -> str:
+    """The README's Python example (the block that builds a ``ForecastModule`` from a DataModule)."""
+    blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
+    (block,) = [b.split("```", 1)[0] for b in blocks if "ForecastModule(dm.n_inputs" in b]
+    return block
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_readme_python_example_runs_with_and_without_a_categorical_column(tmp_path, monkeypatch, categorical):
+    # the example passed no categorical_sizes: on a DataModule with a categorical column the model refused it
+    monkeypatch.chdir(tmp_path)
+    frame = pl.read_csv(readings_csv(tmp_path / "readings.csv", days=6))
+    code = python_example().replace("max_epochs=20", "max_epochs=1, enable_progress_bar=False, logger=False, "
+                                    "enable_checkpointing=False")  # fmt: skip
+    code = "\n".join(line for line in code.splitlines() if "runs/<run>" not in line)
+    if categorical:  # a past categorical input: the state of each reading
+        frame = frame.with_columns(state=pl.when(pl.col("temp") > 22).then(pl.lit("warm")).otherwise(pl.lit("cold")))
+        code = code.replace("predict_queries=[0.5, 3.25])", 'predict_queries=[0.5, 3.25], categorical=["state"])')
+        assert 'categorical=["state"]' in code
+    scope = {"frame": frame, "new_frame": frame}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert (scope["dm"].categorical_sizes is not None) == categorical
+    forecasts = scope["forecasts"]
+    assert set(forecasts["series"]) == {f"dev{d}" for d in range(4)} and forecasts["prediction"].is_finite().all()
+
+
+def test_every_top_level_name_the_readme_uses_exists():
+    # the README named cfc_forecast.Batch, which was not exported
+    import cfc_forecast
+    from cfc_forecast.batch import Batch
+
+    names = set(re.findall(r"\bcfc_forecast\.([A-Z]\w*)", (ROOT / "README.md").read_text()))
+    assert "Batch" in names and cfc_forecast.Batch is Batch and "Batch" in cfc_forecast.__all__
+    assert [n for n in sorted(names) if not hasattr(cfc_forecast, n)] == []

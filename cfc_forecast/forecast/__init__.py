@@ -15,6 +15,7 @@ line on stderr. A job stopped by anything (exit 3, a kill, a crash) resumes when
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal
 
 from jsonargparse import auto_cli
@@ -133,11 +134,11 @@ def print_summary(result: JobResult, output: str) -> None:
     lines = [
         f"series forecast: {s['series_forecast']} of {s['series_in_input']}",
         f"series skipped: {s['series_skipped']}"
-        + (f" (see {output}/skipped_series.csv)" if s["series_skipped"] else ""),
+        + (f" (see {Path(output) / 'skipped_series.csv'})" if s["series_skipped"] else ""),
     ]
     lines += [f"  {n:>8}  {reason}" for reason, n in s["skipped_by_reason"].items()]
     lines += [f"rows skipped: {n} {reason}" for reason, n in s["rows_skipped"].items()]
-    lines.append(f"files written: {s['files_written']} parts, {s['rows_written']} rows, in {output}")
+    lines.append(f"files written: {s['files_written']} parts, {s['rows_written']} rows, in {Path(output)}")
     lines += [f"note: {n}" for n in s["notes"]]
     if s["series_forecast"] == 0:
         lines.append("nothing could be forecast: exit status 1")

@@ -19,7 +19,7 @@ import torch
 
 from cfc_forecast.forecast.trained import Trained
 from datamodules.build import series_labels, static_matrix
-from datamodules.categories import MISSING, encode, unseen
+from datamodules.categories import MISSING, encode, label_hint, unseen
 from datamodules.dataset import SeriesTensors
 from datamodules.io import Table
 from datamodules.scaling import Scaler
@@ -31,7 +31,8 @@ TOLERANCE = 1e-6  # time units: a row "at" a query time
 
 def category_codes(table: Table, trained: Trained) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
     """Codes of the time-varying (N, Vc) and static (n_series, Sc) categorical columns with the training
-    vocabularies, and per column with labels unseen in training: ``{"values": n, "examples": first five}``."""
+    vocabularies, and per column with labels unseen in training: ``{"values": n, "examples": first five}``, with
+    ``"hint"`` where they look like a training label written otherwise (``categories.label_hint``)."""
     frame, ids, vocab = table.frame, table.series_ids, trained.vocabularies
     labels = {c: frame[c] for c in dict.fromkeys(trained.cat_inputs + trained.cat_future)}
     static = {c: series_labels(frame, c, ids) for c in trained.cat_static}
@@ -39,10 +40,37 @@ def category_codes(table: Table, trained: Trained) -> tuple[torch.Tensor | None,
     for c, values in (labels | static).items():
         n, examples = unseen(values, vocab[c])
         if n:
-            unseen_labels[c] = {"values": n, "examples": examples}
+            hint = label_hint(examples, vocab[c])
+            unseen_labels[c] = {"values": n, "examples": examples, **({"hint": hint} if hint else {})}
     stack = lambda cols: None if not cols else torch.from_numpy(  # noqa: E731
         np.stack([encode(v, vocab[c]) for c, v in cols.items()], axis=1))  # fmt: skip
     return stack(labels), stack(static), unseen_labels
+
+
+def untrained_empty(table: Table, trained: Trained, end: np.ndarray, offsets: np.ndarray) -> dict[str, int]:
+    """Per categorical column that had no empty value in training: how many empty values the model reads in it
+    (coded ``MISSING``, an embedding that was never trained). A past-only column counts each series' history rows
+    (up to ``end``, (n_series,) row index: the rows after it carry known-future values), a known-future column
+    every row, a static column each series without a label. Empty for checkpoints that do not record it."""
+    if trained.missing_in_training is None:
+        return {}
+    frame, trained_empty = table.frame, set(trained.missing_in_training)
+    in_history = np.arange(frame.height) <= np.repeat(end, np.diff(offsets))
+    counts = {}
+    for c in dict.fromkeys(trained.cat_inputs + trained.cat_future):
+        empty = frame[c].is_null().to_numpy() & (in_history | (c in trained.cat_future))
+        counts[c] = int(empty.sum())
+    for c in trained.cat_static:
+        counts[c] = series_labels(frame, c, table.series_ids).null_count()
+    return {c: n for c, n in counts.items() if n and c not in trained_empty}
+
+
+def with_empty(unseen_labels: dict[str, Any], empty: dict[str, int]) -> dict[str, Any]:
+    """``unseen_labels`` (``category_codes``) with ``"empty": n`` per column of ``untrained_empty``."""
+    out = {c: dict(u) for c, u in unseen_labels.items()}
+    for c, n in empty.items():
+        out.setdefault(c, {"values": 0, "examples": []})["empty"] = n
+    return out
 
 
 def static_values(table: Table, trained: Trained) -> torch.Tensor | None:

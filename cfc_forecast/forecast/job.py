@@ -188,6 +188,10 @@ class ForecastJob:
                 seen = unseen.setdefault(c, {"values": 0, "examples": []})
                 seen["values"] += u["values"]
                 seen["examples"] = sorted(set(seen["examples"]) | set(u["examples"]))[:5]
+                if u.get("hint") and not seen.get("hint"):
+                    seen["hint"] = u["hint"]
+                if u.get("empty"):
+                    seen["empty"] = seen.get("empty", 0) + u["empty"]
         n_forecast = sum(r["series_forecast"] for r in records.values())
         files = sorted(r["file"] for r in records.values() if r["file"])
         elapsed = time.perf_counter() - start

@@ -26,6 +26,8 @@ from cfc_forecast.forecast.covariates import (
     no_row_reasons,
     query_rows,
     static_values,
+    untrained_empty,
+    with_empty,
 )
 from cfc_forecast.forecast.trained import JobError, Trained
 from datamodules.build import _first_dt
@@ -63,7 +65,8 @@ class Chunk:
         row_counts: skipped rows by reason (rows with no value observed, ...). spacing: median spacing, time units.
         n_series: series in the chunk. n_forecast: series with at least one forecast window.
         unseen: per categorical column with labels unseen in training (coded unknown, ``datamodules.categories``):
-            ``{"values": how many, "examples": the first five, sorted}``.
+            ``{"values": how many, "examples": the first five, sorted}`` (+ ``"hint"``: a likely match), and
+            ``"empty": n`` where the column had no empty value in training (read as the untrained "missing").
     """
 
     dataset: WindowDataset | None
@@ -208,7 +211,7 @@ def _windows(table: Table, trained: Trained, options: Options, codec: TimeCodec)
     chunk = Chunk(dataset, table.series_ids, trained.targets, codec, skipped, dict(table.counts))
     chunk.spacing = float(np.median(step)) if len(step) else float("nan")
     chunk.n_forecast = len(np.unique(w.series))
-    chunk.unseen = unseen_labels
+    chunk.unseen = with_empty(unseen_labels, untrained_empty(table, trained, end, offsets))
     return chunk
 
 

@@ -44,7 +44,9 @@ class Forecasts:
         notes: things worth knowing that did not stop anything (ignored columns, an unusual spacing).
         row_counts: rows left out by reason (rows with nothing observed).
         unseen: per categorical column with labels unseen in training (forecast with the unknown embedding):
-            ``{"values": how many values, "examples": the first five labels}`` (also a line in ``notes``).
+            ``{"values": how many values, "examples": the first five labels}`` (+ ``"hint"``: a training label they
+            look like), and ``"empty": n`` where training had no empty value in the column (the untrained
+            "missing" embedding); each also a line in ``notes``.
     """
 
     frame: pl.DataFrame
@@ -57,12 +59,20 @@ class Forecasts:
 
 
 def unseen_notes(unseen: dict[str, Any]) -> list[str]:
-    """One note per categorical column with labels unseen in training."""
-    return [
-        f"categorical column {c!r}: {u['values']} values of categories unseen in training, read as 'unknown' "
-        f"(e.g. {u['examples']})"
-        for c, u in unseen.items()
-    ]
+    """The notes on categorical values unseen in training, per column: labels never seen (read as 'unknown', with
+    a hint at a likely match), and empty values where training had none (read as the untrained 'missing')."""
+    notes = []
+    for c, u in unseen.items():
+        n = u["values"]
+        if n:
+            hint = f"; {u['hint']}" if u.get("hint") else ""
+            notes.append(f"categorical column {c!r}: {n} {'value' if n == 1 else 'values'} of categories unseen in "
+                         f"training, read as 'unknown' (e.g. {u['examples']}){hint}")  # fmt: skip
+        if u.get("empty"):
+            k = u["empty"]
+            notes.append(f"categorical column {c!r}: {k} empty {'value' if k == 1 else 'values'}, a category never "
+                         "seen in training, read as 'missing' (untrained)")  # fmt: skip
+    return notes
 
 
 def load(source: Source, datamodule: Any = None) -> tuple[L.LightningModule, Trained]:

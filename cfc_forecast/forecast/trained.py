@@ -50,7 +50,8 @@ class Trained:
         time_zone: the training data's time zone (None: naive or numeric); prediction input is read in it.
         static: numeric static covariates; ``static_loc`` / ``static_scale`` (S,) their training scaler.
         known_future: numeric known-future variables (among ``variables``), read at the query times.
-        cat_inputs, cat_static, cat_future: categorical columns by role; ``vocabularies`` their training labels.
+        cat_inputs, cat_static, cat_future: categorical columns by role; ``vocabularies`` their training labels;
+            ``missing_in_training`` those with an empty training value (None: not recorded, older checkpoint).
     """
 
     inputs: list[str]
@@ -85,6 +86,9 @@ class Trained:
     cat_static: list[str] = field(default_factory=list)
     cat_future: list[str] = field(default_factory=list)
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    # categorical columns with an empty value in training (their "missing" embedding was trained); None: a
+    # checkpoint from before this was recorded
+    missing_in_training: list[str] | None = None
 
     @property
     def categorical(self) -> list[str]:
@@ -226,6 +230,7 @@ def contract(ckpt: dict[str, Any], label: str) -> Trained:
         cat_static=list(cat.get("static", [])),
         cat_future=list(cat.get("known_future", [])),
         vocabularies={c: [str(v) for v in labels] for c, labels in (cat.get("vocabularies") or {}).items()},
+        missing_in_training=None if "missing_in_training" not in cat else [str(c) for c in cat["missing_in_training"]],
     )
 
 
