@@ -59,7 +59,7 @@ def counts(frame: pl.DataFrame, skipped: pl.DataFrame, pairs: int) -> dict[str, 
     scored = model.filter(pl.col("actual").is_not_null())
     return {
         "series_origins": pairs,
-        "skipped": skipped.height,
+        "skipped": int(skipped["series"].is_not_null().sum()),  # a null series: rows without a series id
         "forecast": model.select("series", "origin_time").n_unique() if model.height else 0,
         "scored": scored.select("series", "origin_time").n_unique() if scored.height else 0,
         "scored_origins": scored["origin_time"].n_unique(),
@@ -70,7 +70,7 @@ def counts(frame: pl.DataFrame, skipped: pl.DataFrame, pairs: int) -> dict[str, 
 
 def summary_lines(tally: dict[str, Any], out: Path) -> list[str]:
     """``predict``'s lines on skipped series (per series and origin), for the closing summary."""
-    if not tally["skipped"]:
+    if not tally["skipped_by_reason"]:
         return []
     lines = [f"series skipped: {tally['skipped']} of {tally['series_origins']} (series, origin) (see {out / SKIPPED})"]
     return lines + [f"  {n:>8}  {reason}" for reason, n in tally["skipped_by_reason"].items()]
@@ -96,7 +96,7 @@ def refuse(tally: dict[str, Any], trained: Trained, out: Path) -> None:
     """
     if tally["scored"]:
         return
-    kept = f"the forecasts{' and ' + SKIPPED if tally['skipped'] else ''} are kept in {out}"
+    kept = f"the forecasts{' and ' + SKIPPED if tally['skipped_by_reason'] else ''} are kept in {out}"
     grid = (
         f"a {trained.head}-head model forecasts on its grid (origin + k x each series' spacing, about "
         f"{trained.median_step:.6g} {trained.time_unit}) and this data has no rows at those times; fit with "
