@@ -3,7 +3,8 @@ and the batch job all call these.
 
 - The format of text time stamps is inferred once, at training (``infer_time_format``; refused when the stamps can
   be read more than one way, or by no one format), stored in the checkpoint and reused (``parse_stamps``).
-- Local times given as arguments must exist, once, in the data's zone (``user_time``).
+- Local times given as arguments must exist, once, in the data's zone (``user_time``); times shown in messages are
+  written back in the data's own form (``shown_time``).
 - Files in several zones are read in one; zone-aware mixed with naive is refused (``harmonise_zones``).
 - A series spaced by whole days (or weeks) at one wall-clock time has *calendar spacing*: its forecasts fall on the
   same wall-clock time of later days across DST changes (``calendar_days``, ``calendar_offsets``); the default
@@ -186,6 +187,20 @@ def user_time(value: str | float, codec: TimeCodec, name: str) -> float:
     if codec.time_zone is not None and stamp.dtype.time_zone is None:
         stamp = localize(stamp, codec.time_zone, f"{name}={value!r}")
     return float(pl.select(codec.encode(pl.lit(stamp))).item())
+
+
+def shown_time(t: float, codec: TimeCodec) -> str:
+    """A float time of ``codec`` as a person reads it in a message: a date-time in the data's own format (naive
+    stamps read with a format text) or as ISO 8601 with its UTC offset (zoned stamps, whose offset makes a repeated
+    fall-back hour unambiguous); a number with at most 6 significant digits (18.998999999999995 -> '18.999'),
+    never in exponent form (1.7e9 -> '1700000000'). ``user_time`` reads every form back (numbers to 6 digits).
+    """
+    if not codec.is_datetime:
+        return np.format_float_positional(float(t), precision=6, unique=True, fractional=False, trim="-")
+    stamp = codec.decode(np.array([t]))
+    if codec.format and codec.time_zone is None:  # a chrono format (polars'), not Python's strftime
+        return stamp.dt.to_string(codec.format)[0]
+    return stamp[0].isoformat()
 
 
 def _iso(text: pl.Series) -> pl.Series:

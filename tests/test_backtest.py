@@ -8,8 +8,10 @@ the same checkpoint, the naive baseline with the last value before each origin, 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
@@ -163,7 +165,7 @@ def test_a_refit_backtest_equals_a_hand_made_sequence_of_fits(fitted):
     assert [f["seed"] for f in folds.values()] == [0, 0]
 
 
-def test_an_irregular_series_is_forecast_at_its_own_observed_times(tmp_path):
+def test_an_irregular_series_is_forecast_at_its_own_observed_times(tmp_path, capsys):
     """A continuous-time head is queried at each series' observed times after the origin: every observed target
     value in [origin, origin + forecast] is scored, none is resampled."""
     cfg = {
@@ -200,6 +202,16 @@ def test_an_irregular_series_is_forecast_at_its_own_observed_times(tmp_path):
         overall.filter(pl.col("forecaster") == "model")["n"].sum()
         == got.filter((pl.col("forecaster") == "model") & pl.col("actual").is_not_null()).height
     )
+    # refusals show numeric times with at most 6 significant digits, and name --horizon
+    args = ["backtest", f"--config={path}", f"--ckpt_path={ckpt}", f"--output={tmp_path / 'no'}"]
+    assert main([*args, "--n_windows=5", "--step=2.001"]) == 2
+    err = capsys.readouterr().err
+    assert "lies inside the checkpoint's train / validation range" in err, err
+    numbers = re.findall(r"(?:origin|starts at) (-?[0-9.]+)", err)
+    assert len(numbers) == 2 and all(len(n.replace(".", "").replace("-", "").lstrip("0")) <= 6 for n in numbers)
+    assert main([*args, "--n_windows=2", "--step=2", "--horizon=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--horizon must be a positive duration such as '6h'" in err, err
 
 
 def test_refit_every_k_origins_and_a_fold_killed_before_its_end_resumes(fitted):
@@ -243,6 +255,12 @@ def test_step_fit_args_and_horizon_leftovers(fitted, capsys):
     assert json.loads((out / "backtest.json").read_text())["warnings"] == [warned[0].split("warning: ")[1]]
     assert main([*base, "--step=1d", "--horizon=3h", f"--output={tmp / 'same'}"]) == 0
     assert "warning" not in capsys.readouterr().err
+    # a --horizon that is not a positive duration: one line naming it, nothing written
+    for horizon in (["--horizon=0"], ["--horizon=0h"], ["--horizon", "-2"], ["--horizon=-2h"]):
+        assert main([*base, "--step=1d", *horizon, f"--output={tmp / 'h0'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--horizon must be a positive duration such as '6h'" in err, err
+        assert not (tmp / "h0").exists()
 
 
 def test_a_failing_first_refit_fold_names_its_fold_origin_and_folder(fitted, capsys):
@@ -261,11 +279,121 @@ def test_a_calibrated_checkpoint_backtests_with_its_intervals(fitted, capsys):
     from cfc_forecast.calibrate import calibrate
 
     tmp, _, cfg, ckpt = fitted
-    calibrated = calibrate(str(ckpt), [0.8], config=str(cfg), output=str(tmp / "cal.ckpt"), min_scores=5).path
+    calibrated = calibrate(str(ckpt), [0.5, 0.8], config=str(cfg), output=str(tmp / "cal.ckpt"), min_scores=5).path
     out = tmp / "bt-cal"
     overall = backtest(str(cfg), n_windows=2, step="1d", output=str(out), ckpt_path=str(calibrated))
     got = pl.read_parquet(out / "forecasts.parquet").filter(pl.col("forecaster") == "model")
-    assert {"q0.1", "q0.5", "q0.9"} <= set(got.columns)
+    assert {"q0.1", "q0.25", "q0.5", "q0.75", "q0.9"} <= set(got.columns)
     assert (got["q0.1"] <= got["prediction"]).all() and (got["prediction"] <= got["q0.9"]).all()
-    model = overall.filter(pl.col("forecaster") == "model")
-    assert model["coverage"].is_not_null().all() and (model["width"] > 0).all()
+    # a coverage and a width per calibrated level, each by hand from the forecasts
+    model = overall.filter(pl.col("forecaster") == "model").row(0, named=True)
+    y = got["actual"].to_numpy()
+    for level, lo, hi in ((50, "q0.25", "q0.75"), (80, "q0.1", "q0.9")):
+        inside = (y >= got[lo].to_numpy()) & (y <= got[hi].to_numpy())
+        assert model[f"coverage_{level}"] == pytest.approx(inside.mean(), rel=1e-12)
+        assert model[f"width_{level}"] == pytest.approx((got[hi] - got[lo]).mean(), rel=1e-9)
+    assert model["width_80"] > model["width_50"] > 0
+    assert {"coverage_50", "width_50", "coverage_80", "width_80"} <= set(pl.read_csv(out / "metrics.csv").columns)
+    naive = overall.filter(pl.col("forecaster") == "naive")
+    assert naive["coverage_80"].is_null().all()  # a point forecast has no interval
+    assert "coverage" not in overall.columns
+
+
+def test_series_skipped_or_not_scored_at_some_origins_are_counted_and_warned(fitted, capsys):
+    """s1 has no rows before 30 Mar (skipped at the first two origins: too short), s2 none after 29 Mar 00:00 (its
+    last two origins' forecasts have no actual): 5 of the 9 (series, origin) pairs are scored."""
+    tmp, frame, _, ckpt = fitted
+    (tmp / "holes").mkdir()
+    holes = frame.filter(
+        ~((pl.col("id") == "s1") & (pl.col("t") < datetime(2026, 3, 30, tzinfo=ZoneInfo(ZONE))))
+        & ~((pl.col("id") == "s2") & (pl.col("t") >= datetime(2026, 3, 29, tzinfo=ZoneInfo(ZONE))))
+    )
+    holes.write_parquet(tmp / "holes" / "rows.parquet")
+    cfg = config(tmp / "holes", split_times=["2026-03-26 00:00", "2026-03-28 00:00"])
+    out = tmp / "bt-holes"
+    assert main(["backtest", f"--config={cfg}", "--n_windows=3", "--step=1d", f"--ckpt_path={ckpt}",
+                 f"--output={out}"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warned == [
+        "cfc-forecast backtest: warning: scored 5 of 9 (series, origin) pairs (3 of 3 origins, 3 "
+        "series): 2 skipped (skipped_series.csv), 2 forecast only at times without an observed value"
+    ]
+    skipped = pl.read_csv(out / "skipped_series.csv")
+    assert skipped["series"].to_list() == ["s1", "s1"]
+    assert skipped["reason"].to_list() == [
+        f"origin {o}: too short for the model's context: fewer than 8 rows before the origin"
+        for o in ("2026-03-28T20:00:00+01:00", "2026-03-29T20:00:00+02:00")
+    ]
+    assert f"series skipped: 2 of 9 (series, origin) (see {out / 'skipped_series.csv'})" in captured.out
+    assert "3 origins; 2 (series, origin) skipped (skipped_series.csv); 1 warning (backtest.json)" in captured.out
+    saved = json.loads((out / "backtest.json").read_text())
+    assert saved["warnings"] == [warned[0].split("warning: ")[1]]
+    assert {k: saved["counts"][k] for k in ("series_origins", "skipped", "forecast", "scored")} == {
+        "series_origins": 9, "skipped": 2, "forecast": 7, "scored": 5}  # fmt: skip
+
+
+def irregular(path: Path) -> None:
+    """Three series read every 30-90 minutes (never on a regular grid), with a categorical ``weather``."""
+    rng = np.random.default_rng(1)
+    parts = []
+    for s in range(3):
+        seconds = np.cumsum(rng.integers(1800, 5401, 300))
+        parts.append(pl.DataFrame({
+            "id": f"s{s}", "t": [datetime(2026, 1, 1) + timedelta(seconds=int(m)) for m in seconds],
+            "y": np.sin(seconds / 18000) + s, "weather": rng.choice(["sun", "rain"], len(seconds)),
+        }))  # fmt: skip
+    pl.concat(parts).write_csv(path)
+
+
+@pytest.mark.parametrize("future", [True, False], ids=["known_future", "numeric"])
+def test_a_grid_head_on_irregular_data_scores_nothing_and_is_refused(tmp_path, capsys, future):
+    """A direct head forecasts at origin + k x spacing; irregular rows are never there: with a known-future
+    covariate every series is skipped (no row at the query times), without one no forecast has an actual. Either
+    way the backtest says so and exits 2, keeping the forecasts and the skipped series."""
+    irregular(tmp_path / "rows.csv")
+    data = {"path": str(tmp_path / "rows.csv"), "inputs": ["y"]}
+    if future:
+        data |= {"known_future": ["weather"], "categorical": ["weather"]}
+    cfg = config(tmp_path, **data)
+    cli(["fit", f"--config={cfg}", f"--run_dir={tmp_path / 'run'}", "--trainer.limit_val_batches=1"])
+    out = tmp_path / "bt"
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert main(["backtest", f"--config={cfg}", "--n_windows=3", "--step=12h", f"--ckpt_path={ckpt}",
+                 f"--output={out}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cfc-forecast backtest: error: "), err
+    assert "a direct-head model forecasts on its grid (origin + k x each series' spacing" in err
+    assert "fit with --model.head continuous" in err and f"kept in {out}" in err
+    got = pl.read_parquet(out / "forecasts.parquet")
+    counts = json.loads((out / "backtest.json").read_text())["counts"]
+    assert not (out / "metrics.csv").exists()
+    if future:
+        assert err.startswith("cfc-forecast backtest: error: no series could be forecast at any origin (9 ")
+        skipped = pl.read_csv(out / "skipped_series.csv")
+        assert skipped.height == 9 and sorted(skipped["series"].unique()) == ["s0", "s1", "s2"]
+        assert skipped["reason"].str.contains("no row with the known-future covariates [weather]", literal=True).all()
+        assert skipped["reason"].str.contains(r"^origin 2026-01-\d\dT\d\d:\d\d:\d\d: ").all()  # as written
+        assert got.filter(pl.col("forecaster") == "model").height == 0
+        assert (counts["skipped"], counts["forecast"], counts["scored"]) == (9, 0, 0)
+    else:
+        assert "no forecast time has an observed value" in err
+        assert not (out / "skipped_series.csv").exists()
+        model = got.filter(pl.col("forecaster") == "model")
+        assert model.height == 3 * 3 * 3 and model["actual"].null_count() == model.height
+        assert (counts["skipped"], counts["forecast"], counts["scored"]) == (0, 9, 0)
+
+
+def test_times_in_messages_are_written_in_the_datas_own_form():
+    from datamodules.stamps import shown_time, user_time
+    from datamodules.timing import TimeCodec
+
+    numbers = TimeCodec("h", is_datetime=False)
+    assert [shown_time(t, numbers) for t in (18.998999999999995, 84.99915, 1.7e9 + 0.123, 3.0)] == [
+        "18.999", "84.9992", "1700000000", "3"]  # fmt: skip
+    t = datetime(2026, 3, 29, 20, tzinfo=ZoneInfo(ZONE)).timestamp() / 3600
+    assert shown_time(t, TimeCodec("h", True, ZONE)) == "2026-03-29T20:00:00+02:00"
+    formatted = TimeCodec("h", True, None, "%d/%m/%Y %H:%M")  # naive stamps read with a format: written with it
+    t = datetime(2026, 3, 29, 20, tzinfo=timezone.utc).timestamp() / 3600
+    assert shown_time(t, formatted) == "29/03/2026 20:00"
+    assert user_time(shown_time(t, formatted), formatted, "x") == pytest.approx(t, abs=1e-9)

@@ -190,7 +190,7 @@ def test_future_category_drives_the_forecast_and_unseen_is_the_unknown_embedding
     result = forecast_report(fitted["ckpt"], gap)
     assert result.skipped["series"].to_list() == ["B"]
     assert (
-        "no row with the known-future covariates [promo, weather] at a query time (first: 70.0)"
+        "no row with the known-future covariates [promo, weather] at a query time (first: 70)"
         in (result.skipped["reason"][0])
     )
     # from an origin inside the data (the backtest's way): the actual rows after it carry the future values

@@ -18,8 +18,9 @@ forecast's time stamp (the others keep an empty ``actual``).
 Output folder: ``backtest.json`` (the settings and the folds), ``origins/<i>.parquet`` (one per origin, written
 atomically: a killed backtest continues with the origins not done), then ``forecasts.parquet`` (``forecaster``
 "model" / "naive" / "linear", ``fold``, ``series, origin_time, time, variable, prediction`` [+ quantiles],
-``actual``, ``step``), ``metrics_by_origin.csv``, ``metrics.csv`` (overall), ``metrics_by_step.csv`` and
-``backtest.png``.
+``actual``, ``step``), ``skipped_series.csv`` (series not forecast at an origin, with ``predict``'s reasons:
+``report``), ``metrics_by_origin.csv``, ``metrics.csv`` (overall), ``metrics_by_step.csv`` and ``backtest.png``. A
+backtest in which no forecast has an observed value is refused after its forecasts are written (``report.refuse``).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cfc_forecast.backtest import plan
+from cfc_forecast.backtest import plan, report
 from cfc_forecast.backtest.scores import actuals, baselines, plot, scale_of, scores, table, with_actuals
 from cfc_forecast.errors import UserError
 from cfc_forecast.forecast.rows import forecast_report
 from cfc_forecast.forecast.trained import JobError, read_checkpoint
 from cfc_forecast.runs import FolderLock
 from datamodules.baselines import linear_forecaster
+from datamodules.stamps import shown_time
 
 __all__ = ["backtest", "main"]
 
@@ -201,12 +203,12 @@ def _origins(
     anchor = (trained.spec if every == 0 else dm.spec).anchor
     when = plan.origins(end, span, n_windows, step, codec, anchor)
     if when[0] <= first:
-        raise UserError(f"the first origin {_stamp(when[0], codec)} is not after the data's start: fewer --n_windows "
-                        "or a shorter --step")  # fmt: skip
+        raise UserError(f"the first origin {shown_time(when[0], codec)} is not after the data's start: fewer "
+                        "--n_windows or a shorter --step")  # fmt: skip
     if every == 0 and when[0] < (start := plan.test_start(dm)):
         raise UserError(
-            f"origin {_stamp(when[0], codec)} lies inside the checkpoint's train / validation range (its test split "
-            f"starts at {_stamp(start, codec)}): fewer --n_windows, a shorter --step, or --refit every"
+            f"origin {shown_time(when[0], codec)} lies inside the checkpoint's train / validation range (its test "
+            f"split starts at {shown_time(start, codec)}): fewer --n_windows, a shorter --step, or --refit every"
         )
     return when, span, warnings
 
@@ -242,19 +244,20 @@ def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args,
             cuts = plan.fold_cuts(first, float(when[fold]), tuple(dm.cfg.split_fractions))
             data = _fold_data(dm, first, end, cuts, codec)
             folder = out / "fits" / f"{fold:04d}"
-            ckpt = str(_fit_named(config, folder, data, fit_args, fold, _stamp(when[fold], codec)))
+            ckpt = str(_fit_named(config, folder, data, fit_args, fold, shown_time(when[fold], codec)))
             folds[str(fold)] = {"origin": _stamp(when[fold], codec), "seed": cfg.get("seed_everything"), **data,
                                 "checkpoint": ckpt}  # fmt: skip
             _write_json(saved, {"settings": settings, "folds": folds, "warnings": warnings})
             if linear_fold != fold:  # the baseline is refitted with the model, on the fold's training split
                 linear, linear_fold = linear_forecaster(plan.datamodule_from(cfg, **data)), fold
-        frame = _one_origin(ckpt, rows, _stamp(origin, codec), linear, span, batch_size).with_columns(
-            pl.lit(fold, pl.Int32).alias("fold")
-        )
-        tmp = part.with_suffix(".tmp")
-        frame.write_parquet(tmp)
+        shown = shown_time(origin, codec)
+        frame, record = _one_origin(ckpt, rows, (_stamp(origin, codec), shown), linear, span, batch_size)
+        report.write_record(part.with_suffix(".json"), record)
+        tmp = part.with_suffix(".tmp")  # written last: the origin is done once its parquet is there
+        frame.with_columns(pl.lit(fold, pl.Int32).alias("fold")).write_parquet(tmp)
         os.replace(tmp, part)
-    return _summarise(out, n_windows, warnings)
+    last = ckpt_path or folds[max(folds, key=int)]["checkpoint"]
+    return _summarise(out, n_windows, {"settings": settings, "folds": folds, "warnings": warnings}, last)
 
 
 def _spec_view(dm: Any) -> Any:
@@ -266,24 +269,38 @@ def _spec_view(dm: Any) -> Any:
 
 
 def _one_origin(
-    ckpt: str, rows: pl.DataFrame, origin: str | float, linear: Any, span: float, batch_size: int
-) -> pl.DataFrame:
+    ckpt: str, rows: pl.DataFrame, origin: tuple[str | float, str], linear: Any, span: float, batch_size: int
+) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The model's and the baselines' forecasts at one origin, with the actuals: a continuous-time head forecasts at
-    each series' observed times in [origin, origin + span] (no resampling), the others on their own grid."""
+    each series' observed times in [origin, origin + span] (no resampling), the others on their own grid; and
+    what was skipped (``report.origin_record``). ``origin``: as ``forecast_rows`` reads it, and as shown."""
+    origin, shown = origin
     trained = read_checkpoint(ckpt)[1]
     observed = span if trained.head == "continuous" else None
-    model = forecast_report(ckpt, rows, origins=[origin], batch_size=batch_size, observed_span=observed).frame
-    model = model.select(pl.lit("model").alias("forecaster"), *model.columns)
+    result = forecast_report(ckpt, rows, origins=[origin], batch_size=batch_size, observed_span=observed)
+    model = result.frame.select(pl.lit("model").alias("forecaster"), *result.frame.columns)
     frame = pl.concat([model, baselines(rows, trained, [origin], linear, observed)], how="diagonal_relaxed")
-    return with_actuals(frame, actuals(rows, trained)).join(scale_of(trained), on="variable", how="left")
+    frame = with_actuals(frame, actuals(rows, trained)).join(scale_of(trained), on="variable", how="left")
+    return frame, report.origin_record(result, shown)
 
 
-def _summarise(out: Path, n_windows: int, warnings: list[str]) -> pl.DataFrame:
+def _summarise(out: Path, n_windows: int, record: dict[str, Any], ckpt: str) -> pl.DataFrame:
+    """Write the forecasts, the skipped series and the scores; refuse a backtest where nothing is scored."""
     frame = pl.concat([pl.read_parquet(out / "origins" / f"{i:04d}.parquet") for i in range(n_windows)],
                       how="diagonal_relaxed")  # fmt: skip
     tmp = out / "forecasts.tmp"
     frame.write_parquet(tmp)
     os.replace(tmp, out / "forecasts.parquet")
+    skipped, pairs = report.gather(out, n_windows)
+    if skipped.height:
+        skipped.write_csv(out / "skipped.tmp")
+        os.replace(out / "skipped.tmp", out / report.SKIPPED)
+    tally = report.counts(frame, skipped, pairs)
+    warnings = record["warnings"] + report.partial_warning(tally, n_windows)
+    _write_json(out / "backtest.json", record | {"warnings": warnings, "counts": tally})
+    report.refuse(tally, read_checkpoint(ckpt)[1], out)
+    for line in warnings[len(record["warnings"]) :]:
+        print(f"cfc-forecast backtest: warning: {line}", file=sys.stderr, flush=True)
     per_origin = scores(frame, ["forecaster", "origin_time", "variable"])
     overall = scores(frame, ["forecaster", "variable"])
     per_step = scores(frame, ["forecaster", "step"])
@@ -291,7 +308,9 @@ def _summarise(out: Path, n_windows: int, warnings: list[str]) -> pl.DataFrame:
         part.write_csv(out / f"{name}.csv")
     plot(scores(frame, ["forecaster", "origin_time"]), per_step, out / "backtest.png")
     noted = f"; {len(warnings)} warning{'s' * (len(warnings) != 1)} (backtest.json)" if warnings else ""
-    print(f"{table(overall)}\n{n_windows} origins{noted}; backtest folder: {out}", flush=True)
+    lines = [table(overall), *report.summary_lines(tally, out)]
+    skips = f"; {tally['skipped']} (series, origin) skipped ({report.SKIPPED})" if tally["skipped"] else ""
+    print("\n".join(lines) + f"\n{n_windows} origins{skips}{noted}; backtest folder: {out}", flush=True)
     return overall
 
 
@@ -303,6 +322,8 @@ def main(argv: list[str]) -> int:
     for i, arg in enumerate(argv[:-1]):
         if arg == "--step" and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
             plan.check_step(argv[i + 1])
+        if arg == "--horizon" and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            plan.forecast_span(None, argv[i + 1])  # refuses it, naming --horizon
     parser = ArgumentParser(prog="cfc-forecast backtest", exit_on_error=False)
     parser.add_function_arguments(backtest, as_positional=False)
     args = parser.parse_args(argv)

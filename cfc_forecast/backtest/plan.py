@@ -65,10 +65,17 @@ def forecast_span(trained: Trained, horizon: str | float | None) -> float:
     model's forecast span D (duration / fixed windows) or K x the training data's median spacing (count windows).
 
     Raises:
-        UserError: no span can be told (a one-window model without a forecast span and no ``--horizon``).
+        UserError: a ``--horizon`` that is not a positive duration; no span can be told (a one-window model without a
+            forecast span and no ``--horizon``).
     """
     if horizon is not None:
-        return parse_duration(horizon, trained.time_unit, "--horizon")
+        text = str(horizon).strip()
+        if text.startswith("-") or (isinstance(horizon, (int, float)) and horizon <= 0):
+            raise UserError(_HORIZON.format(horizon=horizon))
+        span = parse_duration(horizon, trained.time_unit, "--horizon")
+        if span is None or span <= 0:
+            raise UserError(_HORIZON.format(horizon=horizon))
+        return span
     spec = trained.spec
     if spec.mode == "count":
         return spec.horizon * trained.median_step
@@ -118,6 +125,10 @@ def origins(
     return last - size * back
 
 
+_HORIZON = (
+    "--horizon must be a positive duration such as '6h' (the span after each origin that is forecast and "
+    "scored), got {horizon!r}"
+)
 _STEP = "--step must be a positive duration such as '1d' or '6h' (the time between origins), got {step!r}"
 
 

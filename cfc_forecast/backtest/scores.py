@@ -3,7 +3,8 @@
 Scores (per forecaster, target, and origin or overall; over the forecasts that have an actual, i.e. an observed
 value at the forecast's time stamp): ``mae``, ``rmse``, ``bias`` (forecast - actual) in the data's units,
 ``mae_scaled`` / ``rmse_scaled`` in the scaled units the model trains in (errors divided by the checkpoint's
-scaler scale), with quantiles ``coverage`` (share inside the outermost interval) and ``width`` (its mean), and
+scaler scale), with quantiles per central interval (quantile pairs q and 1 - q, e.g. q0.1 / q0.9: the 80% one)
+``coverage_80`` (share of actuals inside it) and ``width_80`` (its mean width), and
 ``wql`` (2 x pinball loss averaged over the levels, summed, divided by sum |actual|: ``cfc_forecast.scores``'
 definition; a point forecast is scored as its median). ``n`` counts the scored values.
 """
@@ -25,7 +26,7 @@ from cfc_forecast.forecast.trained import Trained
 from datamodules.baselines import naive_forecast
 
 KEYS = ["series", "time", "variable"]
-NAMES = ("n", "mae", "rmse", "bias", "mae_scaled", "rmse_scaled", "coverage", "width", "wql")
+NAMES = ("n", "mae", "rmse", "bias", "mae_scaled", "rmse_scaled", "wql")  # + coverage_<level>, width_<level>
 
 
 def actuals(rows: pl.DataFrame, trained: Trained) -> pl.DataFrame:
@@ -105,15 +106,19 @@ def scores(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     levels = sorted(float(c[1:]) for c in frame.columns if c.startswith("q") and c[1:].replace(".", "").isdigit())
     scored = frame.filter(pl.col("actual").is_not_null())
     err = pl.col("prediction") - pl.col("actual")
+    y = pl.col("actual")
+    intervals = []  # per central interval: (coverage, width), the outermost first
     if levels:  # the baselines' rows have no quantiles: scored as their median, as point forecasts
-        lo, hi = pl.col(f"q{levels[0]:g}"), pl.col(f"q{levels[-1]:g}")
-        y = pl.col("actual")
+        point = pl.col(f"q{levels[0]:g}").is_null()
         pin = [pl.max_horizontal(q * (y - pl.col(f"q{q:g}")), (q - 1) * (y - pl.col(f"q{q:g}"))) for q in levels]
-        ql = pl.when(lo.is_null()).then(err.abs()).otherwise(pl.sum_horizontal(pin) * 2 / len(levels))
-        cover = pl.when(lo.is_null()).then(None).otherwise(((y >= lo) & (y <= hi)).cast(pl.Float64))
-        width = hi - lo
+        ql = pl.when(point).then(err.abs()).otherwise(pl.sum_horizontal(pin) * 2 / len(levels))
+        for q in (q for q in levels if q < 0.5 and any(abs(1 - q - p) < 1e-9 for p in levels)):
+            lo, hi = pl.col(f"q{q:g}"), pl.col(f"q{1 - q:g}")
+            name = f"{100 * (1 - 2 * q):g}"
+            cover = pl.when(point).then(None).otherwise(((y >= lo) & (y <= hi)).cast(pl.Float64))
+            intervals += [cover.mean().alias(f"coverage_{name}"), (hi - lo).mean().alias(f"width_{name}")]
     else:
-        ql, cover, width = err.abs(), pl.lit(None, pl.Float64), pl.lit(None, pl.Float64)
+        ql = err.abs()
     aggs = [
         pl.len().alias("n"),
         err.abs().mean().alias("mae"),
@@ -121,18 +126,18 @@ def scores(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         err.mean().alias("bias"),
         (err / pl.col("scale")).abs().mean().alias("mae_scaled"),
         (err / pl.col("scale")).pow(2).mean().sqrt().alias("rmse_scaled"),
-        cover.mean().alias("coverage"),
-        width.mean().alias("width"),
         (ql.sum() / pl.col("actual").abs().sum().clip(1e-12)).alias("wql"),
+        *intervals,
     ]
     return scored.group_by(by, maintain_order=True).agg(aggs).sort(by)
 
 
 def table(overall: pl.DataFrame) -> str:
     """A fixed-width table of the overall scores: a line per (target, forecaster)."""
-    lines = [f"{'target':<14}{'forecaster':<10}" + "".join(f"{n:>12}" for n in NAMES)]
+    names = [c for c in overall.columns if c not in ("forecaster", "variable")]
+    lines = [f"{'target':<14}{'forecaster':<10}" + "".join(f"{n:>12}" for n in names)]
     for row in overall.sort("variable", "forecaster").iter_rows(named=True):
-        cells = "".join(f"{'-':>12}" if row[n] is None else f"{row[n]:>12.4g}" for n in NAMES)
+        cells = "".join(f"{'-':>12}" if row[n] is None else f"{row[n]:>12.4g}" for n in names)
         lines.append(f"{str(row['variable']):<14}{row['forecaster']:<10}" + cells)
     return "\n".join(lines)
 

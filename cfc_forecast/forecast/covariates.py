@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from cfc_forecast.forecast.trained import Trained
@@ -23,6 +22,7 @@ from datamodules.categories import MISSING, encode, label_hint, unseen
 from datamodules.dataset import SeriesTensors
 from datamodules.io import Table
 from datamodules.scaling import Scaler
+from datamodules.stamps import shown_time
 from datamodules.timing import TimeCodec, calendar_features
 from datamodules.windows import Windows, searchsorted_by_series
 
@@ -138,7 +138,7 @@ def no_row_reasons(
     if not no_row.any():
         return
     first = np.argmax((rows < 0) & valid, axis=1)
-    stamps = codec.decode(w.origin + q[np.arange(len(w)), first]).cast(pl.String).to_numpy()
+    stamps = np.asarray([shown_time(t, codec) for t in w.origin + q[np.arange(len(w)), first]], dtype=object)
     late = no_row & np.asarray([r is None for r in reasons], dtype=bool)
     names = ", ".join(trained.known_future + trained.cat_future)
     reasons[late] = [f"no row with the known-future covariates [{names}] at a query time (first: {t}); give rows "

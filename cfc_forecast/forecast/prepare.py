@@ -35,7 +35,7 @@ from datamodules.categories import as_labels
 from datamodules.dataset import SeriesTensors, WindowDataset
 from datamodules.io import SERIES, TIME, Table, canonical_table
 from datamodules.scaling import Scaler
-from datamodules.stamps import calendar_days, calendar_offsets, clean_step
+from datamodules.stamps import calendar_days, calendar_offsets, clean_step, shown_time
 from datamodules.timing import TimeCodec, median_steps
 from datamodules.windows import Windows
 
@@ -346,7 +346,7 @@ def _window_reasons(problems: np.ndarray, w: Windows, codec: TimeCodec, options:
     for flags, message in reversed(list(zip(problems, messages, strict=True))):  # the first problem wins
         out[flags] = message
     if options.origins is not None and len(w):
-        stamps = codec.decode(w.origin).cast(pl.String).to_numpy()
+        stamps = [shown_time(o, codec) for o in w.origin]
         out = np.asarray(
             [None if r is None else f"origin {s}: {r}" for r, s in zip(out, stamps, strict=True)], dtype=object
         )

@@ -197,9 +197,11 @@ def with_observed_span(options: Options, trained: Trained, span: float | None) -
     """
     if span is None:
         return options
-    if trained.head != "continuous" or span <= 0:
-        raise JobError(f"forecasts at the observed times need the continuous-time head and a span > 0; this model's "
-                       f"head is {trained.head!r}, the span {span}")  # fmt: skip
+    if trained.head != "continuous":
+        raise JobError(f"forecasts at the observed times need the continuous-time head; this model's head is "
+                       f"{trained.head!r}")  # fmt: skip
+    if span <= 0:
+        raise JobError(f"the span of observed times after the origin must be > 0 ({trained.time_unit}), got {span:g}")
     return replace(options, observed_span=float(span))
 
 
