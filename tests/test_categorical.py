@@ -96,7 +96,7 @@ def test_vocabulary_from_the_training_split_sorted_with_unknown_and_missing_code
     labels = frame.sort("store", "time")["weather"].to_list()
     assert codes[t == 90].tolist() == [UNKNOWN] * 4 and codes[t == 3].tolist() == [3] * 4
     assert codes[(t == 4)][0] == MISSING  # store A's blank cell
-    assert dm.state_dict()["preprocessing"]["categorical"]["missing_in_training"] == ["weather"]  # its embedding learned
+    assert dm.state_dict()["preprocessing"]["categorical"]["missing_in_training"] == ["weather"]  # learned
     assert all(codes[i] == expect[w] for i, w in enumerate(labels) if w.strip() and t[i] not in (3, 4, 90))
     assert dm._built.tensors.static_codes[:, 0].tolist() == [3, 2, 3, 2]  # small, big, small, big
     # integers are labels, sorted as text
