@@ -371,3 +371,14 @@ def test_a_work_folder_that_cannot_be_removed_is_noted_and_removed_by_a_rerun(tr
     monkeypatch.undo()
     assert (out / ".work").exists() and run_job(trained, out) == 0
     assert not (out / ".work").exists()
+
+
+def test_skip_reasons_are_tallied_without_their_origin_numbers_or_date_times():
+    from cfc_forecast.forecast.store import reason_kind
+
+    kinds = {
+        reason_kind("origin 2026-03-01T12:00:00+01:00: no rows before the origin"),
+        reason_kind("origin 2026-03-02T12:00:00+01:00: no rows before the origin"),
+        reason_kind("origin 18.999: no rows before the origin"),
+    }
+    assert kinds == {"no rows before the origin"}

@@ -176,7 +176,7 @@ class OutputFolder:
 
 def reason_kind(reason: str) -> str:
     """A reason without its details (counts, names, origins), for the summary's tally."""
-    reason = re.sub(r"^origin [^:]+: ", "", reason)
+    reason = re.sub(r"^origin .+?: ", "", reason)  # a date-time origin holds colons, never ": "
     reason = re.sub(r"\s*\[[^\]]*\]", "", reason)
     reason = re.sub(r"^\d+ ", "", reason)
     return re.sub(r"\s*\([^)]*\)", "", reason)
