@@ -169,7 +169,7 @@ class SeriesDataModule(L.LightningDataModule):
             return self._frame
         if self.cfg.path is None:
             raise UserError("give a path (file, folder or glob) or build with SeriesDataModule.from_frame(frame)")
-        return read_files(self.cfg.path, self.cfg.time_column)
+        return read_files(self.cfg.path, self.cfg.time_column, text_columns=list(self.cfg.categorical or []))
 
     def _source(self) -> str:
         return "frame" if self._frame is not None else str(self.cfg.path)

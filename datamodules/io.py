@@ -63,12 +63,19 @@ def expand_paths(path: str | list[str]) -> list[Path]:
     return found
 
 
-def read_files(path: str | list[str], time_column: str | None = None, columns: list[str] | None = None) -> pl.DataFrame:
+def read_files(
+    path: str | list[str],
+    time_column: str | None = None,
+    columns: list[str] | None = None,
+    text_columns: list[str] | None = None,
+) -> pl.DataFrame:
     """Read and concatenate CSV / Parquet files (by extension) into one frame; the ``time_column`` of files in
     different time zones is converted to the first file's zone (``stamps.harmonise_zones``).
 
     ``columns``: read only these (polars' projection: the other columns are not parsed); one a file lacks is left
-    out of its frame, for the caller to report by name.
+    out of its frame, for the caller to report by name. ``text_columns``: CSV columns read as text whatever they
+    look like (categorical labels: ``1`` and ``1.0`` stay two labels, as written, instead of the whole column
+    turning into floats because of one ``1.0``).
 
     Raises:
         UserError: no file, an unknown file type, or zone-aware and naive time stamps mixed.
@@ -79,7 +86,7 @@ def read_files(path: str | list[str], time_column: str | None = None, columns: l
             present = None if columns is None else [c for c in columns if c in pl.read_parquet_schema(p)]
             frames.append(pl.read_parquet(p, columns=present))
         elif p.suffix in (".csv", ".txt", ".gz"):
-            frames.append(_read_csv(p, columns))
+            frames.append(_read_csv(p, columns, text_columns))
         else:
             raise UserError(f"{p}: unknown file type {p.suffix!r}; use .csv or .parquet")
     if len(frames) == 1:
@@ -91,15 +98,16 @@ def read_files(path: str | list[str], time_column: str | None = None, columns: l
     return pl.concat(frames, how="vertical_relaxed")
 
 
-def _read_csv(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """One comma-separated file (only ``columns`` of it, where given); an empty file or another separator is an
-    error naming the file and the fix."""
+def _read_csv(path: Path, columns: list[str] | None = None, text_columns: list[str] | None = None) -> pl.DataFrame:
+    """One comma-separated file (only ``columns`` of it, where given; ``text_columns`` as text); an empty file or
+    another separator is an error naming the file and the fix."""
     try:
-        header = None if columns is None else pl.read_csv(path, n_rows=0).columns
+        header = None if columns is None and not text_columns else pl.read_csv(path, n_rows=0).columns
         if header is not None and (problem := csv_problem(path, header)) is not None:
             raise UserError(problem)
-        present = None if header is None else [c for c in columns or [] if c in header]
-        frame = pl.read_csv(path, infer_schema_length=10_000, columns=present)
+        present = None if columns is None else [c for c in columns if c in (header or [])]
+        text = {c: pl.String for c in text_columns or [] if c in (header or [])}
+        frame = pl.read_csv(path, infer_schema_length=10_000, columns=present, schema_overrides=text or None)
     except pl.exceptions.NoDataError:
         raise UserError(csv_problem(path, None)) from None
     if columns is None and (problem := csv_problem(path, frame.columns)) is not None:

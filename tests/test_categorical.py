@@ -415,3 +415,36 @@ def test_a_number_written_otherwise_than_a_training_label_gets_a_hint():
         f"categorical column 'c': 1 value of categories unseen in training, read as 'unknown' (e.g. ['1.0']); {hint}",
         "categorical column 'd': 2 values of categories unseen in training, read as 'unknown' (e.g. ['x'])",
     ]
+
+
+def test_integer_labels_stay_labels_when_a_few_are_written_as_decimals(tmp_path, capsys):
+    """A user trial: training labels 0/1 (promo, a known-future categorical); prediction rows with two cells
+    written `1.0`. The CSV column used to be read as floats as a whole, so every label in it was unseen (and the
+    forecasts moved); now categorical columns are read as text: exactly those two cells are unseen."""
+    data = tmp_path / "stores.csv"
+    frame = stores().with_columns(pl.col("promo").cast(pl.Int64))  # 0 / 1 in the file
+    frame.write_csv(data)
+    fit = ["fit", *cli_data(data, "--data.categorical=[weather, store_type, promo]"), "--model.hidden_size=8",
+           "--model.backbone_units=16", "--model.head_hidden_sizes=[16]", f"--run_dir={tmp_path / 'run'}",
+           "--trainer.max_epochs=1", "--seed_everything=0", "--trainer.enable_progress_bar=false",
+           "--trainer.enable_model_summary=false"]  # fmt: skip
+    assert main(fit) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)["SeriesDataModule"]["preprocessing"]["categorical"]
+    assert state["vocabularies"]["promo"] == ["0", "1"]
+    history = frame.filter(pl.col("time") < N_HIST)
+    future = frame.filter(pl.col("time").is_between(N_HIST, N_HIST + 1))
+    rows = pl.concat([history, future.with_columns(pl.lit(None, pl.Float64).alias("y"))])
+    rows = rows.with_columns(pl.col("promo").cast(pl.String))
+    decimals = (pl.col("store").is_in(["A", "B"])) & (pl.col("time") == N_HIST + 1)
+    rows = rows.with_columns(pl.when(decimals).then(pl.col("promo") + ".0").otherwise(pl.col("promo")).alias("promo"))
+    rows.write_csv(tmp_path / "new.csv")
+    capsys.readouterr()
+    assert main(["predict", f"--ckpt_path={ckpt}", f"--data.path={tmp_path / 'new.csv'}",
+                 f"--run_dir={tmp_path / 'p'}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "'promo': 2 values of categories unseen in training" in out, out
+    assert job_main(["--ckpt_path", str(ckpt), "--input", str(tmp_path / "new.csv"), "--output",
+                     str(tmp_path / "job"), "--progress=false"]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "job" / "manifest.json").read_text())["summary"]
+    assert summary["unseen_categories"]["promo"]["values"] == 2

@@ -52,7 +52,10 @@ def scan(files: list[Path], trained: Trained) -> tuple[pl.LazyFrame, list[str], 
     """
     frames, notes, schemas, per_file = [], [], set(), []
     for path in files:
-        lf = pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_csv(path, infer_schema_length=10_000)
+        # categorical labels as text, as written: one `1.0` among `1`s must not turn the whole column into floats
+        text = {c: pl.String for c in trained.categorical} or None
+        lf = (pl.scan_parquet(path) if path.suffix == ".parquet"
+              else pl.scan_csv(path, infer_schema_length=10_000, schema_overrides=text))  # fmt: skip
         try:
             schema = lf.collect_schema()
         except pl.exceptions.NoDataError:
