@@ -127,7 +127,9 @@ def _gram(x: Tensor, m: Tensor, shared: bool) -> Tensor:
     return torch.stack([x[m[:, c]].T @ x[m[:, c]] for c in range(m.shape[1])])  # a loop over targets
 
 
-def linear_forecaster(dm: SeriesDataModule, order: int | None = None, ridge: float = 1e-3) -> Callable[[Batch], Tensor]:
+def linear_forecaster(
+    dm: SeriesDataModule, order: int | None = None, ridge: float = 1e-3, queries: bool = False
+) -> Callable[[Batch], Tensor]:
     """A linear autoregressive forecast fitted by ridge least squares on the training windows.
 
     With a regular horizon K (count windows) one linear map from the last ``order`` steps (default: the whole
@@ -137,11 +139,13 @@ def linear_forecaster(dm: SeriesDataModule, order: int | None = None, ridge: flo
 
     Args:
         dm: the DataModule. order: lags used. ridge: L2 penalty relative to the mean diagonal of the Gram matrix.
+        queries: fit the continuous-query form even with count windows (for a continuous-head model, whose
+            forecasts are at the batch's query times, not on the K grid steps).
 
     Returns:
         The forecast of a batch: (B, K, C) scaled values, or (B, T, C) with per-step targets.
     """
-    direct = dm.horizon is not None and dm.horizon > 0 and not dm.cfg.step_targets
+    direct = not queries and dm.horizon is not None and dm.horizon > 0 and not dm.cfg.step_targets
     order = order or (min(dm.cfg.lookback, 96) if direct else 1)
     gram = cross = None
     for batch in _batches(dm, "train", 512):

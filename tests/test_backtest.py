@@ -397,3 +397,35 @@ def test_times_in_messages_are_written_in_the_datas_own_form():
     t = datetime(2026, 3, 29, 20, tzinfo=timezone.utc).timestamp() / 3600
     assert shown_time(t, formatted) == "29/03/2026 20:00"
     assert user_time(shown_time(t, formatted), formatted, "x") == pytest.approx(t, abs=1e-9)
+
+
+def test_a_count_window_model_with_a_continuous_head_backtests_beside_a_linear_map_to_its_query_times(tmp_path):
+    """A user trial: count windows (lookback 8, horizon 3) with ``--model.head continuous`` crashed the backtest:
+    the linear baseline, fitted as a map to the 3 grid steps, was reshaped to the model's query times. It is now
+    fitted in the model's form (to each query time) and scored on the same rows."""
+    from datamodules import SyntheticDataModule
+
+    rows = SyntheticDataModule(n_series=8, mean_observations=60, duration=40)._read()  # irregular times
+    rows.write_parquet(tmp_path / "rows.parquet")
+    targets = [c for c in rows.columns if c not in ("series", "time")]
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "data": {"class_path": "datamodules.SeriesDataModule",
+                 "init_args": {"path": str(tmp_path / "rows.parquet"), "id_column": "series", "time_column": "time",
+                               "targets": targets, "lookback": 8, "horizon": 3, "stride": 2, "batch_size": 16}},
+        "model": {"hidden_size": 8, "backbone_units": 16, "query_cell_units": 8, "head": "continuous"},
+    }  # fmt: skip
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli(["fit", f"--config={path}", f"--run_dir={tmp_path / 'run'}"])
+    out = tmp_path / "bt"
+    overall = backtest(str(path), n_windows=2, step=2.0, output=str(out),
+                       ckpt_path=str(tmp_path / "run" / "checkpoints" / "best.ckpt"))  # fmt: skip
+    got = pl.read_parquet(out / "forecasts.parquet")
+    model = got.filter(pl.col("forecaster") == "model").select("series", "origin_time", "time", "variable")
+    linear = got.filter(pl.col("forecaster") == "linear")
+    assert model.height and linear.select(model.columns).sort(model.columns).equals(model.sort(model.columns))
+    assert linear["prediction"].is_finite().all()
+    assert set(overall["forecaster"]) == {"model", "naive", "linear"}

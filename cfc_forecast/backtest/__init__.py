@@ -185,6 +185,20 @@ def _holds_nothing(out: Path) -> bool:
     return all(p.is_dir() and not any(p.iterdir()) for p in (out / name for name in left))
 
 
+class LinearBaseline:
+    """The linear baseline of one DataModule (fitted on its training split), in the form of the model it is set
+    beside: a direct-head model's grid map, or, for a continuous head, the map to each query time (a count-window
+    model with a continuous head forecasts at the observed times, not on the grid). Fitted on first use, then kept."""
+
+    def __init__(self, dm: Any) -> None:
+        self.dm, self.fits = dm, {}
+
+    def for_head(self, head: str) -> Any:
+        if head not in self.fits:
+            self.fits[head] = linear_forecaster(self.dm, queries=head == "continuous")
+        return self.fits[head]
+
+
 def _origins(
     dm: Any, n_windows: int, step: str | float, ckpt_path: str | None, every: int, horizon: Any
 ) -> tuple[Any, float, list[str]]:
@@ -233,7 +247,7 @@ def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args,
     _write_json(saved, {"settings": settings, "folds": folds, "warnings": warnings})
     rows = dm._read()
     (out / "origins").mkdir(exist_ok=True)
-    linear, linear_fold = (linear_forecaster(dm), 0) if every == 0 else (None, -1)
+    linear, linear_fold = (LinearBaseline(dm), 0) if every == 0 else (None, -1)
     for i, origin in enumerate(when):
         part = out / "origins" / f"{i:04d}.parquet"
         if part.exists():
@@ -249,7 +263,7 @@ def _run(cfg, config, out, n_windows, step, ckpt_path, every, horizon, fit_args,
                                 "checkpoint": ckpt}  # fmt: skip
             _write_json(saved, {"settings": settings, "folds": folds, "warnings": warnings})
             if linear_fold != fold:  # the baseline is refitted with the model, on the fold's training split
-                linear, linear_fold = linear_forecaster(plan.datamodule_from(cfg, **data)), fold
+                linear, linear_fold = LinearBaseline(plan.datamodule_from(cfg, **data)), fold
         shown = shown_time(origin, codec)
         frame, record = _one_origin(ckpt, rows, (_stamp(origin, codec), shown), linear, span, batch_size)
         report.write_record(part.with_suffix(".json"), record)
@@ -279,7 +293,8 @@ def _one_origin(
     observed = span if trained.head == "continuous" else None
     result = forecast_report(ckpt, rows, origins=[origin], batch_size=batch_size, observed_span=observed)
     model = result.frame.select(pl.lit("model").alias("forecaster"), *result.frame.columns)
-    frame = pl.concat([model, baselines(rows, trained, [origin], linear, observed)], how="diagonal_relaxed")
+    linear_fn = linear.for_head(trained.head)
+    frame = pl.concat([model, baselines(rows, trained, [origin], linear_fn, observed)], how="diagonal_relaxed")
     frame = with_actuals(frame, actuals(rows, trained)).join(scale_of(trained), on="variable", how="left")
     return frame, report.origin_record(result, shown)
 
