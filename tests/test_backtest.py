@@ -374,6 +374,19 @@ def test_a_grid_head_on_irregular_data_scores_nothing_and_is_refused(tmp_path, c
         assert skipped.height == 9 and sorted(skipped["series"].unique()) == ["s0", "s1", "s2"]
         assert skipped["reason"].str.contains("no row with the known-future covariates [weather]", literal=True).all()
         assert skipped["reason"].str.contains(r"^origin 2026-01-\d\dT\d\d:\d\d:\d\d: ").all()  # as written
+        # the fix a backtest can act on: rows after the origin are the data's own, none to add
+        assert not skipped["reason"].str.contains("rows after the end").any()
+        assert skipped["reason"].str.ends_with(
+            "the data has no row with them at that time: a direct-head model forecasts on its grid (origin + k x "
+            "each series' spacing) and those times do not match the data's rows; fit with --model.head continuous"
+        ).all()
+        # one reason counted over every origin, keyed without its origin (a date-time's colons once kept them apart)
+        assert counts["skipped_by_reason"] == {
+            "no row with the known-future covariates at a query time; the data has no row with them at that time: a "
+            "direct-head model forecasts on its grid and those times do not match the data's rows; fit with "
+            "--model.head continuous": 9
+        }
+        assert err.count("--model.head continuous") == 1 and "rows after the end" not in err
         assert got.filter(pl.col("forecaster") == "model").height == 0
         assert (counts["skipped"], counts["forecast"], counts["scored"]) == (9, 0, 0)
     else:

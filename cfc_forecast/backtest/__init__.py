@@ -281,7 +281,7 @@ def _one_origin(
     model = result.frame.select(pl.lit("model").alias("forecaster"), *result.frame.columns)
     frame = pl.concat([model, baselines(rows, trained, [origin], linear, observed)], how="diagonal_relaxed")
     frame = with_actuals(frame, actuals(rows, trained)).join(scale_of(trained), on="variable", how="left")
-    return frame, report.origin_record(result, shown)
+    return frame, report.origin_record(result, shown, trained)
 
 
 def _summarise(out: Path, n_windows: int, record: dict[str, Any], ckpt: str) -> pl.DataFrame:

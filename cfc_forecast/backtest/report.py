@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from cfc_forecast.errors import UserError
+from cfc_forecast.forecast.covariates import AFTER_END
 from cfc_forecast.forecast.rows import Forecasts
 from cfc_forecast.forecast.store import reason_kind
 from cfc_forecast.forecast.trained import Trained
@@ -25,11 +26,26 @@ from cfc_forecast.forecast.trained import Trained
 SKIPPED = "skipped_series.csv"
 
 
-def origin_record(report: Forecasts, origin: str) -> dict[str, Any]:
+def origin_record(report: Forecasts, origin: str, trained: Trained) -> dict[str, Any]:
     """What one origin's forecast left out: ``n_series``, ``n_forecast`` and ``skipped`` ([series, reason] pairs,
-    each reason led by ``origin <origin>: `` as ``predict --origins`` writes it)."""
-    skipped = [[s, r if r.startswith("origin ") else f"origin {origin}: {r}"] for s, r in report.skipped.iter_rows()]
+    each reason led by ``origin <origin>: `` as ``predict --origins`` writes it, with the backtest's own fix:
+    :func:`backtest_reason`)."""
+    skipped = [[s, backtest_reason(r if r.startswith("origin ") else f"origin {origin}: {r}", trained)]
+               for s, r in report.skipped.iter_rows()]  # fmt: skip
     return {"n_series": report.n_series, "n_forecast": report.n_forecast, "skipped": skipped}
+
+
+def backtest_reason(reason: str, trained: Trained) -> str:
+    """``predict``'s reason with a fix a backtest can act on: a missing known-future row is not fixed by adding
+    rows after the end (in a backtest the rows after the origin are the data's own), so the reason says the data
+    has none at that query time and, for a grid head, that its grid times are not the data's rows."""
+    if not reason.endswith(f"; {AFTER_END}"):
+        return reason
+    why = reason[: -len(AFTER_END)] + "the data has no row with them at that time"
+    if trained.head != "continuous":
+        why += (f": a {trained.head}-head model forecasts on its grid (origin + k x each series' spacing) and those "
+                "times do not match the data's rows; fit with --model.head continuous")  # fmt: skip
+    return why
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
@@ -104,8 +120,11 @@ def refuse(tally: dict[str, Any], trained: Trained, out: Path) -> None:
     )
     if not tally["forecast"]:
         top = next(iter(tally["skipped_by_reason"]), "no series in the data")
+        grid_miss = trained.head != "continuous" and "known-future" in top
+        if grid_miss:  # the reason's own fix (backtest_reason) is the grid's, said in full below
+            top = top.split("; ")[0]
         why = f"no series could be forecast at any origin ({tally['skipped']} (series, origin) skipped, e.g. {top})"
-        if trained.head != "continuous" and "known-future" in top:
+        if grid_miss:
             why += f": {grid}"
         raise UserError(f"{why}; {kept}")
     if trained.head != "continuous":
