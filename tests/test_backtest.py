@@ -317,7 +317,9 @@ def test_series_skipped_or_not_scored_at_some_origins_are_counted_and_warned(fit
     warned = [line for line in captured.err.splitlines() if "warning" in line]
     assert warned == [
         "cfc-forecast backtest: warning: scored 5 of 9 (series, origin) pairs (3 of 3 origins, 3 "
-        "series): 2 skipped (skipped_series.csv), 2 forecast only at times without an observed value"
+        "series): 2 skipped (skipped_series.csv), 2 forecast only at times without an observed value (a direct-head "
+        "model forecasts on its grid, origin + k x each series' spacing: where the data has no rows at those times, "
+        "fit with --model.head continuous)"
     ]
     skipped = pl.read_csv(out / "skipped_series.csv")
     assert skipped["series"].to_list() == ["s1", "s1"]
@@ -331,6 +333,26 @@ def test_series_skipped_or_not_scored_at_some_origins_are_counted_and_warned(fit
     assert saved["warnings"] == [warned[0].split("warning: ")[1]]
     assert {k: saved["counts"][k] for k in ("series_origins", "skipped", "forecast", "scored")} == {
         "series_origins": 9, "skipped": 2, "forecast": 7, "scored": 5}  # fmt: skip
+
+
+def test_the_partial_warning_names_only_what_was_written_and_the_grid_hint_for_a_grid_head(fitted):
+    # "0 skipped (skipped_series.csv)" once pointed to a file never written
+    from dataclasses import replace
+
+    from cfc_forecast.backtest.report import partial_warning
+    from cfc_forecast.forecast.trained import read_checkpoint
+
+    direct = read_checkpoint(fitted[3])[1]
+    assert direct.head == "direct"
+    tally = {"series_origins": 12, "skipped": 0, "forecast": 12, "scored": 1, "scored_origins": 1, "scored_series": 1}
+    head = "fit with --model.head continuous"
+    start = "scored 1 of 12 (series, origin) pairs (1 of 4 origins, 1 series): 11 forecast only at times without an"
+    [line] = partial_warning(tally, 4, direct)
+    assert line.startswith(start) and "skipped" not in line and line.endswith(f"{head})")
+    [line] = partial_warning(tally, 4, replace(direct, head="continuous"))
+    assert line == f"{start} observed value"
+    [line] = partial_warning(tally | {"skipped": 11, "forecast": 1}, 4, direct)
+    assert line.endswith("1 series): 11 skipped (skipped_series.csv)")  # every forecast pair scored: no hint
 
 
 def irregular(path: Path) -> None:

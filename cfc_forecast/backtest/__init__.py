@@ -295,10 +295,10 @@ def _summarise(out: Path, n_windows: int, record: dict[str, Any], ckpt: str) -> 
     if skipped.height:
         skipped.write_csv(out / "skipped.tmp")
         os.replace(out / "skipped.tmp", out / report.SKIPPED)
-    tally = report.counts(frame, skipped, pairs)
-    warnings = record["warnings"] + report.partial_warning(tally, n_windows)
+    tally, trained = report.counts(frame, skipped, pairs), read_checkpoint(ckpt)[1]
+    warnings = record["warnings"] + report.partial_warning(tally, n_windows, trained)
     _write_json(out / "backtest.json", record | {"warnings": warnings, "counts": tally})
-    report.refuse(tally, read_checkpoint(ckpt)[1], out)
+    report.refuse(tally, trained, out)
     for line in warnings[len(record["warnings"]) :]:
         print(f"cfc-forecast backtest: warning: {line}", file=sys.stderr, flush=True)
     per_origin = scores(frame, ["forecaster", "origin_time", "variable"])

@@ -92,15 +92,23 @@ def summary_lines(tally: dict[str, Any], out: Path) -> list[str]:
     return lines + [f"  {n:>8}  {reason}" for reason, n in tally["skipped_by_reason"].items()]
 
 
-def partial_warning(tally: dict[str, Any], n_windows: int) -> list[str]:
-    """A warning when only some (series, origin) pairs are scored; none when all are (or none: see :func:`refuse`)."""
+def partial_warning(tally: dict[str, Any], n_windows: int, trained: Trained) -> list[str]:
+    """A warning when only some (series, origin) pairs are scored; none when all are (or none: see :func:`refuse`).
+    It names ``skipped_series.csv`` only when series were skipped (the file is written then), and a forecast without
+    an observed value from a grid head comes with the hint of :func:`refuse`."""
     if not tally["scored"] or tally["scored"] >= tally["series_origins"]:
         return []
     unscored = tally["forecast"] - tally["scored"]
+    parts = [f"{tally['skipped']} skipped ({SKIPPED})"] if tally["skipped"] else []
+    if unscored:
+        part = f"{unscored} forecast only at times without an observed value"
+        if trained.head != "continuous":
+            part += (f" (a {trained.head}-head model forecasts on its grid, origin + k x each series' spacing: where "
+                     "the data has no rows at those times, fit with --model.head continuous)")  # fmt: skip
+        parts.append(part)
     return [
         f"scored {tally['scored']} of {tally['series_origins']} (series, origin) pairs ({tally['scored_origins']} of "
-        f"{n_windows} origins, {tally['scored_series']} series): {tally['skipped']} skipped ({SKIPPED}), {unscored} "
-        "forecast only at times without an observed value"
+        f"{n_windows} origins, {tally['scored_series']} series): {', '.join(parts)}"
     ]
 
 
