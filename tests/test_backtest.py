@@ -261,6 +261,10 @@ def test_step_fit_args_and_horizon_leftovers(fitted, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--horizon must be a positive duration such as '6h'" in err, err
         assert not (tmp / "h0").exists()
+    assert main([*base, "--step=1d", "--horizon=2x", f"--output={tmp / 'h0'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --horizon='2x': 'x' is not a time unit; write a number and one of" in err
+    assert not (tmp / "h0").exists()
 
 
 def test_a_failing_first_refit_fold_names_its_fold_origin_and_folder(fitted, capsys):
