@@ -105,8 +105,9 @@ def review_changes(
     checkpoint, for messages (``--resume runs/<run>``; default ``--ckpt_path <path>``).
 
     Returns:
-        For ``run.json``: ``resumed_from`` (path, epoch, step; fit only), ``changed`` ({name: [old, new]}) and
-        ``config_files``.
+        For ``run.json``: ``resumed_from`` (path, epoch, step; fit only), ``changed`` ({name: [old, new]}: the
+        model values that differ from the checkpoint's, and the ``trainer.<name>`` values that differ from its
+        run's config, :func:`trainer_changes`; fit only) and ``config_files``.
 
     Raises:
         UserError: a value the weights or the optimizer state depend on differs, naming each.
@@ -130,9 +131,26 @@ def review_changes(
     if subcommand == "fit":
         step = ckpt.get("global_step")
         event["resumed_from"] = {"path": str(cfg.ckpt_path), "epoch": ckpt.get("epoch"), "step": step}
-        event["changed"] = {k: list(d) for k, d in differ.items()}
+        event["changed"] = {k: list(d) for k, d in differ.items()} | trainer_changes(cfg)
     return event
 
+
+def trainer_changes(cfg: Any) -> dict[str, list[Any]]:
+    """The ``--trainer`` values (single values: numbers, text, flags) of a resumed fit that differ from those of the
+    run that wrote its checkpoint (its ``config.yaml``, beside ``checkpoints/``), as ``{"trainer.<name>": [old,
+    new]}``; none when that file is absent or unreadable (a checkpoint from elsewhere)."""
+    import yaml
+
+    saved = Path(str(cfg.ckpt_path)).parent.parent / "config.yaml"
+    try:
+        old = (yaml.safe_load(saved.read_text()) or {}).get("trainer") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    new = cfg.get("trainer") or {}
+    new = new.as_dict() if hasattr(new, "as_dict") else dict(new)
+    single = (int, float, str, bool, type(None))
+    return {f"trainer.{k}": [old[k], v] for k, v in new.items()
+            if k in old and isinstance(v, single) and isinstance(old[k], single) and old[k] != v}  # fmt: skip
 
 
 class ApplyChanges(Callback):
