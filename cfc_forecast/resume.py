@@ -123,8 +123,9 @@ def review_changes(
         fixed.update({k: d for k, d in differ.items() if k in OPTIMIZER_STATE})
     if fixed:
         listed = ", ".join(f"{k} (checkpoint {a!r}, given {b!r})" for k, (a, b) in fixed.items())
+        given = given or f"--ckpt_path {cfg.ckpt_path}"
         raise UserError(
-            f"{given or f'--ckpt_path {cfg.ckpt_path}'}: these values differ from the checkpoint's and its weights or optimizer "
+            f"{given}: these values differ from the checkpoint's and its weights or optimizer "
             f"state depend on them: {listed}; drop them to use the checkpoint's, or start a new fit"
         )
     event: dict[str, Any] = {"config_files": config_files(cfg)}

@@ -402,10 +402,14 @@ def test_a_grid_head_on_irregular_data_scores_nothing_and_is_refused(tmp_path, c
         assert skipped["reason"].str.contains(r"^origin 2026-01-\d\dT\d\d:\d\d:\d\d: ").all()  # as written
         # the fix a backtest can act on: rows after the origin are the data's own, none to add
         assert not skipped["reason"].str.contains("rows after the end").any()
-        assert skipped["reason"].str.ends_with(
-            "the data has no row with them at that time: a direct-head model forecasts on its grid (origin + k x "
-            "each series' spacing) and those times do not match the data's rows; fit with --model.head continuous"
-        ).all()
+        assert (
+            skipped["reason"]
+            .str.ends_with(
+                "the data has no row with them at that time: a direct-head model forecasts on its grid (origin + k x "
+                "each series' spacing) and those times do not match the data's rows; fit with --model.head continuous"
+            )
+            .all()
+        )
         # one reason counted over every origin, keyed without its origin (a date-time's colons once kept them apart)
         assert counts["skipped_by_reason"] == {
             "no row with the known-future covariates at a query time; the data has no row with them at that time: a "
