@@ -45,7 +45,7 @@ from cfc_forecast.forecast.predict import wants_test_windows
 from cfc_forecast.forecaster.module import ForecastModule
 from cfc_forecast.plot import ForecastPlot
 from cfc_forecast.preflight import check_splits
-from cfc_forecast.resume import ApplyChanges, config_files, resolve_last, resume_argv, review_changes
+from cfc_forecast.resume import ApplyChanges, config_files, resolve_last, resume_argv, resume_target, review_changes
 from cfc_forecast.runs import (
     RUN_DIR_ENV,
     AppendingCSVLogger,
@@ -104,7 +104,8 @@ class RunRecord(SaveConfigCallback):
 class ForecastCLI(LightningCLI):
     """LightningCLI over :class:`ForecastModule` and any ``SeriesDataModule``; see the module docstring."""
 
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, resumed: str | None = None) -> None:
+        self.resumed = resumed  # the folder of a --resume on the command line (messages name it as given)
         self.run_dir: Path | None = None
         self.args = sys.argv[1:] if args is None else list(args)
         self.lock: FolderLock | None = None
@@ -257,7 +258,8 @@ class ForecastCLI(LightningCLI):
         fill = {k: v for k, v in hparams.items() if k not in given}
         if fill:
             self.config = self.parser.parse_object({sub: {"model": fill}}, self.config)
-        self.event = review_changes(ckpt, hparams, self.config[sub], sub)
+        given = f"--resume {self.resumed}" if self.resumed is not None else None
+        self.event = review_changes(ckpt, hparams, self.config[sub], sub, given)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -444,7 +446,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> ForecastCLI | None:
     if rewritten != argv and args is None:  # the console script: the DDP launcher re-executes sys.argv
         sys.argv[1:] = rewritten
     try:
-        return ForecastCLI(args=None if args is None else rewritten, run=run)
+        return ForecastCLI(args=None if args is None else rewritten, run=run, resumed=resume_target(argv))
     finally:
         # per node on purpose: each node's first process set the variable in its own environment for the processes
         # it starts (is_global_zero would leave it set on every node but the first)

@@ -33,13 +33,10 @@ def resume_argv(argv: list[str]) -> list[str]:
     Raises:
         UserError: ``--resume`` outside fit, or a folder without ``config.yaml`` or ``checkpoints/last.ckpt``.
     """
-    for i, arg in enumerate(argv):
-        if arg == "--resume" or arg.startswith("--resume="):
-            run = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
-            rest = argv[1:i] + argv[i + (1 if "=" in arg else 2) :]
-            break
-    else:
+    found = _resume_option(argv)
+    if found is None:
         return argv
+    run, rest = found
     if argv[:1] != ["fit"]:
         raise UserError("--resume continues a fit: cfc-forecast fit --resume runs/<run>")
     folder = Path(run)
@@ -48,6 +45,21 @@ def resume_argv(argv: list[str]) -> list[str]:
         if not path.is_file():
             raise UserError(f"--resume {run!r}: {path} does not exist; give a run folder written by cfc-forecast fit")
     return ["fit", "--config", str(config), *rest, f"--ckpt_path={last}", f"--run_dir={folder}"]
+
+
+def resume_target(argv: list[str]) -> str | None:
+    """The run folder a command line's ``--resume`` names (None without one), as the user wrote it."""
+    found = _resume_option(argv)
+    return None if found is None else found[0]
+
+
+def _resume_option(argv: list[str]) -> tuple[str, list[str]] | None:
+    """``--resume``'s folder and the arguments after the subcommand without it; None without ``--resume``."""
+    for i, arg in enumerate(argv):
+        if arg == "--resume" or arg.startswith("--resume="):
+            run = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            return run, argv[1:i] + argv[i + (1 if "=" in arg else 2) :]
+    return None
 
 
 def resolve_last(cfg: Any, subcommand: str) -> tuple[str, Path]:
@@ -86,12 +98,16 @@ def config_files(cfg: Any) -> list[str]:
     return [str(Path(str(c)).resolve()) for c in (cfg.get("config") or [])]
 
 
-def review_changes(ckpt: dict[str, Any], saved: dict[str, Any], cfg: Any, subcommand: str) -> dict[str, Any]:
-    """Compare the model values about to be used with the checkpoint's.
+def review_changes(
+    ckpt: dict[str, Any], saved: dict[str, Any], cfg: Any, subcommand: str, given: str | None = None
+) -> dict[str, Any]:
+    """Compare the model values about to be used with the checkpoint's; ``given``: how the user named the
+    checkpoint, for messages (``--resume runs/<run>``; default ``--ckpt_path <path>``).
 
     Returns:
-        For ``run.json``: ``resumed_from`` (path, epoch, step; fit only), ``changed`` ({name: [old, new]}) and
-        ``config_files``.
+        For ``run.json``: ``resumed_from`` (path, epoch, step; fit only), ``changed`` ({name: [old, new]}: the
+        model values that differ from the checkpoint's, and the ``trainer.<name>`` values that differ from its
+        run's config, :func:`trainer_changes`; fit only) and ``config_files``.
 
     Raises:
         UserError: a value the weights or the optimizer state depend on differs, naming each.
@@ -107,16 +123,35 @@ def review_changes(ckpt: dict[str, Any], saved: dict[str, Any], cfg: Any, subcom
         fixed.update({k: d for k, d in differ.items() if k in OPTIMIZER_STATE})
     if fixed:
         listed = ", ".join(f"{k} (checkpoint {a!r}, given {b!r})" for k, (a, b) in fixed.items())
+        given = given or f"--ckpt_path {cfg.ckpt_path}"
         raise UserError(
-            f"--ckpt_path {cfg.ckpt_path}: these values differ from the checkpoint's and its weights or optimizer "
+            f"{given}: these values differ from the checkpoint's and its weights or optimizer "
             f"state depend on them: {listed}; drop them to use the checkpoint's, or start a new fit"
         )
     event: dict[str, Any] = {"config_files": config_files(cfg)}
     if subcommand == "fit":
         step = ckpt.get("global_step")
         event["resumed_from"] = {"path": str(cfg.ckpt_path), "epoch": ckpt.get("epoch"), "step": step}
-        event["changed"] = {k: list(d) for k, d in differ.items()}
+        event["changed"] = {k: list(d) for k, d in differ.items()} | trainer_changes(cfg)
     return event
+
+
+def trainer_changes(cfg: Any) -> dict[str, list[Any]]:
+    """The ``--trainer`` values (single values: numbers, text, flags) of a resumed fit that differ from those of the
+    run that wrote its checkpoint (its ``config.yaml``, beside ``checkpoints/``), as ``{"trainer.<name>": [old,
+    new]}``; none when that file is absent or unreadable (a checkpoint from elsewhere)."""
+    import yaml
+
+    saved = Path(str(cfg.ckpt_path)).parent.parent / "config.yaml"
+    try:
+        old = (yaml.safe_load(saved.read_text()) or {}).get("trainer") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    new = cfg.get("trainer") or {}
+    new = new.as_dict() if hasattr(new, "as_dict") else dict(new)
+    single = (int, float, str, bool, type(None))
+    return {f"trainer.{k}": [old[k], v] for k, v in new.items()
+            if k in old and isinstance(v, single) and isinstance(old[k], single) and old[k] != v}  # fmt: skip
 
 
 class ApplyChanges(Callback):

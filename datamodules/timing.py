@@ -63,7 +63,11 @@ def parse_duration(value: str | float | None, unit: str, name: str) -> float | N
         if match is None:
             raise UserError(f"{name}={value!r} is not a duration; write e.g. '6h', '2d', '30min' or a number")
         given = _ALIASES.get(match.group(2) or unit, match.group(2) or unit)
-        check_unit(given, name)
+        if given not in UNIT_SECONDS:  # the whole value is shown: "'x' is not a time unit" alone hid the '2'
+            raise UserError(
+                f"{name}={value!r}: {match.group(2)!r} is not a time unit; write a number and one of "
+                f"{', '.join(UNIT_SECONDS)} (or {', '.join(_ALIASES)}), e.g. '6h'"
+            )
         number = float(match.group(1)) * UNIT_SECONDS[given] / UNIT_SECONDS[unit]
     if not np.isfinite(number) or number < 0:
         raise UserError(f"{name}={value!r} must be a finite duration >= 0")

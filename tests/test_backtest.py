@@ -261,6 +261,10 @@ def test_step_fit_args_and_horizon_leftovers(fitted, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--horizon must be a positive duration such as '6h'" in err, err
         assert not (tmp / "h0").exists()
+    assert main([*base, "--step=1d", "--horizon=2x", f"--output={tmp / 'h0'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --horizon='2x': 'x' is not a time unit; write a number and one of" in err
+    assert not (tmp / "h0").exists()
 
 
 def test_a_failing_first_refit_fold_names_its_fold_origin_and_folder(fitted, capsys):
@@ -317,7 +321,9 @@ def test_series_skipped_or_not_scored_at_some_origins_are_counted_and_warned(fit
     warned = [line for line in captured.err.splitlines() if "warning" in line]
     assert warned == [
         "cfc-forecast backtest: warning: scored 5 of 9 (series, origin) pairs (3 of 3 origins, 3 "
-        "series): 2 skipped (skipped_series.csv), 2 forecast only at times without an observed value"
+        "series): 2 skipped (skipped_series.csv), 2 forecast only at times without an observed value (a direct-head "
+        "model forecasts on its grid, origin + k x each series' spacing: where the data has no rows at those times, "
+        "fit with --model.head continuous)"
     ]
     skipped = pl.read_csv(out / "skipped_series.csv")
     assert skipped["series"].to_list() == ["s1", "s1"]
@@ -331,6 +337,26 @@ def test_series_skipped_or_not_scored_at_some_origins_are_counted_and_warned(fit
     assert saved["warnings"] == [warned[0].split("warning: ")[1]]
     assert {k: saved["counts"][k] for k in ("series_origins", "skipped", "forecast", "scored")} == {
         "series_origins": 9, "skipped": 2, "forecast": 7, "scored": 5}  # fmt: skip
+
+
+def test_the_partial_warning_names_only_what_was_written_and_the_grid_hint_for_a_grid_head(fitted):
+    # "0 skipped (skipped_series.csv)" once pointed to a file never written
+    from dataclasses import replace
+
+    from cfc_forecast.backtest.report import partial_warning
+    from cfc_forecast.forecast.trained import read_checkpoint
+
+    direct = read_checkpoint(fitted[3])[1]
+    assert direct.head == "direct"
+    tally = {"series_origins": 12, "skipped": 0, "forecast": 12, "scored": 1, "scored_origins": 1, "scored_series": 1}
+    head = "fit with --model.head continuous"
+    start = "scored 1 of 12 (series, origin) pairs (1 of 4 origins, 1 series): 11 forecast only at times without an"
+    [line] = partial_warning(tally, 4, direct)
+    assert line.startswith(start) and "skipped" not in line and line.endswith(f"{head})")
+    [line] = partial_warning(tally, 4, replace(direct, head="continuous"))
+    assert line == f"{start} observed value"
+    [line] = partial_warning(tally | {"skipped": 11, "forecast": 1}, 4, direct)
+    assert line.endswith("1 series): 11 skipped (skipped_series.csv)")  # every forecast pair scored: no hint
 
 
 def irregular(path: Path) -> None:
@@ -374,6 +400,23 @@ def test_a_grid_head_on_irregular_data_scores_nothing_and_is_refused(tmp_path, c
         assert skipped.height == 9 and sorted(skipped["series"].unique()) == ["s0", "s1", "s2"]
         assert skipped["reason"].str.contains("no row with the known-future covariates [weather]", literal=True).all()
         assert skipped["reason"].str.contains(r"^origin 2026-01-\d\dT\d\d:\d\d:\d\d: ").all()  # as written
+        # the fix a backtest can act on: rows after the origin are the data's own, none to add
+        assert not skipped["reason"].str.contains("rows after the end").any()
+        assert (
+            skipped["reason"]
+            .str.ends_with(
+                "the data has no row with them at that time: a direct-head model forecasts on its grid (origin + k x "
+                "each series' spacing) and those times do not match the data's rows; fit with --model.head continuous"
+            )
+            .all()
+        )
+        # one reason counted over every origin, keyed without its origin (a date-time's colons once kept them apart)
+        assert counts["skipped_by_reason"] == {
+            "no row with the known-future covariates at a query time; the data has no row with them at that time: a "
+            "direct-head model forecasts on its grid and those times do not match the data's rows; fit with "
+            "--model.head continuous": 9
+        }
+        assert err.count("--model.head continuous") == 1 and "rows after the end" not in err
         assert got.filter(pl.col("forecaster") == "model").height == 0
         assert (counts["skipped"], counts["forecast"], counts["scored"]) == (9, 0, 0)
     else:

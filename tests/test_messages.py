@@ -225,6 +225,27 @@ def test_predict_and_the_job_name_an_empty_csv_and_another_separator_as_fit_does
         assert f"{data}: " in line and says in line
 
 
+def test_a_duration_with_an_unknown_unit_shows_the_whole_value_and_the_units():
+    from datamodules.timing import parse_duration
+
+    # it once said "--horizon='x' is not a time unit"
+    with pytest.raises(UserError) as err:
+        parse_duration("2x", "h", "--horizon")
+    assert str(err.value) == (
+        "--horizon='2x': 'x' is not a time unit; write a number and one of ms, s, min, h, d, w, step (or m, sec, hr, "
+        "hour, hours, day, days), e.g. '6h'"
+    )
+
+
+def test_a_missing_data_file_is_named_by_the_commands_own_option(capsys, readings_model, tmp_path):
+    # predict once said "--input: path ..." (the batch job's option) for its --data.path
+    missing = tmp_path / "nowhere.csv"
+    line = one_line(capsys, ["predict", f"--ckpt_path={readings_model}", f"--data.path={missing}"], "predict")
+    assert f"error: --data.path: path '{missing}' matches no CSV or Parquet file" in line and "--input" not in line
+    args = ["forecast", f"--ckpt_path={readings_model}", f"--input={missing}", f"--output={tmp_path / 'out'}"]
+    assert f"error: --input: path '{missing}' matches no CSV" in one_line(capsys, args, "forecast")
+
+
 def test_quoted_empty_cells_are_empty_cells(csv, readings_model, tmp_path):
     # some exports write an empty cell as "": it is missing, as an unquoted empty cell is (it once asked to "leave
     # missing values empty")

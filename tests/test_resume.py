@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,7 +171,27 @@ def test_values_given_on_the_command_line_win_over_the_checkpoints(one_epoch, tm
     assert (hp["loss"], hp["head_dropout"], hp["lr"]) == ("mae", 0.3, 0.02)
     assert resumed.trainer.optimizers[0].param_groups[0]["lr"] == 0.02  # not the checkpoint's optimizer state's
     changed = json.loads((run / "run.json").read_text())["history"][-1]["changed"]
-    assert changed == {"head_dropout": [0.2, 0.3], "loss": ["mse", "mae"], "lr": [0.001, 0.02]}
+    assert changed == {"head_dropout": [0.2, 0.3], "loss": ["mse", "mae"], "lr": [0.001, 0.02],
+                       "trainer.max_epochs": [1, 2]}  # fmt: skip
+
+
+def test_a_refused_resume_names_resume(one_epoch, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    # a refusal names the option given (it named the --ckpt_path --resume stands for)
+    assert main(["fit", "--resume", str(run), "--model.hidden_size=32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cfc-forecast fit: error: --resume {run}: these values differ from the checkpoint's")
+    assert "--ckpt_path" not in err and "hidden_size (checkpoint 8, given 32)" in err
+
+
+def test_a_resume_records_the_trainer_values_it_changed(one_epoch, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    # run.json's entry holds the values the resume changed ("changed: {}" once, with max_epochs 1 -> 2)
+    assert main(["fit", "--resume", str(run), "--trainer.max_epochs=2"]) == 0
+    entry = json.loads((run / "run.json").read_text())["history"][-1]
+    assert entry["changed"] == {"trainer.max_epochs": [1, 2]} and entry["resumed_from"]["epoch"] == 0
 
 
 def test_values_in_a_config_file_win_over_the_checkpoints(one_epoch, tmp_path):

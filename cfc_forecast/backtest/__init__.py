@@ -296,7 +296,7 @@ def _one_origin(
     linear_fn = linear.for_head(trained.head)
     frame = pl.concat([model, baselines(rows, trained, [origin], linear_fn, observed)], how="diagonal_relaxed")
     frame = with_actuals(frame, actuals(rows, trained)).join(scale_of(trained), on="variable", how="left")
-    return frame, report.origin_record(result, shown)
+    return frame, report.origin_record(result, shown, trained)
 
 
 def _summarise(out: Path, n_windows: int, record: dict[str, Any], ckpt: str) -> pl.DataFrame:
@@ -310,10 +310,10 @@ def _summarise(out: Path, n_windows: int, record: dict[str, Any], ckpt: str) -> 
     if skipped.height:
         skipped.write_csv(out / "skipped.tmp")
         os.replace(out / "skipped.tmp", out / report.SKIPPED)
-    tally = report.counts(frame, skipped, pairs)
-    warnings = record["warnings"] + report.partial_warning(tally, n_windows)
+    tally, trained = report.counts(frame, skipped, pairs), read_checkpoint(ckpt)[1]
+    warnings = record["warnings"] + report.partial_warning(tally, n_windows, trained)
     _write_json(out / "backtest.json", record | {"warnings": warnings, "counts": tally})
-    report.refuse(tally, read_checkpoint(ckpt)[1], out)
+    report.refuse(tally, trained, out)
     for line in warnings[len(record["warnings"]) :]:
         print(f"cfc-forecast backtest: warning: {line}", file=sys.stderr, flush=True)
     per_origin = scores(frame, ["forecaster", "origin_time", "variable"])

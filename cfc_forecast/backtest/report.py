@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from cfc_forecast.errors import UserError
+from cfc_forecast.forecast.covariates import AFTER_END
 from cfc_forecast.forecast.rows import Forecasts
 from cfc_forecast.forecast.store import reason_kind
 from cfc_forecast.forecast.trained import Trained
@@ -25,11 +26,26 @@ from cfc_forecast.forecast.trained import Trained
 SKIPPED = "skipped_series.csv"
 
 
-def origin_record(report: Forecasts, origin: str) -> dict[str, Any]:
+def origin_record(report: Forecasts, origin: str, trained: Trained) -> dict[str, Any]:
     """What one origin's forecast left out: ``n_series``, ``n_forecast`` and ``skipped`` ([series, reason] pairs,
-    each reason led by ``origin <origin>: `` as ``predict --origins`` writes it)."""
-    skipped = [[s, r if r.startswith("origin ") else f"origin {origin}: {r}"] for s, r in report.skipped.iter_rows()]
+    each reason led by ``origin <origin>: `` as ``predict --origins`` writes it, with the backtest's own fix:
+    :func:`backtest_reason`)."""
+    skipped = [[s, backtest_reason(r if r.startswith("origin ") else f"origin {origin}: {r}", trained)]
+               for s, r in report.skipped.iter_rows()]  # fmt: skip
     return {"n_series": report.n_series, "n_forecast": report.n_forecast, "skipped": skipped}
+
+
+def backtest_reason(reason: str, trained: Trained) -> str:
+    """``predict``'s reason with a fix a backtest can act on: a missing known-future row is not fixed by adding
+    rows after the end (in a backtest the rows after the origin are the data's own), so the reason says the data
+    has none at that query time and, for a grid head, that its grid times are not the data's rows."""
+    if not reason.endswith(f"; {AFTER_END}"):
+        return reason
+    why = reason[: -len(AFTER_END)] + "the data has no row with them at that time"
+    if trained.head != "continuous":
+        why += (f": a {trained.head}-head model forecasts on its grid (origin + k x each series' spacing) and those "
+                "times do not match the data's rows; fit with --model.head continuous")  # fmt: skip
+    return why
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
@@ -76,15 +92,23 @@ def summary_lines(tally: dict[str, Any], out: Path) -> list[str]:
     return lines + [f"  {n:>8}  {reason}" for reason, n in tally["skipped_by_reason"].items()]
 
 
-def partial_warning(tally: dict[str, Any], n_windows: int) -> list[str]:
-    """A warning when only some (series, origin) pairs are scored; none when all are (or none: see :func:`refuse`)."""
+def partial_warning(tally: dict[str, Any], n_windows: int, trained: Trained) -> list[str]:
+    """A warning when only some (series, origin) pairs are scored; none when all are (or none: see :func:`refuse`).
+    It names ``skipped_series.csv`` only when series were skipped (the file is written then), and a forecast without
+    an observed value from a grid head comes with the hint of :func:`refuse`."""
     if not tally["scored"] or tally["scored"] >= tally["series_origins"]:
         return []
     unscored = tally["forecast"] - tally["scored"]
+    parts = [f"{tally['skipped']} skipped ({SKIPPED})"] if tally["skipped"] else []
+    if unscored:
+        part = f"{unscored} forecast only at times without an observed value"
+        if trained.head != "continuous":
+            part += (f" (a {trained.head}-head model forecasts on its grid, origin + k x each series' spacing: where "
+                     "the data has no rows at those times, fit with --model.head continuous)")  # fmt: skip
+        parts.append(part)
     return [
         f"scored {tally['scored']} of {tally['series_origins']} (series, origin) pairs ({tally['scored_origins']} of "
-        f"{n_windows} origins, {tally['scored_series']} series): {tally['skipped']} skipped ({SKIPPED}), {unscored} "
-        "forecast only at times without an observed value"
+        f"{n_windows} origins, {tally['scored_series']} series): {', '.join(parts)}"
     ]
 
 
@@ -104,8 +128,11 @@ def refuse(tally: dict[str, Any], trained: Trained, out: Path) -> None:
     )
     if not tally["forecast"]:
         top = next(iter(tally["skipped_by_reason"]), "no series in the data")
+        grid_miss = trained.head != "continuous" and "known-future" in top
+        if grid_miss:  # the reason's own fix (backtest_reason) is the grid's, said in full below
+            top = top.split("; ")[0]
         why = f"no series could be forecast at any origin ({tally['skipped']} (series, origin) skipped, e.g. {top})"
-        if trained.head != "continuous" and "known-future" in top:
+        if grid_miss:
             why += f": {grid}"
         raise UserError(f"{why}; {kept}")
     if trained.head != "continuous":

@@ -27,6 +27,7 @@ from datamodules.timing import TimeCodec, calendar_features
 from datamodules.windows import Windows, searchsorted_by_series
 
 TOLERANCE = 1e-6  # time units: a row "at" a query time
+AFTER_END = "give rows after the end with empty targets"  # the fix for a missing known-future row (predict's)
 
 
 def category_codes(table: Table, trained: Trained) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
@@ -141,8 +142,8 @@ def no_row_reasons(
     stamps = np.asarray([shown_time(t, codec) for t in w.origin + q[np.arange(len(w)), first]], dtype=object)
     late = no_row & np.asarray([r is None for r in reasons], dtype=bool)
     names = ", ".join(trained.known_future + trained.cat_future)
-    reasons[late] = [f"no row with the known-future covariates [{names}] at a query time (first: {t}); give rows "
-                     "after the end with empty targets" for t in stamps[late]]  # fmt: skip
+    reasons[late] = [f"no row with the known-future covariates [{names}] at a query time (first: {t}); {AFTER_END}"
+                     for t in stamps[late]]  # fmt: skip
 
 
 def future_inputs(

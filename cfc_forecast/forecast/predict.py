@@ -140,6 +140,7 @@ def _run(args: Any) -> int:
         result = forecast_report(
             args.ckpt_path, rows, origins=args.origins, query_times=args.query_times or queries or None,
             min_rows=args.min_rows, batch_size=args.batch_size, trainer_kwargs=trainer,
+            data_option="--data.path" if path is not None else f"data.path of {args.config}",
         )  # fmt: skip
     except JobError:
         if not args.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):

@@ -102,8 +102,9 @@ def load(source: Source, datamodule: Any = None) -> tuple[L.LightningModule, Tra
     return model_from(ckpt), contract(ckpt, f"{type(datamodule).__name__} of the model")
 
 
-def read_rows(data: Data, trained: Trained) -> tuple[pl.DataFrame, list[str]]:
-    """The columns the model reads from a frame or CSV / Parquet file(s), and notes on ignored columns.
+def read_rows(data: Data, trained: Trained, option: str = "data") -> tuple[pl.DataFrame, list[str]]:
+    """The columns the model reads from a frame or CSV / Parquet file(s), and notes on ignored columns; ``option``
+    names the paths in messages (the caller's own option, e.g. ``--data.path`` for ``cfc-forecast predict``).
 
     Raises:
         JobError: no such file, or a column missing or of the wrong kind (named, with the closest names).
@@ -118,7 +119,8 @@ def read_rows(data: Data, trained: Trained) -> tuple[pl.DataFrame, list[str]]:
         return data.select(trained.columns), notes
     from cfc_forecast.forecast.source import ROW, input_files, scan
 
-    lf, notes, _ = scan(input_files([str(d) for d in data] if isinstance(data, list) else str(data)), trained)
+    files = input_files([str(d) for d in data] if isinstance(data, list) else str(data), option)
+    lf, notes, _ = scan(files, trained, option)
     return lf.collect().drop(ROW), notes
 
 
@@ -216,8 +218,11 @@ def forecast_report(
     batch_size: int = 256,
     trainer_kwargs: dict[str, Any] | None = None,
     observed_span: float | None = None,
+    data_option: str = "data",
 ) -> Forecasts:
     """:func:`forecast_rows` with its report: the skipped series with reasons, notes and counts.
+
+    ``data_option``: how messages name ``data`` (the caller's option: ``--data.path`` for ``cfc-forecast predict``).
 
     ``observed_span`` (time units; continuous-time head, with ``origins``): forecast at each series' own rows in
     [origin, origin + span] instead of the query rule (what ``cfc-forecast backtest`` scores irregular series at).
@@ -225,7 +230,7 @@ def forecast_report(
     if batch_size < 1:
         raise JobError(f"batch_size must be >= 1, got {batch_size}")
     model, trained = load(source, datamodule)
-    frame, notes = read_rows(data, trained)
+    frame, notes = read_rows(data, trained, data_option)
     options = options_for(trained, frame.schema[trained.time_column], origins, query_times, min_rows, flag="")
     options = with_observed_span(options, trained, observed_span)
     no_id = pl.DataFrame(schema={"series": pl.String, "reason": pl.String})

@@ -27,8 +27,9 @@ CHUNK = "__chunk"
 ROW = "__row"
 
 
-def input_files(spec: str | list[str]) -> list[Path]:
-    """The CSV / Parquet files named by a file, a folder, a glob or a list of these.
+def input_files(spec: str | list[str], option: str = "--input") -> list[Path]:
+    """The CSV / Parquet files named by a file, a folder, a glob or a list of these; ``option`` names them in
+    messages (the caller's own option: ``--input``, ``--data.path``, ``data``).
 
     Raises:
         JobError: nothing matches, or a file is neither CSV nor Parquet.
@@ -36,16 +37,17 @@ def input_files(spec: str | list[str]) -> list[Path]:
     try:
         files = expand_paths(spec)
     except ValueError as err:
-        raise JobError(f"--input: {err}") from None
+        raise JobError(f"{option}: {err}") from None
     bad = [str(p) for p in files if p.suffix not in (".csv", ".parquet")]
     if bad:
-        raise JobError(f"--input: {bad} are neither .csv nor .parquet files; convert them or leave them out")
+        raise JobError(f"{option}: {bad} are neither .csv nor .parquet files; convert them or leave them out")
     return files
 
 
-def scan(files: list[Path], trained: Trained) -> tuple[pl.LazyFrame, list[str], bool]:
+def scan(files: list[Path], trained: Trained, option: str = "--input") -> tuple[pl.LazyFrame, list[str], bool]:
     """A lazy frame over every file, with only the columns the model reads (and the input row number), notes on
-    ignored columns, and whether a slice of it reads only the rows it needs (a single Parquet scan).
+    ignored columns, and whether a slice of it reads only the rows it needs (a single Parquet scan). ``option``
+    names the files in messages, as in :func:`input_files`.
 
     Raises:
         JobError: a file lacks a column or has a time column of the wrong kind (the file is named).
@@ -73,7 +75,7 @@ def scan(files: list[Path], trained: Trained) -> tuple[pl.LazyFrame, list[str], 
     try:  # files in several time zones are read in one (the first file's); aware mixed with naive is refused
         zone = harmonise_zones(per_file, trained.time_column, [p.name for p in files])
     except UserError as err:
-        raise JobError(f"--input: {err}") from None
+        raise JobError(f"{option}: {err}") from None
     if zone is not None:
         frames = [f.with_columns(pl.col(trained.time_column).dt.convert_time_zone(zone)) for f in frames]
         schemas = {"several zones"} | schemas  # not one plain scan: each file is converted on its own
