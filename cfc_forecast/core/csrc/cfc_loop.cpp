@@ -10,7 +10,7 @@
 // [ff1; ff2; t_a; t_b] are then contiguous blocks, so every element-wise kernel runs on contiguous memory (a
 // column slice of a (B, 4H) tensor is strided and several times slower), and matmul outputs accumulate in place
 // into buffers pre-filled with the hoisted input projection or the bias (no bias-broadcast copy per step).
-// The Python wrapper (cfc_forecast/native.py) hoists the input half of the first layer out of the loop (xproj),
+// The Python wrapper (cfc_forecast/core/native.py) hoists the input half of the first layer out of the loop (xproj),
 // folds lecun_tanh's constants into the weights (so the loop only knows tanh) and owns the autograd Function.
 // Only ATen ops are used, so the same code runs on CPU and CUDA tensors.
 

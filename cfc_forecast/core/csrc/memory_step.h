@@ -1,4 +1,4 @@
-// One step of the mixed-memory LSTM cell and its backward (cfc_forecast/memory.py has the equations):
+// One step of the mixed-memory LSTM cell and its backward (cfc_forecast/core/memory.py has the equations):
 // fused CPU kernels for float and double, ATen kernels for everything else.
 //
 //   z = [i; ig; fg; og] (4H, B) = W_in x + b + W_rec h     (the loop's in-place matmul on the hoisted input)
