@@ -165,23 +165,27 @@ def test_a_refit_backtest_equals_a_hand_made_sequence_of_fits(fitted):
     assert [f["seed"] for f in folds.values()] == [0, 0]
 
 
-def test_an_irregular_series_is_forecast_at_its_own_observed_times(tmp_path, capsys):
-    """A continuous-time head is queried at each series' observed times after the origin: every observed target
-    value in [origin, origin + forecast] is scored, none is resampled."""
+def continuous_fit(tmp: Path, data_class: str, data: dict) -> tuple[dict, Path, Path]:
+    """One brief ``fit`` of a small continuous-head model on ``data_class(**data)``: (config, its file, best.ckpt)."""
     cfg = {
         "seed_everything": 0,
         "trainer": {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
                     "enable_progress_bar": False, "enable_model_summary": False},
-        "data": {"class_path": "datamodules.SyntheticDataModule",
-                 "init_args": {"n_series": 8, "mean_observations": 60, "duration": 40, "observe": 4, "forecast": 2,
-                               "every": 1, "batch_size": 16}},
+        "data": {"class_path": data_class, "init_args": {**data, "batch_size": 16}},
         "model": {"hidden_size": 8, "backbone_units": 16, "query_cell_units": 8, "head": "continuous"},
     }  # fmt: skip
-    path = tmp_path / "fit.yaml"
+    path = tmp / "fit.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cli(["fit", f"--config={path}", f"--run_dir={tmp_path / 'run'}"])
+    cli(["fit", f"--config={path}", f"--run_dir={tmp / 'run'}"])
+    return cfg, path, tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+def test_an_irregular_series_is_forecast_at_its_own_observed_times(tmp_path, capsys):
+    """A continuous-time head is queried at each series' observed times after the origin: every observed target
+    value in [origin, origin + forecast] is scored, none is resampled."""
+    data = {"n_series": 8, "mean_observations": 60, "duration": 40, "observe": 4, "forecast": 2, "every": 1}
+    cfg, path, ckpt = continuous_fit(tmp_path, "datamodules.SyntheticDataModule", data)
     out = tmp_path / "bt"
-    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     overall = backtest(str(path), n_windows=2, step=2.0, output=str(out), ckpt_path=str(ckpt))
     got = pl.read_parquet(out / "forecasts.parquet")
     from datamodules import SyntheticDataModule
@@ -451,21 +455,11 @@ def test_a_count_window_model_with_a_continuous_head_backtests_beside_a_linear_m
     rows = SyntheticDataModule(n_series=8, mean_observations=60, duration=40)._read()  # irregular times
     rows.write_parquet(tmp_path / "rows.parquet")
     targets = [c for c in rows.columns if c not in ("series", "time")]
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False},
-        "data": {"class_path": "datamodules.SeriesDataModule",
-                 "init_args": {"path": str(tmp_path / "rows.parquet"), "id_column": "series", "time_column": "time",
-                               "targets": targets, "lookback": 8, "horizon": 3, "stride": 2, "batch_size": 16}},
-        "model": {"hidden_size": 8, "backbone_units": 16, "query_cell_units": 8, "head": "continuous"},
-    }  # fmt: skip
-    path = tmp_path / "fit.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cli(["fit", f"--config={path}", f"--run_dir={tmp_path / 'run'}"])
+    data = {"path": str(tmp_path / "rows.parquet"), "id_column": "series", "time_column": "time", "targets": targets,
+            "lookback": 8, "horizon": 3, "stride": 2}  # fmt: skip
+    _, path, ckpt = continuous_fit(tmp_path, "datamodules.SeriesDataModule", data)
     out = tmp_path / "bt"
-    overall = backtest(str(path), n_windows=2, step=2.0, output=str(out),
-                       ckpt_path=str(tmp_path / "run" / "checkpoints" / "best.ckpt"))  # fmt: skip
+    overall = backtest(str(path), n_windows=2, step=2.0, output=str(out), ckpt_path=str(ckpt))
     got = pl.read_parquet(out / "forecasts.parquet")
     model = got.filter(pl.col("forecaster") == "model").select("series", "origin_time", "time", "variable")
     linear = got.filter(pl.col("forecaster") == "linear")
